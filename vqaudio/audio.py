@@ -1,0 +1,166 @@
+"""Audio I/O and DSP as pure functions: load, downmix, resample, mu-law, save.
+
+All waveforms are float32 in [-1, 1]. Reading uses soundfile (WAV, FLAC, OGG/Vorbis, ...),
+resampling uses soxr through librosa; torchaudio is deliberately not used.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+#: File extensions that :func:`find_audio_files` collects.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.ndarray:
+    """Read an audio file as mono float32, resampled to ``sample_rate``.
+
+    Args:
+        path: a file soundfile can read (WAV, FLAC, OGG, ...).
+        sample_rate: target rate in Hz; ``None`` keeps the file's own rate.
+
+    Returns:
+        wav: [T] float32 in [-1, 1] at ``sample_rate`` Hz (channels averaged).
+
+    Raises:
+        AudioError: the file is missing, cannot be decoded, holds no samples, or holds
+            NaN/Inf values.
+    """
+    wav, sr = read_audio(path)
+    if sample_rate is not None and sr != sample_rate:
+        wav = resample(wav, sr, sample_rate)
+    return wav
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read an audio file as mono float32 at its own rate.
+
+    Returns:
+        (wav, sample_rate): wav [T] float32 in [-1, 1]; sample_rate in Hz.
+
+    Raises:
+        AudioError: missing, unreadable, empty, or non-finite audio.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    if path.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioError(path, f"cannot decode audio ({exc})") from None
+    if data.shape[0] == 0:
+        raise AudioError(path, "file holds no audio samples")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "audio holds NaN or Inf values")
+    return to_mono(data), int(sr)
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """Average channels: ``data`` [T, C] or [T] -> [T] float32."""
+    if data.ndim == 1:
+        return data.astype(np.float32, copy=False)
+    return data.mean(axis=1, dtype=np.float32)
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample ``wav`` [T] float32 from ``orig_sr`` to ``target_sr`` Hz (soxr, high quality).
+
+    Returns [round(T * target_sr / orig_sr)] float32.
+    """
+    if orig_sr == target_sr:
+        return wav
+    import librosa  # imported lazily: librosa's import costs about a second
+
+    out = librosa.resample(wav, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq")
+    return out.astype(np.float32, copy=False)
+
+
+def save_audio(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rate: int) -> Path:
+    """Write ``wav`` ([T] or [1, T] float in [-1, 1]) as 16-bit PCM WAV, atomically.
+
+    The file is written under a temporary name in the same folder and renamed, so a
+    reader never sees a half-written file. Values outside [-1, 1] are clipped.
+
+    Returns the path written.
+    """
+    path = Path(path)
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().float().cpu().numpy()
+    wav = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".wav.tmp")
+    os.close(fd)
+    try:
+        sf.write(tmp, wav, sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def find_audio_files(inputs: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
+    """Expand files and directories into a sorted list of audio files.
+
+    Directories are searched recursively for :data:`AUDIO_EXTENSIONS` (case-insensitive);
+    explicit files are kept whatever their extension.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(
+                sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            )
+        elif p.exists():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    return files
+
+
+def mu_law_encode(wav: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
+    """mu-law companding and quantization (ITU-T G.711; WaveNet, van den Oord et al. 2016, Eq. 2).
+
+    ``f(x) = sign(x) ln(1 + mu |x|) / ln(1 + mu)``, ``mu = quantization_channels - 1``, then
+    ``[-1, 1]`` is mapped to the integers ``0 .. mu`` (silence -> ``mu // 2 + 1`` = 128).
+
+    Args:
+        wav: any shape, float in [-1, 1] (clipped).
+
+    Returns:
+        the same shape, int64 in ``[0, quantization_channels - 1]``.
+    """
+    mu = quantization_channels - 1
+    x = wav.clamp(-1.0, 1.0)
+    y = torch.sign(x) * torch.log1p(mu * x.abs()) / torch.log1p(torch.tensor(float(mu)))
+    return ((y + 1) / 2 * mu + 0.5).long()
+
+
+def mu_law_decode(q: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
+    """Inverse of :func:`mu_law_encode`: ints ``0 .. mu`` -> float32 in [-1, 1], same shape."""
+    mu = quantization_channels - 1
+    y = 2 * q.float() / mu - 1
+    return torch.sign(y) * ((1 + mu) ** y.abs() - 1) / mu

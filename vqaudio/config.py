@@ -1,0 +1,193 @@
+"""Frozen configuration dataclasses, one per model, saved inside every checkpoint.
+
+A checkpoint directory holds ``config.json`` (``{"format_version": ..., "model_type": ...,
+"config": asdict(cfg)}``) next to ``model.safetensors``, so the model can be rebuilt with no
+other information (as nanoGPT stores ``model_args`` in its checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+#: Version of the on-disk checkpoint layout; bump on incompatible changes.
+CHECKPOINT_FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Strided 1-D convolutional encoder (van den Oord et al. 2017, Sec. 4.3).
+
+    ``len(channels)`` Conv1d layers of ``kernel_size`` and ``stride`` each divide time by
+    ``stride``; with the defaults (6 layers, stride 2) one latent covers 64 samples.
+    Widths grow as time shrinks so that the layers at the sample rate stay cheap.
+    """
+
+    channels: tuple[int, ...] = (32, 64, 128, 128, 256, 256)
+    kernel_size: int = 4
+    stride: int = 2
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per latent frame: ``stride ** len(channels)`` (64 by default)."""
+        return self.stride ** len(self.channels)
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    """Vector quantizer with a learned codebook (van den Oord et al. 2017, Sec. 3.1-3.2).
+
+    Attributes:
+        codebook_size: K, the number of codes.
+        dim: D, the size of each code vector (and of the encoder's latents).
+        commitment_cost: beta in Eq. 3, weight of ``||z_e - sg[e]||^2``.
+        ema: update the codebook by exponential moving averages (Appendix A.1) instead of
+            the codebook loss ``||sg[z_e] - e||^2``.
+        decay: EMA decay gamma.
+        epsilon: Laplace smoothing of the EMA cluster sizes.
+        dead_code_threshold: a code whose EMA cluster size (expected assignments per batch)
+            falls below this is restarted from a recent encoder output; 0 disables restarts.
+    """
+
+    codebook_size: int = 512
+    dim: int = 64
+    commitment_cost: float = 0.25
+    ema: bool = True
+    decay: float = 0.99
+    epsilon: float = 1e-5
+    dead_code_threshold: float = 0.01
+
+    @property
+    def bits_per_code(self) -> float:
+        """log2(K): bits carried by one code."""
+        return math.log2(self.codebook_size)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """WaveNet decoder (van den Oord et al. 2016; Paine et al. 2016 for fast generation).
+
+    Attributes:
+        num_stacks: repetitions of the dilation cycle ``1, 2, ..., 2 ** (layers_per_stack - 1)``.
+        layers_per_stack: dilated layers in one cycle (10 gives dilations 1..512).
+        residual_channels: width of the residual path.
+        gate_channels: output width of each dilated conv, split in halves for tanh and sigmoid.
+        skip_channels: width of the skip path and of the output head.
+        kernel_size: taps of each causal dilated conv.
+        quantization_channels: size of the softmax over mu-law values (256).
+        local_channels: width of the local conditioning (the quantized latents, D).
+        speaker_channels: width of the global speaker embedding; 0 disables it.
+        num_speakers: rows of the speaker embedding table.
+    """
+
+    num_stacks: int = 2
+    layers_per_stack: int = 10
+    residual_channels: int = 64
+    gate_channels: int = 128
+    skip_channels: int = 64
+    kernel_size: int = 2
+    quantization_channels: int = 256
+    local_channels: int = 64
+    speaker_channels: int = 64
+    num_speakers: int = 1
+
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        """Dilation of each layer, ``(1, 2, ..., 512) * num_stacks`` by default."""
+        return tuple(2**i for i in range(self.layers_per_stack)) * self.num_stacks
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples of past audio that one output sees, the input sample included.
+
+        ``(kernel_size - 1) * sum(dilations) + 1``; 2047 with the defaults (2 x 1023 + 1).
+        """
+        return receptive_field(self.kernel_size, self.dilations)
+
+
+def receptive_field(kernel_size: int, dilations: tuple[int, ...] | list[int]) -> int:
+    """Receptive field in samples of a stack of causal dilated convolutions.
+
+    Each layer of ``kernel_size`` taps at dilation ``d`` adds ``(kernel_size - 1) * d`` samples
+    of past context. Example: kernel 2, dilations ``1, 2, 4`` -> ``1 + 1 + 2 + 4 = 8``.
+    """
+    return (kernel_size - 1) * sum(dilations) + 1
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """The VQ-VAE for audio: encoder, quantizer, WaveNet decoder, and the audio rate.
+
+    Attributes:
+        sample_rate: model rate in Hz; input audio is resampled to it.
+        encoder, quantizer, decoder: the parts' configs. ``quantizer.dim`` must equal
+            ``decoder.local_channels``.
+    """
+
+    sample_rate: int = 16000
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.quantizer.dim != self.decoder.local_channels:
+            raise ValueError(
+                f"quantizer.dim ({self.quantizer.dim}) must equal decoder.local_channels "
+                f"({self.decoder.local_channels})"
+            )
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per code (64 by default)."""
+        return self.encoder.hop_length
+
+    @property
+    def codes_per_second(self) -> float:
+        """Code frame rate in Hz: ``sample_rate / hop_length`` (250 at 16 kHz)."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second of the code stream: ``codes_per_second * log2(K)``."""
+        return self.codes_per_second * self.quantizer.bits_per_code
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A frozen config dataclass as a JSON-ready dict (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (possibly nested) frozen config dataclass from :func:`config_to_dict` output.
+
+    Raises:
+        ValueError: ``data`` has keys that ``cls`` does not know (a checkpoint from a newer
+            version, or a typo in a hand-written config).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    hints = {name: f.type for name, f in fields.items()}
+    for name, value in data.items():
+        sub = _NESTED.get((cls.__name__, name))
+        if sub is not None and isinstance(value, dict):
+            value = config_from_dict(sub, value)
+        elif isinstance(value, list) and "tuple" in str(hints[name]):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED: dict[tuple[str, str], type] = {
+    ("VQVAEConfig", "encoder"): EncoderConfig,
+    ("VQVAEConfig", "quantizer"): QuantizerConfig,
+    ("VQVAEConfig", "decoder"): DecoderConfig,
+}
