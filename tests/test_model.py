@@ -1,0 +1,245 @@
+"""Behaviour of the encoder, quantizer, WaveNet decoder and VQVAE on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vqaudio.audio import mu_law_decode, mu_law_encode
+from vqaudio.config import (
+    DecoderConfig,
+    EncoderConfig,
+    QuantizerConfig,
+    VQVAEConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from vqaudio.model import CheckpointError, UnknownSpeakerError, VQVAE
+from vqaudio.nn.encoder import Encoder, encoder_receptive_field
+from vqaudio.nn.quantizer import VectorQuantizer
+from vqaudio.nn.wavenet import SILENCE, CausalConv1d, WaveNet, sample_from_logits
+
+
+def tiny_config(ema: bool = True, num_speakers: int = 2, kernel_size: int = 2) -> VQVAEConfig:
+    return VQVAEConfig(
+        sample_rate=8000,
+        encoder=EncoderConfig(channels=(4, 4, 8, 8, 8, 8)),
+        quantizer=QuantizerConfig(codebook_size=16, dim=8, ema=ema),
+        decoder=DecoderConfig(
+            num_stacks=2, layers_per_stack=3, residual_channels=8, gate_channels=16,
+            skip_channels=8, kernel_size=kernel_size, local_channels=8, speaker_channels=4,
+            num_speakers=num_speakers,
+        ),
+    )
+
+
+def test_mu_law_round_trip_and_silence():
+    x = torch.linspace(-1, 1, 1001)
+    q = mu_law_encode(x)
+    assert q.dtype == torch.int64 and q.min() == 0 and q.max() == 255
+    assert mu_law_encode(torch.zeros(1)).item() == SILENCE
+    # mu-law quantization error is small near zero and bounded everywhere
+    err = (mu_law_decode(q) - x).abs()
+    assert err.max() < 0.04
+    assert err[(x.abs() < 0.01)].max() < 0.001
+
+
+def test_config_dict_round_trip():
+    cfg = tiny_config()
+    data = json.loads(json.dumps(config_to_dict(cfg)))
+    assert config_from_dict(VQVAEConfig, data) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        config_from_dict(VQVAEConfig, {**data, "bogus": 1})
+
+
+def test_default_sizes_follow_the_paper():
+    cfg = VQVAEConfig()
+    assert cfg.hop_length == 64
+    assert cfg.decoder.dilations == tuple(2**i for i in range(10)) * 2
+    assert cfg.decoder.receptive_field == 2 * 1023 + 1
+    assert cfg.bitrate == pytest.approx(250 * 9)
+    assert encoder_receptive_field(cfg.encoder) == 1 + 3 * 63
+
+
+def test_encoder_downsamples_64x():
+    enc = Encoder(EncoderConfig(), latent_dim=64)
+    z = enc(torch.randn(2, 1, 64 * 10))
+    assert z.shape == (2, 64, 10)
+    with pytest.raises(ValueError, match="multiple of hop_length"):
+        enc(torch.randn(2, 1, 100))
+
+
+def test_straight_through_gradients_reach_encoder():
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config(), ["a", "b"])
+    out = model(torch.randn(2, 1, 512) * 0.3, torch.tensor([0, 1]))
+    out.reconstruction_loss.backward()  # the decoder's loss alone must reach the encoder
+    grads = [p.grad for p in model.encoder.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_gradient_codebook_gets_codebook_loss_gradient():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=8, dim=4, ema=False))
+    z = torch.randn(2, 4, 10, requires_grad=True)
+    out = vq(z)
+    out.loss.backward()
+    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+    assert out.codebook_loss > 0
+
+
+def test_ema_codebook_moves_toward_assigned_latents():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=4, dim=2, decay=0.9, dead_code_threshold=0))
+    vq.train()
+    # two clusters of latents far from each other
+    centres = torch.tensor([[3.0, 3.0], [-3.0, -3.0]])
+    z = (centres.repeat(50, 1) + 0.1 * torch.randn(100, 2)).t()[None]  # [1, 2, 100]
+    vq(z)  # initialises from the batch
+    vq.codebook.copy_(torch.tensor([[2.0, 2.0], [-2.0, -2.0], [10.0, 10.0], [-10.0, -10.0]]))
+    vq.ema_cluster_size.fill_(1.0)  # EMA state consistent with the codebook: e_i = m_i / N_i
+    vq.ema_embed_sum.copy_(vq.codebook)
+    before = vq.codebook.clone()
+    for _ in range(30):
+        vq(z)
+    dist_before = (before[:2] - centres).norm(dim=1)
+    dist_after = (vq.codebook[:2] - centres).norm(dim=1)
+    assert (dist_after < 0.3 * dist_before).all()
+    # codes 2 and 3 were never assigned: EMA leaves their vectors where they were
+    torch.testing.assert_close(vq.codebook[2:], before[2:], atol=0.5, rtol=0)
+
+
+def test_dead_codes_are_restarted_from_batch_latents():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=8, dim=2, decay=0.5, dead_code_threshold=0.2))
+    vq.train()
+    z = torch.randn(1, 2, 64)
+    vq(z)
+    vq.codebook.copy_(torch.full((8, 2), 100.0))  # all codes far away...
+    vq.codebook[0] = 0.0  # ...except code 0, which takes every latent
+    vq.ema_embed_sum.copy_(vq.codebook)
+    for _ in range(5):
+        out = vq(z)
+    assert out.codes_in_use > 1
+    assert (vq.codebook.abs() < 50).all()
+
+
+def test_quantizer_decode_encode_matches_forward_in_eval():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=16, dim=4))
+    vq.train()
+    vq(torch.randn(2, 4, 20))
+    vq.eval()
+    z = torch.randn(2, 4, 20)
+    out = vq(z)
+    codes = vq.encode(z)
+    assert codes.shape == (2, 20) and codes.dtype == torch.int64
+    torch.testing.assert_close(out.codes, codes)
+    torch.testing.assert_close(vq.decode(codes), out.quantized)
+    assert 1 <= out.perplexity <= 16
+    with pytest.raises(ValueError, match="codes must lie"):
+        vq.decode(torch.tensor([[16]]))
+
+
+@pytest.mark.parametrize("dilation", [1, 4])
+def test_causal_conv_does_not_see_the_future(dilation):
+    torch.manual_seed(0)
+    conv = CausalConv1d(3, 5, kernel_size=2, dilation=dilation)
+    x = torch.randn(1, 3, 40)
+    y = conv(x)
+    assert y.shape == (1, 5, 40)
+    x2 = x.clone()
+    x2[:, :, 25:] += 10.0
+    y2 = conv(x2)
+    torch.testing.assert_close(y[:, :, :25], y2[:, :, :25])
+    assert not torch.allclose(y[:, :, 25], y2[:, :, 25])
+
+
+def test_wavenet_output_does_not_depend_on_future_inputs():
+    torch.manual_seed(0)
+    cfg = tiny_config().decoder
+    net = WaveNet(cfg, hop_length=8)
+    inputs = torch.randint(0, 256, (1, 64))
+    local = torch.randn(1, cfg.local_channels, 8)
+    spk = torch.tensor([1])
+    y = net(inputs, local, spk)
+    changed = inputs.clone()
+    changed[:, 40:] = 255 - changed[:, 40:]
+    y2 = net(changed, local, spk)
+    torch.testing.assert_close(y[..., :40], y2[..., :40])
+    assert not torch.allclose(y[..., 40], y2[..., 40])
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_incremental_decoding_equals_teacher_forced_forward(kernel_size):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config(kernel_size=kernel_size), ["a", "b"]).eval()
+    local = torch.randn(2, 8, 5)
+    spk = torch.tensor([0, 1])
+    q = model.decoder.generate(local, spk, generator=torch.Generator().manual_seed(1))
+    assert q.shape == (2, 5 * 64)
+    inputs = torch.nn.functional.pad(q[:, :-1], (1, 0), value=SILENCE)
+    full = model.decoder(inputs, local, spk)
+    state = model.decoder.init_state(local, spk)
+    steps = []
+    for t in range(q.shape[1]):
+        steps.append(model.decoder.step(state))
+        state.prev = q[:, t]
+    torch.testing.assert_close(torch.stack(steps, -1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_by_inverse_cdf():
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.7]]))
+    picks = [sample_from_logits(logits, torch.tensor([u])).item() for u in (0.05, 0.15, 0.29, 0.31, 0.99)]
+    assert picks == [0, 1, 1, 2, 2]
+    assert sample_from_logits(logits, torch.tensor([0.0]), temperature=0).item() == 2
+
+
+def test_encode_decode_shapes_and_speakers(tmp_path):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config(), ["alice", "bob"]).eval()
+    wav = torch.rand(2, 1, 64 * 4 + 10) - 0.5
+    codes = model.encode(wav)
+    assert codes.shape == (2, 4) and codes.dtype == torch.int64
+    out = model.decode(codes, "bob", generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 256) and out.dtype == torch.float32
+    assert out.abs().max() <= 1
+    with pytest.raises(UnknownSpeakerError, match="alice, bob"):
+        model.decode(codes, "carol")
+    with pytest.raises(ValueError, match="shorter than one hop"):
+        model.encode(torch.zeros(1, 1, 10))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config(), ["alice", "bob"])
+    model.train()
+    model(torch.randn(2, 1, 512) * 0.3, torch.tensor([0, 1]))  # moves the EMA buffers
+    model.eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors", "speakers.json"}
+    loaded = VQVAE.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config == model.config and loaded.speakers == ["alice", "bob"]
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    wav = torch.rand(1, 1, 640) - 0.5
+    torch.testing.assert_close(model.encode(wav), loaded.encode(wav))
+    assert loaded.checkpoint_id == model.checkpoint_id
+    # a training run directory resolves to its model/ folder
+    model.save_pretrained(tmp_path / "run" / "model")
+    assert VQVAE.from_pretrained(tmp_path / "run").speakers == ["alice", "bob"]
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        VQVAE.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        VQVAE.from_pretrained(tmp_path / "empty")
+    model = VQVAE(tiny_config(), ["a", "b"])
+    model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "speakers.json").unlink()
+    with pytest.raises(CheckpointError, match="speakers.json is missing"):
+        VQVAE.from_pretrained(tmp_path / "ckpt")

@@ -1,0 +1,365 @@
+"""The VQ-VAE for audio: encoder -> vector quantizer -> WaveNet decoder (van den Oord et al. 2017).
+
+Checkpoints are directories written by :meth:`VQVAE.save_pretrained`:
+
+- ``config.json``: ``{"format_version", "model_type": "vqvae", "vqaudio_version", "config"}``
+- ``model.safetensors``: the weights and quantizer buffers
+- ``speakers.json``: the speaker table, a list of names in id order
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vqaudio import __version__
+from vqaudio.audio import mu_law_decode, mu_law_encode
+from vqaudio.config import CHECKPOINT_FORMAT_VERSION, VQVAEConfig, config_from_dict, config_to_dict
+from vqaudio.nn.encoder import Encoder
+from vqaudio.nn.quantizer import QuantizerOutput, VectorQuantizer
+from vqaudio.nn.wavenet import SILENCE, WaveNet
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+SPEAKERS_NAME = "speakers.json"
+
+#: Folder of checkpoints shipped inside the package, loadable by name (``"fsdd-8k"``).
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+class UnknownSpeakerError(KeyError):
+    """A speaker name that is not in the model's speaker table; the message lists the known ones."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name, self.known = name, list(known)
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"unknown speaker {self.name!r}; known speakers: {', '.join(self.known)}"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing, incomplete or of another kind."""
+
+
+@dataclass
+class VQVAEOutput:
+    """Result of :meth:`VQVAE.forward` (all scalars are 0-dim tensors).
+
+    Attributes:
+        loss: reconstruction_loss + quantizer loss (Eq. 3).
+        reconstruction_loss: cross-entropy of the next mu-law sample, in nats per sample.
+        codebook_loss: ``||sg[z_e] - e||^2`` (0 with EMA codebook updates).
+        commitment_loss: ``||z_e - sg[e]||^2``, before the beta weight.
+        perplexity: of the batch's code distribution.
+        codes_in_use: distinct codes in the batch.
+        codes: [B, T // hop_length] int64.
+        logits: [B, Q, T] float32 decoder logits.
+    """
+
+    loss: torch.Tensor
+    reconstruction_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    perplexity: torch.Tensor
+    codes_in_use: torch.Tensor
+    codes: torch.Tensor
+    logits: torch.Tensor
+
+
+class VQVAE(nn.Module):
+    """VQ-VAE with a WaveNet decoder and a speaker embedding (van den Oord et al. 2017, Sec. 4.3).
+
+    Decoding one speaker's codes with another speaker's id converts the voice.
+
+    Args:
+        config: the model's frozen config; ``config.decoder.num_speakers`` must equal
+            ``len(speakers)``.
+        speakers: the speaker table, names in id order.
+
+    Raises:
+        ValueError: the speaker table does not match the config, or holds duplicates.
+    """
+
+    def __init__(self, config: VQVAEConfig, speakers: list[str]):
+        super().__init__()
+        speakers = list(speakers)
+        if len(speakers) != config.decoder.num_speakers:
+            raise ValueError(
+                f"{len(speakers)} speakers given, config.decoder.num_speakers is "
+                f"{config.decoder.num_speakers}"
+            )
+        if len(set(speakers)) != len(speakers):
+            raise ValueError("speaker names must be unique")
+        self.config = config
+        self.speakers = speakers
+        self.encoder = Encoder(config.encoder, config.quantizer.dim)
+        self.quantizer = VectorQuantizer(config.quantizer)
+        self.decoder = WaveNet(config.decoder, config.hop_length)
+        self._checkpoint_id: str | None = None
+
+    # ----- properties ---------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        """Model rate in Hz."""
+        return self.config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per code (64)."""
+        return self.config.hop_length
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return self.quantizer.codebook.device
+
+    @property
+    def checkpoint_id(self) -> str:
+        """Short SHA-256 of the weights (16 hex digits): names what made a set of tokens."""
+        if self._checkpoint_id is None:
+            h = hashlib.sha256()
+            for name, t in sorted(self.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            self._checkpoint_id = h.hexdigest()[:16]
+        return self._checkpoint_id
+
+    def speaker_id(self, name: str) -> int:
+        """Id of speaker ``name``.
+
+        Raises:
+            UnknownSpeakerError: ``name`` is not in the table (the message lists the known ones).
+        """
+        try:
+            return self.speakers.index(name)
+        except ValueError:
+            raise UnknownSpeakerError(name, self.speakers) from None
+
+    # ----- training -----------------------------------------------------------------
+
+    def forward(self, wav: torch.Tensor, speaker: torch.Tensor) -> VQVAEOutput:
+        """Teacher-forced training pass.
+
+        Args:
+            wav: [B, 1, T] float32 in [-1, 1] at ``sample_rate`` Hz; T a multiple of 64.
+            speaker: [B] int64 speaker ids.
+
+        Returns:
+            :class:`VQVAEOutput`; ``loss`` is Eq. 3 of the paper with the decoder's
+            cross-entropy over mu-law values as the reconstruction term.
+        """
+        self._checkpoint_id = None  # weights are about to change
+        z_e = self.encoder(wav)
+        q: QuantizerOutput = self.quantizer(z_e)
+        target = mu_law_encode(wav[:, 0], self.config.decoder.quantization_channels)
+        inputs = torch.nn.functional.pad(target[:, :-1], (1, 0), value=SILENCE)
+        logits = self.decoder(inputs, q.quantized, speaker)
+        rec = torch.nn.functional.cross_entropy(logits.float(), target)
+        return VQVAEOutput(
+            loss=rec + q.loss,
+            reconstruction_loss=rec,
+            codebook_loss=q.codebook_loss,
+            commitment_loss=q.commitment_loss,
+            perplexity=q.perplexity,
+            codes_in_use=q.codes_in_use,
+            codes=q.codes,
+            logits=logits,
+        )
+
+    # ----- inference ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """Waveform -> codes.
+
+        Args:
+            wav: [B, 1, T] float32 in [-1, 1] at ``sample_rate`` Hz. Trailing samples beyond
+                the last whole hop are dropped.
+
+        Returns:
+            codes: [B, T // 64] int64 in [0, K).
+
+        Raises:
+            ValueError: wav is not [B, 1, T], or shorter than one hop.
+        """
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"expected wav of shape [B, 1, T], got {tuple(wav.shape)}")
+        n = wav.shape[-1] // self.hop_length
+        if n == 0:
+            raise ValueError(f"audio of {wav.shape[-1]} samples is shorter than one hop ({self.hop_length})")
+        wav = wav[..., : n * self.hop_length].to(self.device)
+        return self.quantizer.encode(self.encoder(wav))
+
+    @torch.no_grad()
+    def decode(
+        self,
+        codes: torch.Tensor,
+        speaker: torch.Tensor | int | str | list,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        method: str = "auto",
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Codes -> waveform, generated sample by sample by the WaveNet decoder.
+
+        Args:
+            codes: [B, T'] int64 in [0, K).
+            speaker: [B] int64 ids, or one id / name for all, or a list of ids / names.
+            temperature: sampling temperature (1 samples the model's distribution; 0 is greedy).
+            generator: random generator for reproducible sampling.
+            method: ``"torch"`` (cached incremental generation in PyTorch) or ``"auto"``
+                (the fastest available path).
+            progress: show a progress bar.
+
+        Returns:
+            wav: [B, 1, T' * 64] float32 in [-1, 1] at ``sample_rate`` Hz.
+
+        Raises:
+            UnknownSpeakerError: a speaker name is not in the table.
+            ValueError: codes out of range, or an unknown ``method``.
+        """
+        if codes.dim() == 1:
+            codes = codes[None]
+        codes = codes.to(self.device)
+        speaker = self.speaker_tensor(speaker, codes.shape[0])
+        local = self.quantizer.decode(codes)
+        if method not in ("auto", "torch"):
+            raise ValueError(f"unknown decode method {method!r}; choose 'auto' or 'torch'")
+        q = self.decoder.generate(local, speaker, temperature, generator, progress=progress)
+        return mu_law_decode(q, self.config.decoder.quantization_channels)[:, None]
+
+    def speaker_tensor(self, speaker: torch.Tensor | int | str | list, batch_size: int) -> torch.Tensor:
+        """Normalise ``speaker`` (ids, names, or one of either) to a [batch_size] int64 tensor.
+
+        Raises:
+            UnknownSpeakerError: a name not in the table.
+            ValueError: the number of speakers does not match ``batch_size``.
+        """
+        if isinstance(speaker, torch.Tensor):
+            ids = speaker.reshape(-1).long()
+        else:
+            items = speaker if isinstance(speaker, (list, tuple)) else [speaker]
+            ids = torch.tensor([self.speaker_id(s) if isinstance(s, str) else int(s) for s in items])
+        if ids.numel() == 1 and batch_size > 1:
+            ids = ids.expand(batch_size)
+        if ids.numel() != batch_size:
+            raise ValueError(f"{ids.numel()} speakers given for a batch of {batch_size}")
+        return ids.to(self.device)
+
+    # ----- checkpoints --------------------------------------------------------------
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``speakers.json`` into ``path``.
+
+        Each file is written to a temporary name and renamed, so an interrupted save never
+        leaves a truncated file. Returns the directory.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "model_type": "vqvae",
+            "vqaudio_version": __version__,
+            "config": config_to_dict(self.config),
+        }
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        _atomic_write(path / SPEAKERS_NAME, lambda tmp: Path(tmp).write_text(json.dumps(self.speakers, indent=1)))
+        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        self._checkpoint_id = file_sha256(path / WEIGHTS_NAME)[:16]
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VQVAE":
+        """Load a checkpoint directory, or a bundled checkpoint by name (``"fsdd-8k"``).
+
+        A training run directory is accepted too: its ``model/`` folder is loaded.
+
+        Returns:
+            the model in eval mode on ``map_location``.
+
+        Raises:
+            CheckpointError: the directory is missing, incomplete, or not a VQ-VAE checkpoint.
+        """
+        path = resolve_checkpoint(path)
+        meta = read_checkpoint_meta(path, "vqvae")
+        config = config_from_dict(VQVAEConfig, meta["config"])
+        speakers = json.loads((path / SPEAKERS_NAME).read_text())
+        model = cls(config, speakers)
+        state = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        model._checkpoint_id = file_sha256(path / WEIGHTS_NAME)[:16]
+        return model.to(map_location).eval()
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Turn a checkpoint argument into a directory holding ``config.json``.
+
+    Accepts a checkpoint directory, a training run directory (uses its ``model/``), or the
+    name of a checkpoint bundled in :data:`PRETRAINED_DIR`.
+
+    Raises:
+        CheckpointError: nothing loadable there; the message lists bundled names.
+    """
+    p = Path(path)
+    for candidate in (p, p / "model", PRETRAINED_DIR / str(path)):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    bundled = sorted(d.name for d in PRETRAINED_DIR.iterdir() if (d / CONFIG_NAME).is_file()) if PRETRAINED_DIR.is_dir() else []
+    hint = f"; bundled checkpoints: {', '.join(bundled)}" if bundled else ""
+    if p.exists():
+        raise CheckpointError(f"{p}: not a checkpoint directory (no {CONFIG_NAME}){hint}")
+    raise CheckpointError(f"{p}: no such checkpoint directory{hint}")
+
+
+def read_checkpoint_meta(path: Path, model_type: str) -> dict:
+    """Read and check ``config.json`` of a checkpoint of kind ``model_type``.
+
+    Raises:
+        CheckpointError: a file is missing, unreadable, of another model type, or of a newer
+            format version.
+    """
+    for name in (CONFIG_NAME, WEIGHTS_NAME, SPEAKERS_NAME):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: incomplete checkpoint, {name} is missing")
+    try:
+        meta = json.loads((path / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path / CONFIG_NAME}: not valid JSON ({exc})") from None
+    if meta.get("model_type") != model_type:
+        raise CheckpointError(f"{path}: a {meta.get('model_type')!r} checkpoint, expected {model_type!r}")
+    if meta.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {meta['format_version']} is newer than this vqaudio "
+            f"understands ({CHECKPOINT_FORMAT_VERSION}); upgrade vqaudio"
+        )
+    return meta
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
