@@ -1,0 +1,126 @@
+"""The ``vqaudio`` command: a thin argument layer over library functions.
+
+Each subcommand is a pair of functions in the module that implements it:
+``add_<name>_arguments(parser)`` declares its options and ``run_<name>(args) -> int`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vqaudio import __version__
+
+#: subcommand -> (module, name used in add_*_arguments / run_*, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("vqaudio.train", "train", "train a VQ-VAE on a corpus (VCTK, speaker folders, FSDD)"),
+    "tokenize": ("vqaudio.tokenize", "tokenize", "turn audio files into code sequences"),
+    "detokenize": ("vqaudio.tokenize", "detokenize", "turn code sequences back into audio"),
+    "reconstruct": ("vqaudio.cli", "reconstruct", "encode a recording and decode it with its own speaker"),
+    "convert": ("vqaudio.cli", "convert", "encode a recording and decode it with another speaker's voice"),
+    "train-prior": ("vqaudio.prior_train", "train_prior", "train the autoregressive prior on tokens"),
+    "generate": ("vqaudio.generate", "generate", "sample codes from the prior and decode them to audio"),
+    "evaluate": ("vqaudio.evaluate.cli", "evaluate", "score a checkpoint and classic codecs on held-out audio"),
+}
+
+
+def _add_decode_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="audio file (WAV, FLAC, OGG; any rate, mono or stereo)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint directory, training run directory, or bundled name")
+    parser.add_argument("--out", required=True, help="output WAV path")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature of the WaveNet decoder (0: most likely sample)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    parser.add_argument("--method", default="auto", help="decoding implementation (default: fastest available)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vqaudio reconstruct``."""
+    _add_decode_options(parser)
+    parser.add_argument("--speaker", help="speaker of the recording (default: guessed from the "
+                        "file name or folder, e.g. FSDD '7_george_3.wav', VCTK 'p225/...')")
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vqaudio convert``."""
+    _add_decode_options(parser)
+    parser.add_argument("--speaker", required=True, help="target speaker name (from the checkpoint's table)")
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    """Reconstruct ``args.input`` with its own speaker (given or guessed)."""
+    from vqaudio.inference import infer_speaker
+    from vqaudio.model import VQVAE
+
+    model = VQVAE.from_pretrained(args.checkpoint)
+    speaker = args.speaker or infer_speaker(args.input, model.speakers)
+    if speaker is None:
+        raise ValueError(
+            f"{args.input}: cannot tell the speaker from the file name; pass --speaker "
+            f"(known speakers: {', '.join(model.speakers)})"
+        )
+    return _decode(model, args, speaker)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert ``args.input`` to ``args.speaker``'s voice."""
+    from vqaudio.model import VQVAE
+
+    return _decode(VQVAE.from_pretrained(args.checkpoint), args, args.speaker)
+
+
+def _decode(model, args: argparse.Namespace, speaker: str) -> int:
+    from vqaudio.inference import decode_file
+
+    result = decode_file(model, args.input, args.out, speaker, temperature=args.temperature,
+                         seed=args.seed, method=args.method, overwrite=args.overwrite)
+    print(f"wrote {result.path} ({result.seconds:.2f} s, speaker {result.speaker}, {result.num_codes} codes)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vqaudio`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="vqaudio",
+        description="VQ-VAE audio tokenizer and WaveNet vocoder (van den Oord et al., 2017).",
+    )
+    parser.add_argument("--version", action="version", version=f"vqaudio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command, (module_name, name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(command, help=help_text, description=help_text)
+        getattr(module, f"add_{name}_arguments")(p)
+        p.set_defaults(_run=getattr(module, f"run_{name}"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vqaudio`` console script; returns the exit status.
+
+    Expected errors (bad files, unknown speakers, missing checkpoints, existing outputs) are
+    printed as one line naming the problem, with exit status 2; ``VQAUDIO_DEBUG=1`` shows
+    the traceback instead.
+    """
+    import os
+
+    from vqaudio.audio import AudioError
+    from vqaudio.model import CheckpointError, UnknownSpeakerError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (AudioError, CheckpointError, UnknownSpeakerError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("VQAUDIO_DEBUG"):
+            raise
+        print(f"vqaudio {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vqaudio {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
