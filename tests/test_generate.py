@@ -1,0 +1,233 @@
+"""Tests of prior training on a tokens folder (vqaudio/prior_train.py) and of generation
+(vqaudio/generate.py): tiny models, real FSDD audio, CPU, a few seconds each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
+from vqaudio.generate import add_generate_arguments, generate, run_generate
+from vqaudio.model import VQVAE, UnknownSpeakerError
+from vqaudio.nn.prior import PriorConfig, PriorTransformer
+from vqaudio.prior_train import (
+    CodeSequence,
+    CodeWindowDataset,
+    ValidationChunks,
+    split_entries,
+    train_prior,
+    unigram_statistics,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDINGS = REPO / "samples" / "fsdd" / "recordings"
+SPEAKERS = ["jackson", "theo"]
+
+
+def tiny_vqvae(seed: int = 0) -> VQVAE:
+    """A tiny VQ-VAE whose codebook is initialised from encoder outputs on real speech (the
+    quantizer's data-dependent init on the first training batch), so its codes vary."""
+    from vqaudio.audio import load_audio
+
+    torch.manual_seed(seed)
+    cfg = VQVAEConfig(
+        sample_rate=8000,
+        encoder=EncoderConfig(channels=(4, 4, 8, 8, 8, 8)),
+        quantizer=QuantizerConfig(codebook_size=16, dim=8),
+        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16,
+                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=2),
+    )
+    model = VQVAE(cfg, SPEAKERS)
+    wavs = [load_audio(f, 8000)[:2048] for f in sorted(RECORDINGS.glob("*_jackson_*.wav"))[:8]]
+    batch = torch.from_numpy(np.stack([np.pad(w, (0, 2048 - len(w))) for w in wavs]))[:, None]
+    with torch.no_grad():
+        model.train()(batch, torch.zeros(len(wavs), dtype=torch.long))
+    return model.eval()
+
+
+def tiny_prior_for(vqvae: VQVAE, max_len: int = 32) -> PriorTransformer:
+    torch.manual_seed(1)
+    cfg = PriorConfig(codebook_size=16, num_speakers=2, d_model=32, n_layers=2, n_heads=2, max_len=max_len, dropout=0.0)
+    return PriorTransformer(cfg, SPEAKERS, metadata={"checkpoint_id": vqvae.checkpoint_id}).eval()
+
+
+@pytest.fixture(scope="module")
+def saved_vqvae(tmp_path_factory) -> tuple[VQVAE, Path]:
+    if not RECORDINGS.is_dir():
+        pytest.skip(f"bundled FSDD sample missing at {RECORDINGS}")
+    path = tmp_path_factory.mktemp("vqvae") / "ckpt"
+    model = tiny_vqvae()
+    model.save_pretrained(path)
+    return VQVAE.from_pretrained(path), path
+
+
+# ----------------------------------------------------------------------------- data pieces
+
+
+def test_split_is_per_speaker_deterministic_and_order_free():
+    seqs = [CodeSequence(f"{spk}/{i}.wav", s, np.arange(5)) for s, spk in enumerate("ab") for i in range(10)]
+    train, val = split_entries(seqs, 0.2)
+    assert len(val) == 4 and {s.speaker for s in val} == {0, 1}
+    assert not {s.path for s in train} & {s.path for s in val}
+    train2, val2 = split_entries(list(reversed(seqs)), 0.2)
+    assert {s.path for s in val2} == {s.path for s in val}
+    _, val_one = split_entries([CodeSequence("x", 0, np.arange(3)), CodeSequence("y", 0, np.arange(3))], 0.01)
+    assert len(val_one) == 1  # at least one per speaker with two or more utterances
+
+
+def test_windows_are_reproducible_padded_and_start_at_utterance_starts():
+    seqs = [CodeSequence("long", 0, np.arange(100) % 16), CodeSequence("short", 1, np.array([3, 4, 5]))]
+    ds = CodeWindowDataset(seqs, window=8, length=200, seed=0, start_prob=0.5)
+    items = [ds[i] for i in range(200)]
+    assert all(torch.equal(a["codes"], b["codes"]) for a, b in zip(items, [ds[i] for i in range(200)]))
+    shorts = [it for it in items if int(it["speaker"]) == 1]
+    assert shorts and all(it["codes"].tolist() == [3, 4, 5] + [-100] * 5 for it in shorts)
+    longs = [it["codes"] for it in items if int(it["speaker"]) == 0]
+    starts = sum(int(c[0]) == 0 and int(c[1]) == 1 for c in longs)
+    assert 0.3 * len(longs) < starts < 0.8 * len(longs)  # start_prob=0.5 (+ uniform offsets at 0)
+    chunks = ValidationChunks(seqs, window=8)
+    scored = sum(int((chunks[i]["codes"] != -100).sum()) for i in range(len(chunks)))
+    assert scored == 103 and len(chunks) == 13 + 1
+
+
+def test_unigram_statistics():
+    train = [CodeSequence("a", 0, np.array([0, 0, 1, 1]))]
+    val = [CodeSequence("b", 0, np.array([0, 1, 2, 3])), CodeSequence("c", 1, np.array([5, 5, 5, 5]))]
+    stats = unigram_statistics(train, val, codebook_size=8)
+    assert stats["uniform_bits"] == 3.0
+    assert stats["train_unigram_entropy_bits"] == pytest.approx(1.0)
+    p = np.array([1, 1, 1, 1, 4]) / 8
+    assert stats["unigram_entropy_bits"] == pytest.approx(float(-(p * np.log2(p)).sum()))
+    assert stats["speaker_unigram_entropy_bits"] == pytest.approx(1.0)  # (4 * 2 + 4 * 0) / 8
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _train_prior_cmd(tokens: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``vqaudio train-prior`` through its CLI glue, in a subprocess (one Accelerator per process)."""
+    code = (
+        "import argparse, sys\n"
+        "from vqaudio.prior_train import add_train_prior_arguments, run_train_prior\n"
+        "p = argparse.ArgumentParser(prog='vqaudio train-prior'); add_train_prior_arguments(p)\n"
+        "try:\n    sys.exit(run_train_prior(p.parse_args(sys.argv[1:])))\n"
+        "except (FileExistsError, ValueError) as e:\n    print(e, file=sys.stderr); sys.exit(2)\n"
+    )
+    args = [str(tokens), "--out", str(out), "--d-model", "32", "--layers", "2", "--heads", "2",
+            "--max-len", "64", "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "5", "--eval-every", "10",
+            "--save-every", "10", "--val-fraction", "0.2", "--cpu", "--no-progress", *extra]
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
+    from vqaudio.audio import load_audio
+    from vqaudio.tokens import TokenEntry, write_token_dir
+
+    vqvae, _ = saved_vqvae
+    entries = []
+    for spk in SPEAKERS:
+        for f in sorted(RECORDINGS.glob(f"*_{spk}_*.wav"))[:15]:
+            wav = torch.from_numpy(load_audio(f, vqvae.sample_rate))[None, None]
+            entries.append(TokenEntry(f.name, spk, vqvae.encode(wav)[0].numpy()))
+    meta = {"checkpoint_id": vqvae.checkpoint_id, "sample_rate": vqvae.sample_rate, "hop_length": 64,
+            "codebook_size": 16, "speakers": SPEAKERS}
+    tokens = tmp_path / "tokens"
+    write_token_dir(tokens, entries, meta)
+
+    out = tmp_path / "prior"
+    done = _train_prior_cmd(tokens, out, "--steps", "20")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 20
+    assert math.isfinite(metrics["val_bits_per_code"])
+    assert metrics["val_bits_per_code"] < metrics["uniform_bits"] == 4.0
+    assert metrics["codes_in_use"] > 4 and metrics["unigram_entropy_bits"] > 1.0  # real, varied tokens
+    assert "unigram entropy" in done.stdout and "bits/code" in done.stdout
+    prior = PriorTransformer.from_pretrained(out)
+    assert prior.speakers == SPEAKERS and prior.metadata["checkpoint_id"] == vqvae.checkpoint_id
+    assert (out / "checkpoints" / "step_00000020" / "trainer_state.json").is_file()
+
+    with pytest.raises(FileExistsError, match="--resume"):  # raised before any Accelerator exists
+        train_prior(tokens, out)
+
+    resumed = _train_prior_cmd(tokens, out, "--steps", "30", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "step_00000020" in resumed.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 30 and [h["step"] for h in metrics["history"]] == [10, 20, 30]
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def test_generate_writes_audio_of_the_requested_length(saved_vqvae, tmp_path):
+    vqvae, _ = saved_vqvae
+    prior = tiny_prior_for(vqvae)
+    out = tmp_path / "gen"
+    samples = generate(vqvae, prior, "theo", 0.05, out, num=2, seed=3, progress=False)
+    num_codes = round(0.05 * 8000 / 64)  # 6 codes at 125 codes/s
+    assert [s.wav_path.name for s in samples] == ["theo_000.wav", "theo_001.wav"]
+    for s in samples:
+        wav, sr = sf.read(s.wav_path)
+        codes = np.load(s.codes_path)
+        assert sr == 8000 and wav.shape == (num_codes * 64,)
+        assert codes.dtype == np.int64 and codes.shape == (num_codes,)
+        assert codes.min() >= 0 and codes.max() < 16
+    assert not list(out.glob(".*")), "temporary files left behind"
+
+    again = generate(vqvae, prior, "theo", 0.05, out, num=2, seed=3, progress=False)
+    assert again[0].wav_path.name == "theo_002.wav"  # earlier samples are kept
+    for a, b in zip(again, samples):  # the same seed gives the same codes and audio
+        np.testing.assert_array_equal(np.load(a.codes_path), np.load(b.codes_path))
+        np.testing.assert_array_equal(sf.read(a.wav_path)[0], sf.read(b.wav_path)[0])
+
+
+def test_generate_continues_a_prompt(saved_vqvae, tmp_path):
+    vqvae, _ = saved_vqvae
+    prior = tiny_prior_for(vqvae, max_len=16)  # the 0.5 s prompt is longer than the context
+    prompt = RECORDINGS / "3_jackson_2.wav"
+    from vqaudio.generate import encode_prompt
+
+    prompt_codes = encode_prompt(vqvae, prompt)[0].numpy()
+    (s,) = generate(vqvae, prior, "jackson", 0.05, tmp_path, prompt=prompt, seed=0, progress=False)
+    codes = np.load(s.codes_path)
+    assert s.prompt_codes == len(prompt_codes) > 16
+    np.testing.assert_array_equal(codes[: len(prompt_codes)], prompt_codes)
+    assert len(codes) == len(prompt_codes) + round(0.05 * 125)
+    assert sf.info(s.wav_path).frames == len(codes) * 64
+
+
+def test_unknown_speaker_and_mismatched_prior_are_clear_errors(saved_vqvae, tmp_path):
+    vqvae, _ = saved_vqvae
+    prior = tiny_prior_for(vqvae)
+    with pytest.raises(UnknownSpeakerError, match="known speakers: jackson, theo"):
+        generate(vqvae, prior, "nobody", 0.1, tmp_path, progress=False)
+    prior.metadata["checkpoint_id"] = "0123456789abcdef"
+    with pytest.raises(ValueError, match="0123456789abcdef"):
+        generate(vqvae, prior, "theo", 0.1, tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_cli_glue_all_speakers(saved_vqvae, tmp_path):
+    vqvae, ckpt = saved_vqvae
+    tiny_prior_for(vqvae).save_pretrained(tmp_path / "prior")
+    parser = argparse.ArgumentParser()
+    add_generate_arguments(parser)
+    args = parser.parse_args(["--all-speakers", "--seconds", "0.05", "--checkpoint", str(ckpt),
+                              "--prior", str(tmp_path / "prior"), "--out", str(tmp_path / "out"), "--top-k", "5"])
+    assert run_generate(args) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "jackson_000.npy", "jackson_000.wav", "theo_000.npy", "theo_000.wav"]
+    bad = parser.parse_args(["--speaker", "nobody", "--checkpoint", str(ckpt), "--prior", str(tmp_path / "prior"),
+                             "--out", str(tmp_path / "out2")])
+    with pytest.raises(UnknownSpeakerError):
+        run_generate(bad)

@@ -1,0 +1,305 @@
+"""Generating speech: sample codes from the prior, decode them with the VQ-VAE's WaveNet.
+
+This is the generation experiment of van den Oord et al. (2017, Sec. 4.3): the prior fitted to
+the VQ-VAE's codes is sampled ancestrally (here conditioned on a speaker), and the sampled codes
+are decoded to audio by the decoder with the same speaker's embedding. With a prompt, the codes
+of a recording are continued instead of starting from nothing.
+
+    vqaudio generate --speaker SF1 --seconds 3 --num 2 --checkpoint CKPT --prior PRIOR_DIR --out DIR
+
+writes ``DIR/SF1_000.wav``, ``DIR/SF1_000.npy`` (the codes decoded, ``[T'] int64``), ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqaudio.audio import load_audio, save_audio
+from vqaudio.nn.prior import PriorTransformer
+
+
+@dataclass(frozen=True)
+class GeneratedSample:
+    """One generated utterance written by :func:`generate`.
+
+    Attributes:
+        wav_path: the 16-bit WAV at the VQ-VAE's sample rate.
+        codes_path: ``.npy`` of the decoded codes, [T'] int64 in [0, K) (prompt codes first).
+        speaker: the speaker name that conditioned the prior and the decoder.
+        num_codes: codes decoded, the prompt's included.
+        prompt_codes: codes taken from the prompt (0 without one).
+        seconds: duration of the WAV in seconds.
+    """
+
+    wav_path: Path
+    codes_path: Path
+    speaker: str
+    num_codes: int
+    prompt_codes: int
+    seconds: float
+
+
+def check_compatible(vqvae, prior: PriorTransformer, allow_mismatch: bool = False) -> None:
+    """Check that ``prior`` was fitted to codes of ``vqvae``.
+
+    Raises:
+        ValueError: different codebook sizes; or the prior's recorded VQ-VAE ``checkpoint_id``
+            differs from ``vqvae.checkpoint_id`` (its codes mean other sounds) and
+            ``allow_mismatch`` is False.
+    """
+    k = vqvae.config.quantizer.codebook_size
+    if prior.config.codebook_size != k:
+        raise ValueError(
+            f"the prior models {prior.config.codebook_size} codes but the VQ-VAE's codebook has {k}"
+        )
+    fitted_to = prior.metadata.get("checkpoint_id")
+    if fitted_to and fitted_to != vqvae.checkpoint_id and not allow_mismatch:
+        raise ValueError(
+            f"the prior was trained on tokens of VQ-VAE checkpoint {fitted_to}, not of this one "
+            f"({vqvae.checkpoint_id}); its codes would decode to noise. Pass the checkpoint that "
+            f"tokenized the prior's training data (or --allow-mismatch to try anyway)"
+        )
+
+
+def speaker_ids(vqvae, prior: PriorTransformer, name: str) -> tuple[int, int]:
+    """Ids of speaker ``name`` in the VQ-VAE's and the prior's tables.
+
+    Raises:
+        vqaudio.model.UnknownSpeakerError: ``name`` is in neither table or only in one (the
+            message lists the speakers both know).
+    """
+    from vqaudio.model import UnknownSpeakerError
+
+    if name not in vqvae.speakers or name not in prior.speakers:
+        known = [s for s in vqvae.speakers if s in prior.speakers]
+        raise UnknownSpeakerError(name, known)
+    return vqvae.speaker_id(name), prior.speaker_id(name)
+
+
+def encode_prompt(vqvae, path: str | os.PathLike) -> torch.Tensor:
+    """Codes of a recording to continue: ``[1, P]`` int64 in [0, K), P = T // hop_length.
+
+    The file is resampled to the VQ-VAE's rate.
+
+    Raises:
+        vqaudio.audio.AudioError: the file cannot be read (the message names it).
+        ValueError: it is shorter than one hop.
+    """
+    wav = load_audio(path, vqvae.sample_rate)
+    if len(wav) < vqvae.hop_length:
+        raise ValueError(f"{path}: {len(wav)} samples is shorter than one code ({vqvae.hop_length} samples)")
+    return vqvae.encode(torch.from_numpy(wav)[None, None]).cpu()
+
+
+def sample_codes(
+    prior: PriorTransformer,
+    speaker: int,
+    num_codes: int,
+    num: int = 1,
+    prompt: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sample ``num`` code sequences of one speaker from the prior, as one batch.
+
+    Args:
+        prior: the prior (on any device; ``generator`` must be on the same one).
+        speaker: speaker id in the prior's table.
+        num_codes: new codes per sequence.
+        num: sequences.
+        prompt: optional [1, P] or [num, P] int64 codes to continue.
+        temperature, top_k, top_p: see :func:`vqaudio.nn.prior.filter_logits`.
+
+    Returns:
+        codes: [num, P + num_codes] int64 in [0, K), the prompt first.
+    """
+    device = prior.token_embedding.weight.device
+    speakers = torch.full((num,), speaker, dtype=torch.long, device=device)
+    if prompt is not None:
+        prompt = prompt.to(device)
+        if prompt.shape[0] == 1 and num > 1:
+            prompt = prompt.expand(num, -1)
+    new = prior.sample(speakers, num_codes, prompt=prompt, temperature=temperature, top_k=top_k,
+                       top_p=top_p, generator=generator, progress=progress)
+    return new if prompt is None else torch.cat([prompt, new], dim=1)
+
+
+def generate(
+    vqvae,
+    prior: PriorTransformer,
+    speaker: str,
+    seconds: float,
+    out_dir: str | os.PathLike,
+    num: int = 1,
+    prompt: str | os.PathLike | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    decoder_temperature: float = 1.0,
+    seed: int | None = 0,
+    overwrite: bool = False,
+    allow_mismatch: bool = False,
+    progress: bool = True,
+) -> list[GeneratedSample]:
+    """Generate ``num`` utterances of ``speaker``, ``seconds`` long each, into ``out_dir``.
+
+    ``round(seconds * codes_per_second)`` codes (at least 1) are sampled from the prior per
+    utterance, after the prompt's codes if a prompt is given, and the whole sequence is decoded
+    by ``vqvae.decode`` with the speaker's embedding, so each WAV is
+    ``(P + num_codes) * hop_length`` samples at ``vqvae.sample_rate`` Hz. Files:
+    ``{speaker}_{i:03d}.wav`` and ``{speaker}_{i:03d}.npy`` (codes, [T'] int64), each written
+    atomically. The index ``i`` starts after the highest one already in ``out_dir`` unless
+    ``overwrite``, so earlier samples are never replaced.
+
+    Args:
+        vqvae: a :class:`vqaudio.model.VQVAE` (its codes are what the prior was fitted to).
+        prior: a :class:`PriorTransformer` on the same device.
+        speaker: speaker name, in both tables.
+        seconds: duration to sample, in seconds (> 0), not counting the prompt.
+        out_dir: output folder (created).
+        num: utterances.
+        prompt: optional audio file whose codes are continued.
+        temperature, top_k, top_p: sampling of the prior.
+        decoder_temperature: sampling temperature of the WaveNet decoder.
+        seed: seeds one ``torch.Generator`` used for the prior, then for the decoder.
+        overwrite: number the files from 000, replacing files of the same name.
+        allow_mismatch: see :func:`check_compatible`.
+        progress: show progress bars.
+
+    Returns:
+        one :class:`GeneratedSample` per utterance.
+
+    Raises:
+        vqaudio.model.UnknownSpeakerError: unknown speaker (lists the known ones).
+        ValueError: ``seconds <= 0``, ``num < 1``, bad sampling parameters, incompatible models.
+        vqaudio.audio.AudioError: an unreadable prompt.
+    """
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    check_compatible(vqvae, prior, allow_mismatch)
+    vqvae_id, prior_id = speaker_ids(vqvae, prior, speaker)
+    codes_per_second = vqvae.sample_rate / vqvae.hop_length
+    num_codes = max(1, round(seconds * codes_per_second))
+    prompt_codes = encode_prompt(vqvae, prompt) if prompt is not None else None
+    n_prompt = 0 if prompt_codes is None else prompt_codes.shape[1]
+
+    device = prior.token_embedding.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    codes = sample_codes(prior, prior_id, num_codes, num, prompt_codes, temperature, top_k, top_p,
+                         generator, progress)
+    if generator is not None and vqvae.device != device:
+        generator = torch.Generator(device=vqvae.device).manual_seed(seed + 1)
+    wav = vqvae.decode(codes.to(vqvae.device), torch.full((num,), vqvae_id, dtype=torch.long),
+                       temperature=decoder_temperature, generator=generator, progress=progress)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first = 0 if overwrite else _next_index(out_dir, speaker)
+    results = []
+    for i in range(num):
+        stem = f"{speaker}_{first + i:03d}"
+        wav_path, codes_path = out_dir / f"{stem}.wav", out_dir / f"{stem}.npy"
+        save_audio(wav_path, wav[i, 0], vqvae.sample_rate)
+        save_codes(codes_path, codes[i].cpu().numpy())
+        results.append(GeneratedSample(wav_path, codes_path, speaker, int(codes.shape[1]), n_prompt,
+                                       wav.shape[-1] / vqvae.sample_rate))
+    return results
+
+
+def save_codes(path: str | os.PathLike, codes: np.ndarray) -> Path:
+    """Write ``codes`` ([T'] int64) as ``.npy`` atomically (temporary name, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.asarray(codes, dtype=np.int64))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _next_index(out_dir: Path, speaker: str) -> int:
+    used = []
+    for p in list(out_dir.glob(f"{speaker}_*.wav")) + list(out_dir.glob(f"{speaker}_*.npy")):
+        tail = p.stem[len(speaker) + 1 :]
+        if tail.isdigit():
+            used.append(int(tail))
+    return max(used, default=-1) + 1
+
+
+# --------------------------------------------------------------------------- CLI glue
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vqaudio generate``."""
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--speaker", nargs="+", action="extend", metavar="NAME",
+                     help="speaker(s) to generate (from the checkpoint's speaker table)")
+    who.add_argument("--all-speakers", action="store_true", help="generate for every speaker")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds to sample per utterance (default 2)")
+    parser.add_argument("--num", type=int, default=1, help="utterances per speaker (default 1)")
+    parser.add_argument("--checkpoint", required=True, help="VQ-VAE checkpoint (directory, run directory or bundled name)")
+    parser.add_argument("--prior", required=True, metavar="PRIOR_DIR", help="folder written by `vqaudio train-prior`")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for WAVs and codes (.npy)")
+    parser.add_argument("--prompt", metavar="FILE", help="audio file whose codes are continued")
+    parser.add_argument("--temperature", type=float, default=1.0, help="prior sampling temperature (default 1)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
+    parser.add_argument("--decoder-temperature", type=float, default=1.0,
+                        help="WaveNet decoder sampling temperature (default 1; 0 is greedy)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="number files from 000, replacing existing ones")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="use a prior trained on tokens of another VQ-VAE checkpoint")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Run ``vqaudio generate`` from parsed arguments; returns the exit status (0)."""
+    from vqaudio.model import VQVAE
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vqvae = VQVAE.from_pretrained(args.checkpoint, map_location=device)
+    prior = PriorTransformer.from_pretrained(args.prior, map_location=device)
+    check_compatible(vqvae, prior, args.allow_mismatch)
+    names: Sequence[str] = [s for s in vqvae.speakers if s in prior.speakers] if args.all_speakers else args.speaker
+    for name in names:  # fail on an unknown name before spending time on the others
+        speaker_ids(vqvae, prior, name)
+    for name in names:
+        for sample in generate(
+            vqvae, prior, name, args.seconds, args.out, num=args.num, prompt=args.prompt,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            decoder_temperature=args.decoder_temperature, seed=args.seed, overwrite=args.overwrite,
+            allow_mismatch=args.allow_mismatch,
+        ):
+            print(f"wrote {sample.wav_path} ({sample.seconds:.2f} s, speaker {sample.speaker}, "
+                  f"{sample.num_codes} codes, {sample.prompt_codes} from the prompt) and {sample.codes_path.name}")
+    return 0
+
+
+__all__ = [
+    "GeneratedSample",
+    "add_generate_arguments",
+    "check_compatible",
+    "encode_prompt",
+    "generate",
+    "run_generate",
+    "sample_codes",
+    "save_codes",
+    "speaker_ids",
+]

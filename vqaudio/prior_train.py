@@ -1,0 +1,666 @@
+"""Training the autoregressive prior on the output of ``vqaudio tokenize`` (with Accelerate).
+
+A user tokenizes a corpus once with a trained VQ-VAE, then fits the prior to the tokens like
+any language model (van den Oord et al. 2017, Sec. 3.2: the prior over the latents is trained
+after the VQ-VAE, on its codes)::
+
+    vqaudio tokenize CORPUS --checkpoint CKPT --out TOKENS_DIR
+    vqaudio train-prior TOKENS_DIR --out PRIOR_DIR
+
+Data:
+    every training item is a random window of at most ``window`` codes of one utterance with
+    the utterance's speaker id (:class:`CodeWindowDataset`). Validation uses whole held-out
+    utterances, chosen per speaker by a hash of their path (:func:`split_entries`), so the
+    split does not depend on the seed, the order of the files or the number of processes.
+
+Metric:
+    validation cross-entropy in bits per code, next to the unigram entropy of the validation
+    codes (the best any context-free model could do on them; also given per speaker). The gap
+    is how much of the code stream the prior predicts from context.
+
+Output folder ``PRIOR_DIR``:
+    ``config.json``, ``model.safetensors``, ``speakers.json`` (the prior, loadable with
+    :meth:`PriorTransformer.from_pretrained`), ``train_config.json``, ``metrics.json``, and
+    ``checkpoints/step_XXXXXXXX/`` (``accelerator.save_state`` plus ``trainer_state.json``)
+    for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from vqaudio.config import config_from_dict, config_to_dict
+from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
+
+TRAIN_CONFIG_NAME = "train_config.json"
+METRICS_NAME = "metrics.json"
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """Settings of one prior training run (saved in ``train_config.json``).
+
+    Attributes:
+        steps: optimizer steps in total.
+        batch_size: windows per step and process.
+        window: codes per training window; ``None``: the 90th percentile of the training
+            utterance lengths, at most the prior's ``max_len``.
+        learning_rate: peak AdamW learning rate, reached after ``warmup_steps``, then cosine
+            decay to 10 % of it at ``steps``.
+        weight_decay: AdamW weight decay of the matrices (not of norms and embeddings).
+        warmup_steps: linear warm-up steps.
+        grad_clip: maximum global gradient norm (0 disables clipping).
+        start_prob: probability that a window starts at the start of its utterance (otherwise
+            its offset is uniform), so the prior also learns how utterances begin.
+        val_fraction: fraction of each speaker's utterances held out for validation (at
+            least one per speaker that has two or more).
+        eval_every: steps between validations (and at the end).
+        save_every: steps between checkpoints (and at the end).
+        keep_checkpoints: most recent checkpoints kept on disk.
+        eval_batch_size: windows per validation batch.
+        seed: seed of the model's initialisation and of the training windows.
+        num_workers: DataLoader worker processes.
+        mixed_precision: Accelerate's ``"no"``, ``"fp16"`` or ``"bf16"``.
+        cpu: train on the CPU even if a GPU is present.
+    """
+
+    steps: int = 20000
+    batch_size: int = 16
+    window: int | None = None
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    start_prob: float = 0.25
+    val_fraction: float = 0.05
+    eval_every: int = 500
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 16
+    seed: int = 0
+    num_workers: int = 0
+    mixed_precision: str = "no"
+    cpu: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "save_every", "keep_checkpoints", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.window is not None and self.window < 2:
+            raise ValueError(f"window must be >= 2 codes, got {self.window}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.start_prob <= 1.0:
+            raise ValueError(f"start_prob must be in [0, 1], got {self.start_prob}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+
+
+@dataclass(frozen=True)
+class CodeSequence:
+    """One utterance's codes: ``codes`` [T'] int64 in [0, K), ``speaker`` id, source ``path``."""
+
+    path: str
+    speaker: int
+    codes: np.ndarray
+
+
+# --------------------------------------------------------------------------- data
+
+
+def split_entries(
+    sequences: Sequence[CodeSequence], val_fraction: float
+) -> tuple[list[CodeSequence], list[CodeSequence]]:
+    """Deterministic per-speaker train/validation split of whole utterances.
+
+    Each speaker's utterances are ordered by the SHA-1 of their path and the first
+    ``round(val_fraction * n)`` (at least 1 when ``n >= 2`` and ``val_fraction > 0``) are held
+    out. The split depends only on the paths, not on the file order, a seed or the number of
+    processes.
+
+    Returns:
+        (train, validation), each in the input order.
+    """
+    by_speaker: dict[int, list[CodeSequence]] = {}
+    for s in sequences:
+        by_speaker.setdefault(s.speaker, []).append(s)
+    held_out: set[str] = set()
+    for group in by_speaker.values():
+        n = len(group)
+        k = round(val_fraction * n)
+        if val_fraction > 0 and n >= 2:
+            k = max(k, 1)
+        k = min(k, n - 1)
+        ranked = sorted(group, key=lambda s: hashlib.sha1(s.path.encode()).hexdigest())
+        held_out.update(s.path for s in ranked[:k])
+    train = [s for s in sequences if s.path not in held_out]
+    val = [s for s in sequences if s.path in held_out]
+    return train, val
+
+
+def pad_codes(codes: np.ndarray, length: int) -> np.ndarray:
+    """``codes`` [n] int64, n <= length -> [length] int64, padded with :data:`IGNORE_INDEX`."""
+    out = np.full(length, IGNORE_INDEX, dtype=np.int64)
+    out[: len(codes)] = codes
+    return out
+
+
+class CodeWindowDataset(Dataset):
+    """Random windows of codes with their speaker: the prior's training items.
+
+    Item ``i`` is ``{"codes": LongTensor [window] (codes in [0, K), padded at the end with
+    IGNORE_INDEX when the utterance is shorter), "speaker": LongTensor []}``. It is a pure
+    function of ``(seed, i)``: an utterance drawn with probability proportional to its length,
+    then an offset, 0 with probability ``start_prob`` and otherwise uniform in
+    ``0 .. T' - window``. So a resumed run that skips the first batches sees exactly the
+    windows it would have seen, whatever ``num_workers``.
+
+    Args:
+        sequences: training utterances (non-empty, each with at least one code).
+        window: codes per item.
+        length: number of items (``steps * batch_size * num_processes``).
+        seed: seed of the draws.
+        start_prob: see above.
+
+    Raises:
+        ValueError: no sequences, or a sequence without codes.
+    """
+
+    def __init__(self, sequences: Sequence[CodeSequence], window: int, length: int, seed: int, start_prob: float):
+        if not sequences:
+            raise ValueError("no training utterances")
+        for s in sequences:
+            if len(s.codes) == 0:
+                raise ValueError(f"{s.path}: holds no codes")
+        self.sequences = list(sequences)
+        self.window = window
+        self.length = length
+        self.seed = seed
+        self.start_prob = start_prob
+        lengths = np.array([len(s.codes) for s in self.sequences], dtype=np.float64)
+        self._cumulative = np.cumsum(lengths / lengths.sum())
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        j = min(int(np.searchsorted(self._cumulative, rng.random(), side="right")), len(self.sequences) - 1)
+        seq = self.sequences[j]
+        span = len(seq.codes) - self.window
+        offset = 0
+        if span > 0 and rng.random() >= self.start_prob:
+            offset = int(rng.integers(0, span + 1))
+        codes = pad_codes(seq.codes[offset : offset + self.window], self.window)
+        return {"codes": torch.from_numpy(codes), "speaker": torch.tensor(seq.speaker, dtype=torch.long)}
+
+
+class ValidationChunks(Dataset):
+    """Whole validation utterances cut into consecutive chunks of at most ``window`` codes.
+
+    Every code of every utterance is scored exactly once; each chunk starts with the start
+    token, as a training window does. Item: ``{"codes": [window] int64 (IGNORE_INDEX
+    padded), "speaker": int64 []}``.
+    """
+
+    def __init__(self, sequences: Sequence[CodeSequence], window: int):
+        self.items: list[tuple[np.ndarray, int]] = []
+        for s in sequences:
+            for lo in range(0, len(s.codes), window):
+                self.items.append((pad_codes(s.codes[lo : lo + window], window), s.speaker))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        codes, speaker = self.items[index]
+        return {"codes": torch.from_numpy(codes), "speaker": torch.tensor(speaker, dtype=torch.long)}
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """Plug-in entropy in bits of the distribution with the given counts (zeros allowed)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return float("nan")
+    p = counts[counts > 0] / total
+    return max(0.0, float(-(p * np.log2(p)).sum()))
+
+
+def unigram_statistics(
+    train: Sequence[CodeSequence], val: Sequence[CodeSequence], codebook_size: int
+) -> dict[str, float]:
+    """Context-free baselines for the prior's bits per code.
+
+    Returns a dict (all in bits per code):
+        ``unigram_entropy_bits``: entropy of the validation codes' own histogram, the best a
+        model that ignores context and speaker could score on them;
+        ``speaker_unigram_entropy_bits``: the same per speaker, averaged with code-count
+        weights (the best with speaker but no context);
+        ``train_unigram_cross_entropy_bits``: cross-entropy of the validation codes under the
+        training codes' histogram (add-one smoothed), what a fitted unigram model scores;
+        ``train_unigram_entropy_bits``: entropy of the training codes;
+        ``uniform_bits``: log2(K), the VQ-VAE's uniform prior;
+        ``codes_in_use``: distinct codes in the training split.
+    """
+    def histogram(seqs: Sequence[CodeSequence]) -> np.ndarray:
+        if not seqs:
+            return np.zeros(codebook_size, dtype=np.int64)
+        return np.bincount(np.concatenate([s.codes for s in seqs]), minlength=codebook_size)
+
+    train_counts = histogram(train)
+    val_counts = histogram(val)
+    stats = {
+        "uniform_bits": math.log2(codebook_size),
+        "train_unigram_entropy_bits": entropy_bits(train_counts),
+        "codes_in_use": int((train_counts > 0).sum()),
+    }
+    if val_counts.sum() > 0:
+        smoothed = (train_counts + 1.0) / (train_counts.sum() + codebook_size)
+        stats["unigram_entropy_bits"] = entropy_bits(val_counts)
+        stats["train_unigram_cross_entropy_bits"] = float(-(val_counts * np.log2(smoothed)).sum() / val_counts.sum())
+        per_speaker = []
+        for spk in sorted({s.speaker for s in val}):
+            c = histogram([s for s in val if s.speaker == spk])
+            per_speaker.append((c.sum(), entropy_bits(c)))
+        total = sum(n for n, _ in per_speaker)
+        stats["speaker_unigram_entropy_bits"] = float(sum(n * h for n, h in per_speaker) / total)
+    return stats
+
+
+def load_code_sequences(tokens_dir: str | os.PathLike) -> tuple[dict[str, Any], list[CodeSequence], list[str]]:
+    """Read a tokens folder written by ``vqaudio tokenize`` as prior training data.
+
+    Returns:
+        (metadata, sequences, skipped): the tokens' metadata dict, one :class:`CodeSequence`
+        per utterance whose speaker is in ``metadata["speakers"]`` (ids in that table's
+        order; with a one-speaker table, utterances without a speaker get id 0), and the
+        paths of the utterances skipped for lacking a known speaker.
+
+    Raises:
+        FileNotFoundError / ValueError: from :func:`vqaudio.tokens.read_tokens`, or no
+            utterance is usable, or codes fall outside ``[0, codebook_size)``.
+    """
+    from vqaudio.tokens import read_tokens
+
+    token_set = read_tokens(tokens_dir)
+    meta = dict(token_set.metadata)
+    speakers = list(meta.get("speakers") or [])
+    k = int(meta["codebook_size"])
+    if not speakers:
+        raise ValueError(f"{tokens_dir}: the tokens' metadata has no speaker table")
+    index = {name: i for i, name in enumerate(speakers)}
+    sequences: list[CodeSequence] = []
+    skipped: list[str] = []
+    for entry in token_set.entries:
+        speaker = entry.speaker
+        if speaker is None and len(speakers) == 1:
+            speaker = speakers[0]
+        codes = np.asarray(entry.codes, dtype=np.int64).reshape(-1)
+        if speaker not in index or codes.size == 0:
+            skipped.append(str(entry.path))
+            continue
+        if codes.min() < 0 or codes.max() >= k:
+            raise ValueError(f"{tokens_dir}: {entry.path} holds codes outside [0, {k})")
+        sequences.append(CodeSequence(path=str(entry.path), speaker=index[speaker], codes=codes))
+    if not sequences:
+        raise ValueError(
+            f"{tokens_dir}: no utterance with a known speaker and codes "
+            f"({len(skipped)} skipped; speaker table: {', '.join(speakers)})"
+        )
+    return meta, sequences, skipped
+
+
+# --------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def evaluate_bits_per_code(model: torch.nn.Module, loader: DataLoader, accelerator: Any) -> float:
+    """Validation cross-entropy in bits per code: summed ``-log2 p`` over every scored code
+    divided by their number (gathered across processes)."""
+    model.eval()
+    total_nll = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    total_codes = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for batch in loader:
+        codes, speaker = batch["codes"], batch["speaker"]
+        logits = model(codes, speaker)
+        nll = F.cross_entropy(
+            logits.float().transpose(1, 2), codes, ignore_index=IGNORE_INDEX, reduction="none"
+        ).sum(dim=1)
+        count = (codes != IGNORE_INDEX).sum(dim=1)
+        nll, count = accelerator.gather_for_metrics((nll, count))
+        total_nll += nll.double().sum()
+        total_codes += count.double().sum()
+    model.train()
+    return float(total_nll / total_codes / math.log(2)) if total_codes > 0 else float("nan")
+
+
+def _lr_lambda(warmup: int, steps: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _param_groups(model: PriorTransformer, weight_decay: float) -> list[dict[str, Any]]:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The most recent complete checkpoint folder under ``out_dir/checkpoints``, or None."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    done = [d for d in root.glob("step_*") if (d / TRAINER_STATE_NAME).is_file()]
+    return max(done, key=lambda d: int(d.name.split("_")[1]), default=None)
+
+
+def train_prior(
+    tokens_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    prior_config: PriorConfig | None = None,
+    train_config: PriorTrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fit a :class:`PriorTransformer` to a tokens folder, with Accelerate.
+
+    Args:
+        tokens_dir: output of ``vqaudio tokenize`` (see :func:`load_code_sequences`).
+        out_dir: the prior's folder (layout in the module docstring).
+        prior_config: model size; ``codebook_size`` and ``num_speakers`` are taken from the
+            tokens. Ignored on resume (the saved one is used).
+        train_config: run settings; on resume the saved one is used, except ``steps``, which
+            may be raised to train longer.
+        resume: continue from the latest checkpoint in ``out_dir/checkpoints``.
+        progress: show a progress bar.
+
+    Returns:
+        the final metrics (also in ``out_dir/metrics.json``): ``step``,
+        ``val_bits_per_code``, the baselines of :func:`unigram_statistics`, ``history``...
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a prior run and ``resume`` is False.
+        FileNotFoundError: ``resume`` without a checkpoint to resume from.
+        ValueError: unusable tokens, or tokens from another VQ-VAE than the run being resumed.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    train_config = train_config or PriorTrainConfig()
+    prior_config = prior_config or PriorConfig()
+    meta, sequences, skipped = load_code_sequences(tokens_dir)
+    speakers = list(meta["speakers"])
+    saved_path = out_dir / TRAIN_CONFIG_NAME
+    checkpoint: Path | None = None
+    if resume:
+        checkpoint = latest_checkpoint(out_dir)
+        if checkpoint is None or not saved_path.is_file():
+            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from (expected {out_dir / CHECKPOINTS_DIR}/step_*)")
+        saved = json.loads(saved_path.read_text())
+        prior_config = config_from_dict(PriorConfig, saved["prior_config"])
+        steps = train_config.steps
+        train_config = config_from_dict(PriorTrainConfig, saved["train_config"])
+        if steps > train_config.steps:
+            train_config = dataclasses.replace(train_config, steps=steps)
+        if saved.get("tokens_checkpoint_id") != meta.get("checkpoint_id"):
+            raise ValueError(
+                f"{tokens_dir}: tokens of VQ-VAE {meta.get('checkpoint_id')!r}, but the run in {out_dir} "
+                f"was trained on tokens of {saved.get('tokens_checkpoint_id')!r}"
+            )
+    else:
+        if saved_path.exists() or (out_dir / CHECKPOINTS_DIR).exists() or (out_dir / "model.safetensors").exists():
+            raise FileExistsError(
+                f"{out_dir}: already holds a prior training run; pass --resume to continue it or choose another --out"
+            )
+        prior_config = dataclasses.replace(
+            prior_config, codebook_size=int(meta["codebook_size"]), num_speakers=len(speakers)
+        )
+
+    train_seqs, val_seqs = split_entries(sequences, train_config.val_fraction)
+    window = train_config.window
+    if window is None:
+        window = int(np.percentile([len(s.codes) for s in train_seqs], 90))
+    window = max(2, min(window, prior_config.max_len))
+    stats = unigram_statistics(train_seqs, val_seqs, prior_config.codebook_size)
+
+    accelerator = Accelerator(cpu=train_config.cpu, mixed_precision=train_config.mixed_precision)
+    set_seed(train_config.seed)
+    prior_metadata = {
+        key: meta[key]
+        for key in ("checkpoint_id", "sample_rate", "hop_length", "codes_per_second", "codebook_size")
+        if key in meta
+    }
+    prior_metadata["window"] = window
+    model = PriorTransformer(prior_config, speakers, metadata=prior_metadata)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, train_config.weight_decay), lr=train_config.learning_rate, betas=(0.9, 0.95)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(train_config.warmup_steps, train_config.steps))
+    train_data = CodeWindowDataset(
+        train_seqs, window, train_config.steps * train_config.batch_size * accelerator.num_processes,
+        train_config.seed, train_config.start_prob,
+    )
+    train_loader = DataLoader(train_data, batch_size=train_config.batch_size, shuffle=False,
+                              num_workers=train_config.num_workers, drop_last=True)
+    val_loader = DataLoader(ValidationChunks(val_seqs, window), batch_size=train_config.eval_batch_size, shuffle=False)
+    model, optimizer, scheduler, train_loader, val_loader = accelerator.prepare(
+        model, optimizer, scheduler, train_loader, val_loader
+    )
+
+    history: list[dict[str, Any]] = []
+    step = 0
+    resumed_loss = float("nan")
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+        step, history = int(state["step"]), list(state.get("history", []))
+        resumed_loss = float(state.get("running_loss", float("nan")))
+        accelerator.print(f"resuming from {checkpoint} at step {step}")
+
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_json(saved_path, {
+            "tokens_dir": str(tokens_dir),
+            "tokens_checkpoint_id": meta.get("checkpoint_id"),
+            "prior_config": config_to_dict(prior_config),
+            "train_config": config_to_dict(train_config),
+            "window": window,
+        })
+    n_val_codes = sum(len(s.codes) for s in val_seqs)
+    accelerator.print(
+        f"prior: {accelerator.unwrap_model(model).num_parameters / 1e6:.2f} M parameters, "
+        f"{len(speakers)} speakers, K={prior_config.codebook_size}; "
+        f"{len(train_seqs)} training utterances ({sum(len(s.codes) for s in train_seqs)} codes), "
+        f"{len(val_seqs)} validation utterances ({n_val_codes} codes), window {window} codes"
+        + (f"; {len(skipped)} utterances skipped (speaker not in the table)" if skipped else "")
+    )
+    if "unigram_entropy_bits" in stats:
+        accelerator.print(
+            f"baselines (bits/code): uniform {stats['uniform_bits']:.3f}, unigram entropy of the "
+            f"validation codes {stats['unigram_entropy_bits']:.3f}, per speaker "
+            f"{stats['speaker_unigram_entropy_bits']:.3f}"
+        )
+
+    def run_eval() -> dict[str, Any]:
+        bits = evaluate_bits_per_code(model, val_loader, accelerator) if len(val_seqs) else float("nan")
+        record = {"step": step, "val_bits_per_code": bits, "train_loss_nats": running_loss}
+        history.append(record)
+        accelerator.print(
+            f"step {step}: validation {bits:.3f} bits/code (unigram entropy "
+            f"{stats.get('unigram_entropy_bits', float('nan')):.3f}), train loss {running_loss:.3f} nats"
+        )
+        return record
+
+    def save_checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        root = out_dir / CHECKPOINTS_DIR
+        final = root / f"step_{step:08d}"
+        tmp = root / f".step_{step:08d}.tmp"
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            _atomic_json(tmp / TRAINER_STATE_NAME, {"step": step, "running_loss": running_loss, "history": history})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            old = sorted((d for d in root.glob("step_*") if d != final), key=lambda d: d.name)
+            for d in old[: max(0, len(old) - train_config.keep_checkpoints + 1)]:
+                shutil.rmtree(d, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    running_loss = resumed_loss
+    model.train()
+    batches = accelerator.skip_first_batches(train_loader, step) if step else train_loader
+    bar = tqdm(total=train_config.steps, initial=step, desc="training prior", unit="step",
+               disable=not (progress and accelerator.is_local_main_process))
+    for batch in batches:
+        if step >= train_config.steps:
+            break
+        logits = model(batch["codes"], batch["speaker"])
+        loss = F.cross_entropy(logits.float().transpose(1, 2), batch["codes"], ignore_index=IGNORE_INDEX)
+        accelerator.backward(loss)
+        if train_config.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        value = float(loss.detach())
+        running_loss = value if math.isnan(running_loss) else 0.95 * running_loss + 0.05 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{running_loss:.3f}", bits=f"{running_loss / math.log(2):.2f}",
+                        lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if step % train_config.eval_every == 0 or step == train_config.steps:
+            run_eval()
+        if step % train_config.save_every == 0 or step == train_config.steps:
+            save_checkpoint()
+    bar.close()
+    if not history or history[-1]["step"] != step:
+        run_eval()
+
+    final = {
+        "step": step,
+        "val_bits_per_code": history[-1]["val_bits_per_code"],
+        "best_val_bits_per_code": min((h["val_bits_per_code"] for h in history), default=float("nan")),
+        **stats,
+        "train_utterances": len(train_seqs),
+        "val_utterances": len(val_seqs),
+        "val_codes": n_val_codes,
+        "window": window,
+        "tokens_dir": str(tokens_dir),
+        "tokens_checkpoint_id": meta.get("checkpoint_id"),
+        "history": history,
+    }
+    if "unigram_entropy_bits" in stats:
+        final["bits_saved_vs_unigram"] = stats["unigram_entropy_bits"] - final["val_bits_per_code"]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out_dir)
+        _atomic_json(out_dir / METRICS_NAME, final)
+    accelerator.print(
+        f"validation cross-entropy {final['val_bits_per_code']:.3f} bits/code vs unigram entropy "
+        f"{stats.get('unigram_entropy_bits', float('nan')):.3f} bits/code "
+        f"(uniform {stats['uniform_bits']:.3f}); prior saved to {out_dir}"
+    )
+    return final
+
+
+# --------------------------------------------------------------------------- CLI glue
+
+
+def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vqaudio train-prior TOKENS_DIR --out PRIOR_DIR``."""
+    d, t = PriorConfig(), PriorTrainConfig()
+    parser.add_argument("tokens_dir", metavar="TOKENS_DIR", help="folder written by `vqaudio tokenize`")
+    parser.add_argument("--out", required=True, metavar="PRIOR_DIR", help="folder of the prior and its checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    model = parser.add_argument_group("model (ignored with --resume)")
+    model.add_argument("--d-model", type=int, default=d.d_model, help=f"width (default {d.d_model})")
+    model.add_argument("--layers", type=int, default=d.n_layers, help=f"Transformer blocks (default {d.n_layers})")
+    model.add_argument("--heads", type=int, default=d.n_heads, help=f"attention heads (default {d.n_heads})")
+    model.add_argument("--max-len", type=int, default=d.max_len, help=f"context in codes (default {d.max_len})")
+    model.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout (default {d.dropout})")
+    run = parser.add_argument_group("training")
+    run.add_argument("--steps", type=int, default=t.steps, help=f"optimizer steps (default {t.steps})")
+    run.add_argument("--batch-size", type=int, default=t.batch_size, help=f"windows per step (default {t.batch_size})")
+    run.add_argument("--window", type=int, default=None,
+                     help="codes per training window (default: 90th percentile of utterance lengths, <= --max-len)")
+    run.add_argument("--lr", type=float, default=t.learning_rate, help=f"peak learning rate (default {t.learning_rate})")
+    run.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    run.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    run.add_argument("--val-fraction", type=float, default=t.val_fraction,
+                     help=f"utterances held out per speaker (default {t.val_fraction})")
+    run.add_argument("--eval-every", type=int, default=t.eval_every, help=f"steps between validations (default {t.eval_every})")
+    run.add_argument("--save-every", type=int, default=t.save_every, help=f"steps between checkpoints (default {t.save_every})")
+    run.add_argument("--seed", type=int, default=t.seed)
+    run.add_argument("--num-workers", type=int, default=t.num_workers)
+    run.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=t.mixed_precision)
+    run.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run_train_prior(args: argparse.Namespace) -> int:
+    """Run ``vqaudio train-prior`` from parsed arguments; returns the exit status (0)."""
+    prior_config = PriorConfig(
+        d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len, dropout=args.dropout
+    )
+    train_config = PriorTrainConfig(
+        steps=args.steps, batch_size=args.batch_size, window=args.window, learning_rate=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, val_fraction=args.val_fraction,
+        eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
+        mixed_precision=args.mixed_precision, cpu=args.cpu,
+    )
+    train_prior(args.tokens_dir, args.out, prior_config, train_config, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+__all__ = [
+    "CodeSequence",
+    "CodeWindowDataset",
+    "PriorTrainConfig",
+    "ValidationChunks",
+    "add_train_prior_arguments",
+    "entropy_bits",
+    "latest_checkpoint",
+    "load_code_sequences",
+    "run_train_prior",
+    "split_entries",
+    "train_prior",
+    "unigram_statistics",
+]
