@@ -1,0 +1,288 @@
+"""The tokenize pipeline (vqaudio.tokenize) on real FSDD clips with a tiny random VQ-VAE."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import vqaudio.tokenize as tk
+from vqaudio.audio import load_audio
+from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
+from vqaudio.model import VQVAE
+from vqaudio.tokens import read_tokens
+
+FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+REPO = Path(__file__).resolve().parents[1]
+FINAL_FILES = ("metadata.json", "manifest.tsv", "failures.tsv")
+
+
+def _fsdd_recordings() -> Path:
+    for d in (REPO / "samples" / "fsdd" / "recordings", REPO.parent / "shared" / "data" / "fsdd" / "recordings"):
+        if d.is_dir() and any(d.glob("*.wav")):
+            return d
+    pytest.skip("no FSDD recordings (samples/fsdd or ../shared/data/fsdd)")
+
+
+def _tiny_model(sample_rate: int = 8000, seed: int = 0, bias: float | None = None) -> VQVAE:
+    torch.manual_seed(seed)
+    cfg = VQVAEConfig(
+        sample_rate=sample_rate,
+        encoder=EncoderConfig(channels=(8, 8, 16, 16, 16, 16)),
+        quantizer=QuantizerConfig(codebook_size=32, dim=8),
+        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=8,
+                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=6),
+    )
+    model = VQVAE(cfg, FSDD_SPEAKERS)
+    # Variance-preserving weights and a codebook spread over the latents' range, so that
+    # latents are well separated from each other (not all within float rounding of one
+    # code, as with PyTorch's default init) and many codes are used.
+    with torch.no_grad():
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.Conv1d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if bias is not None:
+                    m.bias.fill_(bias)
+        z = model.encoder(torch.randn(4, 1, 64 * 64) * 0.3).transpose(1, 2).reshape(-1, 8)
+        model.quantizer.codebook.copy_(z.mean(0) + z.std(0) * torch.randn(32, 8))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    _tiny_model().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Eight real FSDD clips of two speakers in FSDD layout."""
+    src = _fsdd_recordings()
+    root = tmp_path_factory.mktemp("fsdd")
+    for speaker in ("jackson", "theo"):
+        for digit in range(4):
+            shutil.copy(src / f"{digit}_{speaker}_1.wav", root / f"{digit}_{speaker}_1.wav")
+    return root
+
+
+def _reference_codes(model: VQVAE, path: Path) -> np.ndarray:
+    wav = torch.from_numpy(load_audio(path, model.sample_rate))[None, None]
+    return model.encode(wav)[0].numpy()
+
+
+def _final_bytes(out: Path) -> dict[str, bytes]:
+    meta = read_tokens(out).metadata
+    return {name: (out / name).read_bytes() for name in meta["files"] + [FINAL_FILES[0]]}
+
+
+@pytest.mark.parametrize("fmt", ["bin", "jsonl", "parquet"])
+def test_formats_hold_the_codes_of_encode(tmp_path, ckpt, corpus, fmt):
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow", reason="the parquet format needs pyarrow (pip install vqaudio[tokens])")
+    summary = tk.tokenize(corpus, ckpt, tmp_path / "tok", format=fmt, progress=False, batch_size=3)
+    assert summary.num_tokenized == 8 and summary.num_failed == 0
+    model = VQVAE.from_pretrained(ckpt)
+    ts = read_tokens(tmp_path / "tok")
+    meta = ts.metadata
+    assert meta["checkpoint_id"] == model.checkpoint_id and meta["hop_length"] == 64
+    assert meta["sample_rate"] == 8000 and meta["codebook_size"] == 32 and meta["codes_per_second"] == 125.0
+    assert meta["speakers"] == FSDD_SPEAKERS and meta["format"] == fmt
+    assert [e.path for e in ts] == sorted(p.name for p in corpus.glob("*.wav"))
+    used = set()
+    for e in ts:
+        ref = _reference_codes(model, corpus / e.path)
+        np.testing.assert_array_equal(e.codes, ref)
+        assert e.speaker == e.path.split("_")[1]
+        assert e.duration == pytest.approx(sf.info(str(corpus / e.path)).frames / 8000)
+        used.update(e.codes.tolist())
+    assert len(used) > 4  # the test means something: the codes vary
+    manifest = (tmp_path / "tok" / "manifest.tsv").read_text().splitlines()[1:]
+    assert [line.split("\t")[2] for line in manifest] == [str(e.codes.size) for e in ts]
+
+
+def test_offset_and_dedup_round_trip(tmp_path, ckpt, corpus):
+    tk.tokenize(corpus, ckpt, tmp_path / "plain", progress=False)
+    tk.tokenize(corpus, ckpt, tmp_path / "lm", offset=1000, dedup=True, progress=False)
+    plain, lm = read_tokens(tmp_path / "plain"), read_tokens(tmp_path / "lm")
+    for a, b in zip(plain, lm):
+        np.testing.assert_array_equal(a.codes, b.codes)
+    raw = np.memmap(tmp_path / "lm" / "tokens.bin", dtype=np.uint16, mode="r")
+    assert raw.min() >= 1000 and raw.max() < 1032
+    assert lm.metadata["num_tokens"] < lm.metadata["num_codes"] == plain.metadata["num_codes"]
+    runs = np.fromfile(tmp_path / "lm" / "run_lengths.bin", dtype="<u4")
+    assert runs.size == raw.size and int(runs.sum()) == plain.metadata["num_codes"]
+
+
+def test_pieces_cover_the_stream_exactly():
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(10_000).astype(np.float32)
+    cuts = np.sort(rng.choice(np.arange(1, 10_000), 30, replace=False))
+    blocks = np.split(signal, cuts)
+    pieces = list(tk.iter_pieces(iter(blocks), 64, 640, 192))
+    end = (10_000 // 64) * 64
+    assert [p.index for p in pieces] == list(range(len(pieces))) and pieces[-1].last
+    assert not any(p.last for p in pieces[:-1])
+    kept = []
+    for p in pieces:
+        np.testing.assert_array_equal(p.wav, signal[p.start : p.start + p.wav.size])
+        assert p.wav.size % 64 == 0 and p.start + p.wav.size <= end
+        a, b = p.keep
+        kept.append((p.start + 64 * a, p.start + 64 * b))
+        assert 64 * a >= min(192, p.start + 64 * a) and p.wav.size - 64 * b >= min(192, end - p.start - 64 * b)
+    assert kept[0][0] == 0 and kept[-1][1] == end
+    assert all(x[1] == y[0] for x, y in zip(kept, kept[1:]))
+    with pytest.raises(ValueError, match="fewer than one hop"):
+        list(tk.iter_pieces(iter([signal[:63]]), 64, 640, 192))
+
+
+def test_padded_batch_encodes_like_single_clips(corpus):
+    model = _tiny_model(bias=0.2)  # biases make the padding's activations far from zero
+    wavs = [load_audio(p, 8000) for p in sorted(corpus.glob("*.wav"))[:4]]
+    lengths = [(w.size // 64) * 64 for w in wavs]
+    batch = torch.zeros(4, 1, max(lengths))
+    for b, (w, n) in enumerate(zip(wavs, lengths)):
+        batch[b, 0, :n] = torch.from_numpy(w[:n])
+    codes = tk.encode_padded(model, batch, lengths)
+    for b, (w, n) in enumerate(zip(wavs, lengths)):
+        ref = model.encode(torch.from_numpy(w)[None, None])[0]
+        torch.testing.assert_close(codes[b, : n // 64], ref, rtol=0, atol=0)
+    # Without keeping the padding out of every layer, the last codes of short clips differ.
+    with torch.no_grad():
+        naive = model.quantizer.encode(model.encoder(batch))
+    assert any(not torch.equal(naive[b, : n // 64], codes[b, : n // 64]) for b, n in enumerate(lengths))
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 16000])
+def test_chunked_long_file_equals_whole_file(tmp_path, sample_rate):
+    """A long file cut into pieces with receptive-field context gives the whole-file codes
+    (at 16 kHz the 8 kHz clip is also resampled in streaming mode)."""
+    src = _fsdd_recordings()
+    wav = np.concatenate([sf.read(str(p), dtype="float32")[0] for p in sorted(src.glob("*_theo_2.wav"))])
+    sf.write(str(tmp_path / "long.wav"), wav, 8000, subtype="PCM_16")
+    model = _tiny_model(sample_rate)
+    ref = _reference_codes(model, tmp_path / "long.wav")
+    for chunk_seconds in (0.05, 100.0):
+        out = tmp_path / f"tok{chunk_seconds}"
+        tk.tokenize([tmp_path / "long.wav"], model, out, chunk_seconds=chunk_seconds, batch_size=4,
+                    num_workers=0, progress=False)
+        (entry,) = read_tokens(out).entries
+        assert entry.codes.size == len(load_audio(tmp_path / "long.wav", sample_rate)) // 64
+        np.testing.assert_array_equal(entry.codes, ref)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path, ckpt, corpus, monkeypatch):
+    opts = dict(format="bin", shard_files=2, progress=False, num_workers=1)
+    tk.tokenize(corpus, ckpt, tmp_path / "clean", **opts)
+
+    real_write = tk._write_shard
+    calls = []
+
+    def dying_write(codes_path, codes, index_path, index):
+        calls.append(codes_path)
+        if len(calls) == 2:  # killed while writing the second shard: half a temp file left
+            codes_path.with_name(f".{codes_path.name}.tmp999").write_bytes(codes[: len(codes) // 2])
+            raise _Killed
+        real_write(codes_path, codes, index_path, index)
+
+    monkeypatch.setattr(tk, "_write_shard", dying_write)
+    with pytest.raises(_Killed):
+        tk.tokenize(corpus, ckpt, tmp_path / "killed", **opts)
+    assert not (tmp_path / "killed" / "metadata.json").exists()
+    assert len(list((tmp_path / "killed" / "shards").glob("r000-*.json"))) == 1
+    monkeypatch.setattr(tk, "_write_shard", real_write)
+    summary = tk.tokenize(corpus, ckpt, tmp_path / "killed", **opts)
+    assert summary.num_skipped == 2 and summary.num_tokenized == 6
+    assert _final_bytes(tmp_path / "killed") == _final_bytes(tmp_path / "clean")
+    assert not list((tmp_path / "killed" / "shards").glob(".*tmp*"))
+    # A third run has nothing left to do and changes nothing.
+    again = tk.tokenize(corpus, ckpt, tmp_path / "killed", **opts)
+    assert again.num_tokenized == 0 and again.num_skipped == 8
+    assert _final_bytes(tmp_path / "killed") == _final_bytes(tmp_path / "clean")
+
+
+def test_two_processes_give_the_one_process_output(tmp_path, ckpt, corpus):
+    one = tk.tokenize(corpus, ckpt, tmp_path / "one", format="jsonl", progress=False, num_workers=0)
+    two = tk.tokenize(corpus, ckpt, tmp_path / "two", format="jsonl", progress=False, num_workers=0,
+                      num_processes=2)
+    assert two.num_tokenized == one.num_tokenized == 8
+    assert {p.name[:4] for p in (tmp_path / "two" / "shards").glob("r0*.json")} == {"r000", "r001"}
+    assert _final_bytes(tmp_path / "two") == _final_bytes(tmp_path / "one")
+
+
+def _write_bad_files(root: Path) -> dict[str, str]:
+    (root / "0_bad_0.wav").write_text("this is not audio")
+    sf.write(str(root / "1_bad_0.wav"), np.zeros(0, np.float32), 8000)
+    nan = np.full(800, 0.1, np.float32)
+    nan[400] = np.nan
+    sf.write(str(root / "2_bad_0.wav"), nan, 8000, subtype="FLOAT")
+    sf.write(str(root / "3_bad_0.wav"), np.full(20, 0.1, np.float32), 8000)
+    return {"0_bad_0.wav": "cannot decode", "1_bad_0.wav": "no audio samples",
+            "2_bad_0.wav": "NaN", "3_bad_0.wav": "too short"}
+
+
+def test_bad_files_are_listed_and_counted(tmp_path, ckpt, corpus):
+    root = tmp_path / "mixed"
+    shutil.copytree(corpus, root)
+    bad = _write_bad_files(root)
+    parser = argparse.ArgumentParser()
+    tk.add_tokenize_arguments(parser)
+    args = parser.parse_args([str(root), "--checkpoint", str(ckpt), "--out", str(tmp_path / "tok"),
+                              "--no-progress", "--num-workers", "2"])
+    assert tk.run_tokenize(args) == 1  # some files failed
+    lines = (tmp_path / "tok" / "failures.tsv").read_text().splitlines()
+    assert lines[0] == "path\treason" and len(lines) == 1 + len(bad)
+    for line in lines[1:]:
+        path, reason = line.split("\t")
+        assert bad[path] in reason, (path, reason)
+    ts = read_tokens(tmp_path / "tok")
+    assert len(ts) == 8 and ts.metadata["num_failures"] == 4
+    summary = tk.tokenize(root, ckpt, tmp_path / "tok", progress=False)
+    assert summary.num_failed == 4 and "4 failed" in summary.describe()
+
+
+def test_refuses_foreign_output_and_other_checkpoint(tmp_path, ckpt, corpus):
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a vqaudio token directory"):
+        tk.tokenize(corpus, ckpt, tmp_path / "user", progress=False)
+    tk.tokenize(corpus, ckpt, tmp_path / "tok", progress=False)
+    other = tmp_path / "other"
+    _tiny_model(seed=1).save_pretrained(other)
+    with pytest.raises(ValueError, match="checkpoint_id"):
+        tk.tokenize(corpus, other, tmp_path / "tok", progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["bin", "jsonl"])
+def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt):
+    src = _fsdd_recordings()
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("5_george_1.wav", "6_lucas_1.wav"):  # short cuts keep sample-by-sample decoding quick
+        wav, sr = sf.read(str(src / name), dtype="float32")
+        sf.write(str(clips / name), wav[2000:2000 + 5 * 64 + 10], sr)
+    tk.tokenize(clips, ckpt, tmp_path / "tok", format=fmt, progress=False)
+    parser = argparse.ArgumentParser()
+    tk.add_detokenize_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "tok"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "wav"),
+                              "--no-progress"])
+    assert tk.run_detokenize(args) == 0
+    for e in read_tokens(tmp_path / "tok"):
+        assert e.codes.size == 5
+        wav, sr = sf.read(str(tmp_path / "wav" / e.path), dtype="float32")
+        assert sr == 8000 and wav.shape == (5 * 64,)
+        assert np.isfinite(wav).all() and np.abs(wav).max() <= 1.0
+    # Tokens of another checkpoint are refused.
+    other = tmp_path / "other"
+    _tiny_model(seed=1).save_pretrained(other)
+    with pytest.raises(ValueError, match="checkpoint"):
+        tk.detokenize(tmp_path / "tok", other, tmp_path / "wav2", progress=False)
