@@ -650,8 +650,45 @@ def run_train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_prior_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of a recipe's prior stage, prefixed ``--prior-`` so they do not clash with the
+    VQ-VAE's (``--prior-steps``, ``--prior-d-model``, ...). ``--resume``, ``--cpu`` and
+    ``--seed`` are the recipe's own."""
+    d, t = PriorConfig(), PriorTrainConfig()
+    g = parser.add_argument_group("prior stage")
+    g.add_argument("--prior-steps", type=int, default=t.steps, help=f"prior training steps (default {t.steps})")
+    g.add_argument("--prior-batch-size", type=int, default=t.batch_size, help=f"default {t.batch_size}")
+    g.add_argument("--prior-lr", type=float, default=t.learning_rate, help=f"default {t.learning_rate}")
+    g.add_argument("--prior-window", type=int, default=None, help="codes per training window (default: see train-prior)")
+    g.add_argument("--prior-d-model", type=int, default=d.d_model, help=f"default {d.d_model}")
+    g.add_argument("--prior-layers", type=int, default=d.n_layers, help=f"default {d.n_layers}")
+    g.add_argument("--prior-heads", type=int, default=d.n_heads, help=f"default {d.n_heads}")
+    g.add_argument("--prior-max-len", type=int, default=d.max_len, help=f"context in codes (default {d.max_len})")
+    g.add_argument("--prior-dropout", type=float, default=d.dropout, help=f"default {d.dropout}")
+    g.add_argument("--prior-eval-every", type=int, default=t.eval_every, help=f"default {t.eval_every}")
+    g.add_argument("--prior-save-every", type=int, default=t.save_every, help=f"default {t.save_every}")
+
+
+def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfig, PriorTrainConfig]:
+    """The configs of :func:`train_prior` from :func:`add_prior_recipe_arguments` options (and
+    the recipe's ``seed``, ``cpu`` and ``mixed_precision`` if it has them)."""
+    prior_config = PriorConfig(
+        d_model=args.prior_d_model, n_layers=args.prior_layers, n_heads=args.prior_heads,
+        max_len=args.prior_max_len, dropout=args.prior_dropout,
+    )
+    train_config = PriorTrainConfig(
+        steps=args.prior_steps, batch_size=args.prior_batch_size, learning_rate=args.prior_lr,
+        window=args.prior_window, eval_every=args.prior_eval_every, save_every=args.prior_save_every,
+        seed=getattr(args, "seed", None) or 0, cpu=bool(getattr(args, "cpu", False)),
+        mixed_precision=getattr(args, "mixed_precision", None) or "no",
+    )
+    return prior_config, train_config
+
+
 __all__ = [
     "CodeSequence",
+    "add_prior_recipe_arguments",
+    "prior_configs_from_recipe_args",
     "CodeWindowDataset",
     "PriorTrainConfig",
     "ValidationChunks",

@@ -552,8 +552,8 @@ class PriorTransformer(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``speakers.json`` into ``directory``.
 
-        ``config.json`` is ``{"format_version", "model_type": "prior", "config": asdict(config),
-        "metadata"}``. Each file is written under a temporary name and renamed, so a reader
+        ``config.json`` is ``{"format_version", "model_type": "prior", "vqaudio_version",
+        "config": asdict(config), "metadata"}``. Each file is written under a temporary name and renamed, so a reader
         never sees a half-written file.
 
         Returns the directory.
@@ -563,9 +563,12 @@ class PriorTransformer(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        from vqaudio import __version__
+
         header = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "model_type": PRIOR_MODEL_TYPE,
+            "vqaudio_version": __version__,
             "config": config_to_dict(self.config),
             "metadata": self.metadata,
         }
