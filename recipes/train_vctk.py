@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Recipe: train the VQ-VAE of van den Oord et al. (2017, Sec. 4.3) on VCTK or any speaker-folder corpus.
+
+Single process (CPU or one GPU)::
+
+    python recipes/train_vctk.py --data-dir /data/VCTK-Corpus-0.92 --out runs/vctk
+
+Several GPUs (one process each; ``--batch-size`` is per process)::
+
+    accelerate launch --num_processes 4 recipes/train_vctk.py --data-dir /data/VCTK-Corpus-0.92 --out runs/vctk
+
+Resume after an interruption: run the same command with ``--resume``.
+
+The recipe runs stages in order, each in its own folder of ``--out``:
+
+* ``vqvae`` -> ``OUT/vqvae``: the VQ-VAE training run (``vqaudio.train``); its ``model/`` is the
+  checkpoint for ``vqaudio tokenize / reconstruct / convert --checkpoint OUT/vqvae``.
+
+The paper's setup (16 kHz, 64x downsampling, K = 512 codes of D = 64, beta = 0.25, EMA codebook,
+WaveNet decoder conditioned on codes and speaker, Adam) is the default; the WaveNet is the
+CPU-sized one of :class:`vqaudio.config.DecoderConfig` (2 x 10 layers, 64/128/64 channels).
+Scale it with ``--num-stacks``, ``--layers-per-stack``, ``--residual-channels``,
+``--gate-channels``, ``--skip-channels``, ``--batch-size``, ``--segment-seconds``, ``--max-steps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from vqaudio.train import (
+    TrainConfig,
+    add_model_arguments,
+    add_run_arguments,
+    add_train_config_arguments,
+    run_train,
+)
+
+VCTK_URL = "https://datashare.ed.ac.uk/handle/10283/3443"
+
+HOW_TO_GET_VCTK = f"""\
+train_vctk.py needs a corpus: pass --data-dir.
+
+VCTK (CSTR VCTK Corpus, 110 English speakers, CC BY 4.0) version 0.92 can be downloaded from
+the University of Edinburgh DataShare:
+
+    {VCTK_URL}
+
+(VCTK-Corpus-0.92.zip, about 11 GB); unzip it and pass the folder:
+
+    python recipes/train_vctk.py --data-dir VCTK-Corpus-0.92 --out runs/vctk
+
+Accepted layouts of --data-dir:
+  VCTK 0.92      ROOT/wav48_silence_trimmed/p225/p225_001_mic1.flac   (--mic mic1 | mic2)
+  VCTK 0.80      ROOT/wav48/p225/p225_001.wav
+  speaker folders ROOT/{{speaker}}/*.wav|flac|ogg (e.g. VCC 2016: ROOT/SF1/100001.flac)
+  FSDD           ROOT/recordings/{{digit}}_{{speaker}}_{{take}}.wav
+Audio is resampled to --sample-rate (16000 Hz by default).
+"""
+
+#: The recipe's training defaults: TrainConfig's, which follow the paper's optimizer (Adam, 2e-4).
+RECIPE_DEFAULTS = TrainConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The recipe's options: data, run, model sizes, training."""
+    parser = argparse.ArgumentParser(
+        prog="train_vctk.py",
+        description="Train the vqaudio VQ-VAE on VCTK (0.80 or 0.92) or any speaker-folder corpus.",
+        epilog=f"VCTK 0.92: {VCTK_URL}",
+    )
+    parser.add_argument("--data-dir", help="VCTK root (0.80 or 0.92, detected from the tree), or any "
+                        "{speaker}/*.wav|flac tree; without it, prints how to get VCTK")
+    parser.add_argument("--out", default="runs/vctk",
+                        help="experiment folder; each stage writes a subfolder (default runs/vctk)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated stages to run, in order (default {','.join(STAGES)})")
+    add_run_arguments(parser)
+    add_model_arguments(parser, sample_rate=16000)
+    add_train_config_arguments(parser, RECIPE_DEFAULTS)
+    return parser
+
+
+def stage_vqvae(args: argparse.Namespace) -> Path:
+    """Stage ``vqvae``: train the VQ-VAE into ``OUT/vqvae`` (resumable with ``--resume``).
+
+    Returns the run directory (its ``model/`` is the exported checkpoint).
+    """
+    run_dir = Path(args.out) / "vqvae"
+    stage_args = argparse.Namespace(**vars(args))
+    stage_args.data = args.data_dir
+    stage_args.out = str(run_dir)
+    run_train(stage_args)
+    return run_dir
+
+
+#: Stages in the order they run; later stages (tokenize, prior) are appended here.
+STAGES: dict[str, Callable[[argparse.Namespace], Path]] = {"vqvae": stage_vqvae}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; returns the exit status (2 on a usage or data error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.data_dir:
+        print(HOW_TO_GET_VCTK, file=sys.stderr)
+        return 2
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+
+    from vqaudio.audio import AudioError
+    from vqaudio.data import CorpusError
+    from vqaudio.model import CheckpointError
+
+    try:
+        for name in stages:
+            STAGES[name](args)
+    except (CorpusError, AudioError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("VQAUDIO_DEBUG"):
+            raise
+        print(f"train_vctk.py: error: {exc}", file=sys.stderr)
+        if isinstance(exc, CorpusError):
+            print(f"(see `python {sys.argv[0]}` without --data-dir for the accepted layouts)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("train_vctk.py: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Training with Accelerate: configs, run directories, checkpoints and resume, examples, the recipe.
+
+End-to-end runs go through ``recipes/train_vctk.py`` in a subprocess (Accelerate allows one
+set of Accelerator settings per process), with a tiny model on real FSDD clips and one
+intra-op thread (faster than two for models this small, and fair to a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig, config_to_dict
+from vqaudio.model import VQVAE
+from vqaudio.plots import log_spectrogram, plot_spectrograms
+from vqaudio.train import (
+    RESUMABLE_FIELDS,
+    TrainConfig,
+    add_train_arguments,
+    build_model_config,
+    checkpoint_dirs,
+    configs_from_args,
+    iter_metric,
+    latest_checkpoint,
+    read_metrics,
+    train,
+    write_examples,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "train_vctk.py"
+RECORDINGS = REPO / "samples" / "fsdd" / "recordings"
+
+#: A tiny model: 8 kHz, 32 codes of 8 dims, a 5-layer WaveNet (receptive field 32 samples).
+#: Fast EMA (decay 0.9) and a high restart threshold so that dead codes come back within
+#: the few dozen steps of a test.
+TINY_MODEL = [
+    "--sample-rate", "8000", "--encoder-channels", "8,8,16,16,16,16", "--codebook-size", "32",
+    "--code-dim", "8", "--num-stacks", "1", "--layers-per-stack", "5", "--residual-channels", "16",
+    "--gate-channels", "32", "--skip-channels", "16", "--speaker-channels", "8",
+    "--ema-decay", "0.9", "--dead-code-threshold", "0.2",
+]
+
+
+def run_recipe(data: Path, out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python recipes/train_vctk.py --data-dir DATA --out OUT --stages vqvae --cpu --quiet ARGS``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(RECIPE), "--data-dir", str(data), "--out", str(out), "--stages", "vqvae",
+           "--cpu", "--quiet", *TINY_MODEL, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"recipe failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def small_fsdd(root: Path, speakers=("theo", "yweweler"), digits=range(3), takes=range(4, 8)) -> Path:
+    """A small FSDD tree of real clips: take 4 is held out (FSDD's official split), the rest train.
+
+    With the defaults: 2 speakers x 3 digits x 4 takes = 24 clips of at most 3536 samples.
+    """
+    rec = root / "recordings"
+    rec.mkdir(parents=True)
+    for s in speakers:
+        for d in digits:
+            for t in takes:
+                shutil.copy(RECORDINGS / f"{d}_{s}_{t}.wav", rec / f"{d}_{s}_{t}.wav")
+    return root
+
+
+# ----- configs ------------------------------------------------------------------------------------
+
+
+def test_segment_length_is_rounded_to_whole_hops():
+    cfg = TrainConfig(segment_seconds=0.5, example_seconds=0.3)
+    assert cfg.segment_length(16000) == 8000
+    assert TrainConfig(segment_seconds=0.25).segment_length(8000) == 1984  # 31.25 hops -> 31
+    assert TrainConfig(segment_seconds=0.001).segment_length(8000) == 64  # at least one hop
+    assert cfg.example_length(16000) % 64 == 0
+
+
+@pytest.mark.parametrize("bad", [
+    {"batch_size": 0}, {"segment_seconds": 0.0}, {"learning_rate": float("nan")},
+    {"mixed_precision": "fp8"}, {"valid_every": -1}, {"adam_betas": (0.9, 1.0)},
+])
+def test_train_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TrainConfig(**bad)
+
+
+def test_build_model_config_maps_sizes():
+    cfg = build_model_config(sample_rate=8000, code_dim=16, residual_channels=32, num_stacks=3,
+                             encoder_channels=[8, 8, 8, 8, 8, 8], codebook_size=128, ema=False)
+    assert cfg.sample_rate == 8000 and cfg.hop_length == 64
+    assert cfg.quantizer.dim == cfg.decoder.local_channels == 16
+    assert cfg.decoder.residual_channels == 32 and cfg.decoder.num_stacks == 3
+    assert cfg.encoder.channels == (8,) * 6
+    assert cfg.quantizer.codebook_size == 128 and cfg.quantizer.ema is False
+    assert build_model_config(residual_channels=None) == VQVAEConfig()  # None = keep the default
+    with pytest.raises(ValueError, match="unknown model size"):
+        build_model_config(residual_chanels=32)
+
+
+def test_cli_options_map_to_configs(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["data", "--out", str(tmp_path / "run"), "--batch-size", "4",
+                              "--residual-channels", "32", "--lr", "1e-3", "--no-preload"])
+    model_cfg, train_cfg = configs_from_args(args, args.out)
+    assert train_cfg == TrainConfig(batch_size=4, learning_rate=1e-3, preload=False)
+    assert model_cfg == build_model_config(residual_channels=32)
+
+
+def test_resume_takes_saved_configs_and_explicit_overrides(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    saved_train = TrainConfig(batch_size=3, max_steps=10)
+    saved_model = build_model_config(sample_rate=8000, residual_channels=8)
+    (run / "train_config.json").write_text(json.dumps({"format_version": 1, "config": config_to_dict(saved_train)}))
+    (run / "model_config.json").write_text(json.dumps(config_to_dict(saved_model)))
+    (run / "speakers.json").write_text('["a"]')
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["data", "--out", str(run), "--resume", "--max-steps", "20"])
+    model_cfg, train_cfg = configs_from_args(args, run)
+    assert model_cfg == saved_model
+    assert train_cfg == TrainConfig(batch_size=3, max_steps=20)
+    assert "max_steps" in RESUMABLE_FIELDS and "batch_size" not in RESUMABLE_FIELDS
+    # changing what defines the run is refused, before anything is touched
+    with pytest.raises(ValueError, match="batch_size: saved 3, given 5"):
+        train(RECORDINGS, run, saved_model, TrainConfig(batch_size=5), resume=True, cpu=True)
+
+
+# ----- run directory protection -------------------------------------------------------------------
+
+
+def test_refuses_a_non_empty_run_dir(tmp_path):
+    previous_run = tmp_path / "run"
+    previous_run.mkdir()
+    (previous_run / "train_config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        train(RECORDINGS, previous_run, cpu=True)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    for kwargs in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(FileExistsError, match="not a vqaudio run directory"):
+            train(RECORDINGS, other, cpu=True, **kwargs)
+    assert (other / "thesis.tex").read_text() == "precious"
+    assert (previous_run / "train_config.json").read_text() == "{}"
+
+
+def test_checkpoint_dirs_skip_partial_ones(tmp_path):
+    ck = tmp_path / "checkpoints"
+    for name in ("step_0000010", "step_0000002", ".step_0000030.tmp", "notes"):
+        (ck / name).mkdir(parents=True)
+    assert [d.name for d in checkpoint_dirs(tmp_path)] == ["step_0000002", "step_0000010"]
+    assert latest_checkpoint(tmp_path).name == "step_0000010"
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+# ----- plots and examples -------------------------------------------------------------------------
+
+
+def test_spectrogram_png_of_real_speech(tmp_path):
+    wav, sr = sf.read(RECORDINGS / "3_jackson_5.wav", dtype="float32")
+    spec = log_spectrogram(wav, n_fft=256, hop_length=64)
+    assert spec.shape == (129, 1 + len(wav) // 64)
+    assert spec.max() - spec.min() == pytest.approx(80.0, abs=1e-3)  # clipped to top_db
+    png = plot_spectrograms(tmp_path / "figs" / "s.png", {"a": wav, "b": torch.from_numpy(wav)[None]}, sr)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert list(png.parent.iterdir()) == [png]  # no temporary file left
+    with pytest.raises(ValueError, match="one channel"):
+        log_spectrogram(np.zeros((2, 100), np.float32))
+
+
+def test_write_examples_decodes_reconstruction_and_conversion(tmp_path):
+    torch.manual_seed(0)
+    cfg = VQVAEConfig(
+        sample_rate=8000, encoder=EncoderConfig(channels=(4,) * 6),
+        quantizer=QuantizerConfig(codebook_size=8, dim=4),
+        decoder=DecoderConfig(num_stacks=1, layers_per_stack=2, residual_channels=4, gate_channels=8,
+                              skip_channels=4, local_channels=4, speaker_channels=2, num_speakers=3),
+    )
+    model = VQVAE(cfg, ["george", "jackson", "theo"])
+    written = write_examples(model, RECORDINGS / "3_jackson_5.wav", "jackson", tmp_path / "ex", num_samples=500)
+    assert set(written) == {"original", "reconstruction", "conversion_to_theo", "spectrograms"}
+    for name in ("original", "reconstruction", "conversion_to_theo"):
+        wav, sr = sf.read(written[name])
+        assert sr == 8000 and len(wav) == 448  # 500 samples -> 7 whole hops
+    assert written["spectrograms"].suffix == ".png"
+
+
+# ----- end to end -----------------------------------------------------------------------------------
+
+
+def test_tiny_model_learns_on_fsdd_and_writes_a_complete_run(tmp_path):
+    out = tmp_path / "exp"
+    proc = run_recipe(
+        REPO / "samples" / "fsdd", out, "--max-steps", "40", "--batch-size", "8",
+        "--segment-seconds", "0.128", "--lr", "3e-3", "--log-every", "10", "--valid-every", "20",
+        "--checkpoint-every", "20", "--keep-last", "1", "--example-seconds", "0.1",
+        "--split", "per-speaker", "--num-valid-per-speaker", "2",
+    )
+    run = out / "vqvae"
+    assert "trained 40 steps" in proc.stdout
+
+    records = read_metrics(run)
+    loss = dict(iter_metric(records, "train/loss"))
+    assert sorted(loss) == [10, 20, 30, 40]
+    assert loss[40] < loss[10] - 0.1, loss  # nats per sample
+    valid = dict(iter_metric(records, "valid/loss"))
+    assert sorted(valid) == [20, 40] and valid[40] < valid[20]
+    used = [r["train/codes_in_use_window"] for r in records if "train/codes_in_use_window" in r]
+    assert max(used[1:]) > 1, used  # not collapsed onto one code
+    last = [r for r in records if "train/loss" in r][-1]
+    assert last["train/bits_per_sample"] == pytest.approx(last["train/reconstruction_loss"] / np.log(2), rel=1e-4)
+    for key in ("train/commitment_loss", "train/perplexity", "train/lr", "train/samples_per_second"):
+        assert key in last
+
+    model = VQVAE.from_pretrained(run)  # the run directory works as --checkpoint
+    assert model.sample_rate == 8000 and model.speakers == json.loads((run / "speakers.json").read_text())
+    assert [d.name for d in checkpoint_dirs(run)] == ["step_0000040"]  # keep_last 1
+    assert json.loads((run / "train_config.json").read_text())["config"]["max_steps"] == 40
+    for step in ("step_0000020", "step_0000040"):
+        ex = run / "examples" / step
+        names = sorted(p.name for p in ex.iterdir())
+        assert names == ["conversion_to_yweweler.wav", "original.wav", "reconstruction.wav", "spectrograms.png"]
+        wav, sr = sf.read(ex / "reconstruction.wav")
+        assert sr == 8000 and len(wav) == 768 and np.isfinite(wav).all()
+
+    # a second fresh run into the same folder is refused and changes nothing
+    before = (run / "metrics.jsonl").read_text()
+    proc = run_recipe(REPO / "samples" / "fsdd", out, "--max-steps", "2", check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    # Segments longer than every clip (3536 samples) make the batches independent of crop
+    # offsets, so that the interrupted and the uninterrupted run see identical data.
+    data = small_fsdd(tmp_path / "fsdd")
+    common = ["--batch-size", "4", "--segment-seconds", "0.45", "--lr", "3e-3", "--log-every", "2",
+              "--valid-every", "0", "--checkpoint-every", "6", "--example-seconds", "0.02"]
+    run_recipe(data, tmp_path / "straight", "--max-steps", "14", *common)
+    # 18 training clips -> 4 batches per epoch: the checkpoint at step 6 is in the middle of epoch 1
+    run_recipe(data, tmp_path / "split", "--max-steps", "6", *common)
+    first = read_metrics(tmp_path / "split" / "vqvae")
+    proc = run_recipe(data, tmp_path / "split", "--max-steps", "14", "--resume", *common)
+    assert "from step_0000006 (step 6, epoch 1)" in proc.stdout
+
+    straight, split = tmp_path / "straight" / "vqvae", tmp_path / "split" / "vqvae"
+    a = VQVAE.from_pretrained(straight).state_dict()
+    b = VQVAE.from_pretrained(split).state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    # the metrics continue at the right step, and equal those of the uninterrupted run
+    steps = [r["step"] for r in read_metrics(split) if "train/loss" in r]
+    assert steps == [2, 4, 6, 8, 10, 12, 14]
+    loss_a = dict(iter_metric(read_metrics(straight), "train/loss"))
+    loss_b = dict(iter_metric(read_metrics(split), "train/loss"))
+    assert loss_a == loss_b
+    assert dict(iter_metric(first, "train/loss")) == {s: loss_a[s] for s in (2, 4, 6)}
+
+
+def test_two_processes_keep_the_codebook_identical(tmp_path):
+    # torch.distributed on CPU (gloo): DDP with broadcast_buffers=False; the quantizer's
+    # all-reduced EMA keeps the buffers equal, which check_buffers_in_sync verifies at the
+    # checkpoint (it raises, failing the run, if any buffer differs between the processes).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29500 + os.getpid() % 1000), str(RECIPE), "--data-dir", str(REPO / "samples" / "fsdd"),
+           "--out", str(tmp_path), "--stages", "vqvae", "--cpu", "--quiet", *TINY_MODEL,
+           "--max-steps", "6", "--batch-size", "4", "--segment-seconds", "0.128", "--lr", "3e-3",
+           "--log-every", "3", "--valid-every", "0", "--checkpoint-every", "6", "--example-seconds", "0.02"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "deprecated" not in proc.stderr
+    ckpt = tmp_path / "vqvae" / "checkpoints" / "step_0000006"
+    assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    records = read_metrics(tmp_path / "vqvae")
+    assert [r["step"] for r in records] == [3, 6]
+    assert records[0]["train/segments_per_second"] > 0
+    assert VQVAE.from_pretrained(tmp_path / "vqvae").quantizer.initialized
+
+
+def test_recipe_without_data_dir_says_how_to_get_vctk():
+    proc = subprocess.run([sys.executable, str(RECIPE)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "https://datashare.ed.ac.uk/handle/10283/3443" in proc.stderr
+    assert "wav48_silence_trimmed" in proc.stderr and "--data-dir" in proc.stderr
+
+
+def test_recipe_reports_a_bad_corpus_in_one_line(tmp_path):
+    (tmp_path / "flat").mkdir()
+    shutil.copy(RECORDINGS / "0_theo_5.wav", tmp_path / "flat" / "hello.wav")
+    proc = run_recipe(tmp_path / "flat", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot recognise the corpus layout" in proc.stderr

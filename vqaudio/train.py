@@ -1,0 +1,1215 @@
+"""Training the VQ-VAE with HuggingFace Accelerate: one loop for CPU, one GPU, or ``accelerate launch``.
+
+The objective is Eq. 3 of van den Oord et al. (2017): the WaveNet decoder's cross-entropy of
+the next mu-law sample (teacher forcing) plus the codebook and commitment losses (the codebook
+is learned by EMA by default, App. A.1), minimised with Adam on random fixed-length segments
+of the training utterances.
+
+Run directory (``RUN``, given by ``--out``)::
+
+    RUN/
+      train_config.json          TrainConfig (see there), with a format version
+      model_config.json          VQVAEConfig of the model being trained
+      speakers.json              the speaker table, names in id order
+      data.json                  corpus root, layout, split, utterance counts
+      metrics.jsonl              one JSON object per log event: {"step", "train/loss", ...}
+      model/                     the latest weights as a VQVAE checkpoint (``--checkpoint RUN``)
+      checkpoints/step_0001000/  Accelerate ``save_state``: weights, optimizer, RNG states, progress
+      examples/step_0001000/     original.wav, reconstruction.wav, conversion_to_NAME.wav,
+                                 spectrograms.png (a held-out utterance)
+
+Everything in ``RUN`` is written by the main process, through temporary names and renames.
+A fresh run refuses a non-empty ``RUN`` unless ``resume`` (continue from the latest checkpoint)
+or ``overwrite`` (delete a previous *run* directory) is given.
+
+Reproducibility and resuming: ``set_seed(seed)`` fixes the initial weights; the batch order of
+epoch ``e`` is a permutation drawn from ``seed + e`` (Accelerate's seedable sampler);
+``save_state`` stores the model, optimizer, every process's RNG states and the loop position
+(step, epoch, batches consumed), and a resumed run skips the batches already consumed in the
+current epoch (``skip_first_batches``). Segment offsets inside utterances are drawn by
+:class:`vqaudio.data.SegmentDataset`'s own generator, which ``save_state`` does not hold, so a
+resumed run sees the same utterances in the same order but, for utterances longer than a
+segment, other crops than an uninterrupted run would.
+
+Several processes (``accelerate launch``): the model is wrapped in DistributedDataParallel with
+``broadcast_buffers=False``. The quantizer keeps its EMA codebook buffers identical on every
+process itself: it all-reduces the assignment counts and latent sums before each EMA update
+and broadcasts restarted codes from process 0, so every process computes the same update.
+DDP's default buffer broadcast (process 0's buffers copied to all at every forward) would only
+add a collective per step and hide a divergence instead of exposing it;
+:func:`check_buffers_in_sync` verifies at every checkpoint that the buffers agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from vqaudio.config import (
+    DecoderConfig,
+    EncoderConfig,
+    QuantizerConfig,
+    VQVAEConfig,
+    config_from_dict,
+    config_to_dict,
+)
+
+if TYPE_CHECKING:
+    from vqaudio.data import Corpus
+
+#: Version of the run-directory layout written by :func:`train`.
+RUN_FORMAT_VERSION = 1
+
+TRAIN_CONFIG_NAME = "train_config.json"
+MODEL_CONFIG_NAME = "model_config.json"
+SPEAKERS_NAME = "speakers.json"
+DATA_NAME = "data.json"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+EXAMPLES_DIR = "examples"
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+# ----- configuration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (not what to train: that is :class:`vqaudio.config.VQVAEConfig`).
+
+    Saved as ``RUN/train_config.json``.
+
+    Attributes:
+        batch_size: segments per optimizer step and process (before accumulation).
+        segment_seconds: length of a training segment in seconds; rounded to a whole number of
+            hops (64 samples) at the model rate by :meth:`segment_length`.
+        learning_rate: Adam step size. 2e-4 is the VQ-VAE paper's setting; short CPU runs
+            (a few hundred steps) learn visibly faster with 1e-3, which the 16 kHz model
+            tolerates with gradient clipping.
+        adam_betas: Adam's (beta1, beta2).
+        max_steps: optimizer steps to train for (the total, including steps before a resume).
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        max_grad_norm: clip the global gradient norm to this (``accelerator.clip_grad_norm_``);
+            0 disables clipping.
+        checkpoint_every: steps between checkpoints (and model exports and examples); the last
+            step is always checkpointed.
+        valid_every: steps between validation passes over the held-out utterances; the last
+            step is always validated. 0 disables validation.
+        log_every: steps between lines of ``metrics.jsonl`` (means over the steps since the
+            previous line).
+        keep_last: checkpoints kept in ``RUN/checkpoints`` (older ones are deleted).
+        mixed_precision: ``"no"``, ``"fp16"`` (CUDA) or ``"bf16"``.
+        seed: seeds the initial weights, the batch order and the segment offsets.
+        num_workers: DataLoader worker processes (0 loads in the training process).
+        num_valid_per_speaker: utterances of every speaker held out for validation
+            (see :func:`vqaudio.data.split_corpus`).
+        example_seconds: length in seconds of the held-out excerpt that is reconstructed and
+            converted at each checkpoint. Decoding is sample by sample, so keep it short.
+        preload: decode and resample all audio once at start (kept as int16 in memory in
+            every process); otherwise files are read per item, in the workers.
+
+    Raises:
+        ValueError: (on construction) a value out of range.
+    """
+
+    batch_size: int = 8
+    segment_seconds: float = 0.5
+    learning_rate: float = 2e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_steps: int = 100_000
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 1000
+    valid_every: int = 1000
+    log_every: int = 50
+    keep_last: int = 3
+    mixed_precision: str = "no"
+    seed: int = 0
+    num_workers: int = 0
+    num_valid_per_speaker: int = 5
+    example_seconds: float = 1.0
+    preload: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "max_steps", "gradient_accumulation_steps", "checkpoint_every",
+                    "log_every", "keep_last")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("valid_every", "num_workers", "num_valid_per_speaker", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("segment_seconds", "learning_rate", "example_seconds"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"TrainConfig.{name} must be a positive number, got {value}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, "
+                             f"got {self.mixed_precision!r}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+
+    def segment_length(self, sample_rate: int, hop_length: int = 64) -> int:
+        """Training segment length in samples: ``segment_seconds * sample_rate`` rounded to the
+        nearest multiple of ``hop_length`` (at least one hop). E.g. 0.5 s at 16 kHz -> 8000 -> 8000
+        (125 hops); 0.25 s at 8 kHz -> 2000 -> 1984 (31 hops)."""
+        return max(1, round(self.segment_seconds * sample_rate / hop_length)) * hop_length
+
+    def example_length(self, sample_rate: int, hop_length: int = 64) -> int:
+        """Example excerpt length in samples, rounded like :meth:`segment_length`."""
+        return max(1, round(self.example_seconds * sample_rate / hop_length)) * hop_length
+
+
+#: TrainConfig fields that may differ between a run and its resumption; the others
+#: (batch, segments, optimizer, seed, split) define the run and must stay the same.
+RESUMABLE_FIELDS = frozenset({
+    "max_steps", "checkpoint_every", "valid_every", "log_every", "keep_last", "num_workers",
+    "example_seconds", "preload", "mixed_precision",
+})
+
+#: ``build_model_config`` size names -> (section of VQVAEConfig, field); ``code_dim`` sets both
+#: ``quantizer.dim`` and ``decoder.local_channels``.
+MODEL_SIZE_FIELDS: dict[str, tuple[str, str]] = {
+    "sample_rate": ("", "sample_rate"),
+    "encoder_channels": ("encoder", "channels"),
+    "codebook_size": ("quantizer", "codebook_size"),
+    "code_dim": ("quantizer", "dim"),
+    "commitment_cost": ("quantizer", "commitment_cost"),
+    "ema": ("quantizer", "ema"),
+    "ema_decay": ("quantizer", "decay"),
+    "dead_code_threshold": ("quantizer", "dead_code_threshold"),
+    "num_stacks": ("decoder", "num_stacks"),
+    "layers_per_stack": ("decoder", "layers_per_stack"),
+    "residual_channels": ("decoder", "residual_channels"),
+    "gate_channels": ("decoder", "gate_channels"),
+    "skip_channels": ("decoder", "skip_channels"),
+    "kernel_size": ("decoder", "kernel_size"),
+    "speaker_channels": ("decoder", "speaker_channels"),
+    "num_speakers": ("decoder", "num_speakers"),
+}
+
+
+def build_model_config(base: VQVAEConfig | None = None, **sizes: Any) -> VQVAEConfig:
+    """A :class:`VQVAEConfig` from named sizes (the recipe's and CLI's model options).
+
+    Args:
+        base: the config to change (default: ``VQVAEConfig()``, the paper's sizes at 16 kHz with
+            the CPU-sized WaveNet of :class:`DecoderConfig`).
+        **sizes: any of :data:`MODEL_SIZE_FIELDS` (``sample_rate``, ``encoder_channels``
+            (sequence of ints, one per stride-2 layer), ``codebook_size`` (K), ``code_dim`` (D),
+            ``commitment_cost`` (beta), ``ema``, ``ema_decay``, ``dead_code_threshold``,
+            ``num_stacks``, ``layers_per_stack``, ``residual_channels``, ``gate_channels``,
+            ``skip_channels``, ``kernel_size``, ``speaker_channels``, ``num_speakers``);
+            ``None`` values are ignored.
+
+    Example: ``build_model_config(sample_rate=8000, residual_channels=32, gate_channels=64)``.
+
+    Raises:
+        ValueError: an unknown size name, or an inconsistent result.
+    """
+    cfg = base or VQVAEConfig()
+    unknown = sorted(set(sizes) - set(MODEL_SIZE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown model size(s) {unknown}; known: {sorted(MODEL_SIZE_FIELDS)}")
+    changes: dict[str, dict[str, Any]] = {"": {}, "encoder": {}, "quantizer": {}, "decoder": {}}
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        section, field_name = MODEL_SIZE_FIELDS[name]
+        if name == "encoder_channels":
+            value = tuple(int(c) for c in value)
+        changes[section][field_name] = value
+        if name == "code_dim":
+            changes["decoder"]["local_channels"] = value
+    return dataclasses.replace(
+        cfg,
+        encoder=dataclasses.replace(cfg.encoder, **changes["encoder"]),
+        quantizer=dataclasses.replace(cfg.quantizer, **changes["quantizer"]),
+        decoder=dataclasses.replace(cfg.decoder, **changes["decoder"]),
+        **changes[""],
+    )
+
+
+# ----- results and loop state -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        run_dir: the run directory.
+        model_dir: ``run_dir / "model"``, the exported checkpoint (``VQVAE.from_pretrained``).
+        step: optimizer steps done in total.
+        resumed_from: the step the run resumed from (``None`` for a fresh run).
+        train_loss: mean training loss (nats) of the last log window.
+        valid_loss: the last validation loss (nats), ``None`` without validation.
+        wall_seconds: training wall time over all sessions of the run, in seconds.
+    """
+
+    run_dir: Path
+    model_dir: Path
+    step: int
+    resumed_from: int | None
+    train_loss: float | None
+    valid_loss: float | None
+    wall_seconds: float
+
+
+@dataclass
+class TrainProgress:
+    """The loop's position, saved in every checkpoint (``accelerator.register_for_checkpointing``).
+
+    Attributes:
+        step: optimizer steps done.
+        epoch: current pass over the training utterances (0-based).
+        batches_in_epoch: micro-batches of the current epoch already consumed.
+        segments_seen: training segments consumed, all processes.
+        wall_seconds: training wall time so far, over all sessions.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    segments_seen: int = 0
+    wall_seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, int | float]:
+        """The fields as a dict (what ``save_state`` stores)."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, int | float]) -> None:
+        """Restore the fields from :meth:`state_dict` output."""
+        for name, value in state.items():
+            setattr(self, name, type(getattr(self, name))(value))
+
+
+# ----- metrics tracker -----------------------------------------------------------------------
+
+
+class JSONLinesTracker(GeneralTracker):
+    """An Accelerate tracker appending ``{"step": step, **values}`` lines to a JSON-lines file.
+
+    Registered with ``Accelerator(log_with=[...])``; ``accelerator.log(values, step)`` reaches
+    it on the main process only. Each line is flushed when written, so a crash loses nothing
+    that was logged.
+    """
+
+    name = "jsonl"
+    requires_logging_directory = False
+    main_process_only = True
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        self.path = Path(path)
+
+    @property
+    def tracker(self) -> Path:
+        """The file written."""
+        return self.path
+
+    def store_init_configuration(self, values: dict) -> None:
+        """Configurations are saved as ``train_config.json`` etc.; nothing to do here."""
+
+    def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
+        """Append one line ``{"step": step, **values}``."""
+        record = {"step": step, **{k: _jsonable(v) for k, v in values.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``RUN/metrics.jsonl`` in order (``[]`` when there is none yet).
+
+    Training lines carry ``train/...`` keys, validation lines ``valid/...`` keys; every line
+    has ``step``.
+
+    Raises:
+        ValueError: a line that is not valid JSON (names the file and line).
+    """
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return []
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{i}: not valid JSON ({exc})") from None
+    return records
+
+
+# ----- the training loop ---------------------------------------------------------------------
+
+
+def train(
+    data: str | os.PathLike | Sequence[str | os.PathLike] | Corpus,
+    out: str | os.PathLike,
+    model_config: VQVAEConfig | None = None,
+    train_config: TrainConfig | None = None,
+    *,
+    mic: str = "mic1",
+    split_method: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    cpu: bool = False,
+    log_with: Sequence[str] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Train a VQ-VAE on a corpus with Accelerate and keep everything in the run directory ``out``.
+
+    Runs on CPU, one GPU, or several processes started by ``accelerate launch`` / ``torchrun``
+    (one Accelerator per process; Accelerate allows one set of Accelerator settings per
+    process, so call this once per process).
+
+    Args:
+        data: a corpus folder (VCTK 0.80 / 0.92, speaker folders, FSDD; see
+            :func:`vqaudio.data.discover_corpus`), a list of files and folders, or a
+            :class:`vqaudio.data.Corpus`.
+        out: the run directory (see the module doc).
+        model_config: what to train; ``decoder.num_speakers`` is set to the size of the
+            corpus's speaker table. Default: the saved config when resuming, else
+            ``VQVAEConfig()``.
+        train_config: how to train. Default: the saved config when resuming, else
+            ``TrainConfig()``. When resuming, only :data:`RESUMABLE_FIELDS` may differ from
+            the saved one.
+        mic: VCTK 0.92 microphone (``"mic1"`` / ``"mic2"``).
+        split_method: train/validation split method of :func:`vqaudio.data.split_corpus`.
+        resume: continue from the latest checkpoint in ``out``; when ``out`` holds no run yet,
+            start a new one there.
+        overwrite: delete a previous run in ``out`` first (only a folder holding
+            ``train_config.json``, or an empty one, is ever deleted).
+        cpu: train on the CPU even if a GPU is available.
+        log_with: extra Accelerate trackers (``"tensorboard"``, ``"wandb"``...), logging into
+            ``out``; ``metrics.jsonl`` is always written.
+        progress: show progress bars (main process only).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        FileExistsError: ``out`` is not empty and neither ``resume`` nor ``overwrite`` is given,
+            or ``overwrite`` on a folder that is not a vqaudio run.
+        ValueError: ``resume`` with configs or a speaker table that differ from the saved run;
+            a training set smaller than one batch; bad config values.
+        vqaudio.data.CorpusError: the corpus cannot be found or split.
+        vqaudio.audio.AudioError: an audio file cannot be read (names the file).
+    """
+    from vqaudio.data import Corpus, SegmentDataset, discover_corpus, speaker_table, split_corpus
+    from vqaudio.model import VQVAE
+
+    run = Path(out)
+    if resume and overwrite:
+        raise ValueError("choose either resume or overwrite, not both")
+    existing = _run_dir_state(run)  # checked identically by every process, before any write
+    resuming = resume and existing == "run"
+    if existing == "other" or (existing == "run" and not resume and not overwrite):
+        raise FileExistsError(_refusal_message(run, existing))
+
+    if resuming:
+        saved_train = _read_train_config(run)
+        saved_model = config_from_dict(VQVAEConfig, _read_json(run / MODEL_CONFIG_NAME))
+        train_config = _check_resumable(saved_train, train_config or saved_train)
+        model_config = model_config or saved_model
+    train_config = train_config or TrainConfig()
+    model_config = model_config or VQVAEConfig()
+    cfg = train_config
+
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        log_with=[JSONLinesTracker(run / METRICS_NAME), *log_with],
+        project_dir=str(run),
+    )
+    main = accelerator.is_main_process
+    show = progress and main
+    if existing == "run" and overwrite and not resume:
+        if main:
+            shutil.rmtree(run)
+        accelerator.wait_for_everyone()
+
+    # --- data
+    corpus = data if isinstance(data, Corpus) else discover_corpus(data, mic=mic)
+    train_corpus, valid_corpus = split_corpus(corpus, cfg.num_valid_per_speaker, method=split_method)
+    speakers = speaker_table(corpus)
+    if not speakers:
+        speakers = ["unknown"]  # a corpus without speaker labels: one global embedding
+    model_config = dataclasses.replace(
+        model_config, decoder=dataclasses.replace(model_config.decoder, num_speakers=len(speakers))
+    )
+    if resuming:
+        _check_same_run(run, model_config, speakers)
+    sample_rate, hop = model_config.sample_rate, model_config.hop_length
+    segment_length = cfg.segment_length(sample_rate, hop)
+    table = speakers if corpus.speakers else None
+    accelerator.print(
+        f"corpus {corpus.root or 'files'} ({corpus.layout}): {len(speakers)} speakers, "
+        f"{len(train_corpus)} training / {len(valid_corpus)} held-out utterances; "
+        f"segments of {segment_length} samples ({segment_length / sample_rate:.3f} s at {sample_rate} Hz)"
+    )
+    train_set = SegmentDataset(
+        train_corpus, table, sample_rate=sample_rate, segment_length=segment_length,
+        hop_length=hop, random_offsets=True, preload=cfg.preload,
+        seed=cfg.seed * 65536 + accelerator.process_index, num_threads=2, progress=show,
+    )
+    global_batch = cfg.batch_size * accelerator.num_processes
+    if len(train_set) < global_batch:
+        raise ValueError(
+            f"{corpus.root}: {len(train_set)} training utterances are fewer than one batch "
+            f"({cfg.batch_size} x {accelerator.num_processes} processes); lower the batch size"
+        )
+    valid_set = None
+    if len(valid_corpus) and cfg.valid_every:
+        valid_set = SegmentDataset(
+            valid_corpus, table, sample_rate=sample_rate, segment_length=segment_length,
+            hop_length=hop, random_offsets=False, preload=True, progress=show,
+        )
+    example_utterance = (valid_corpus.utterances or train_corpus.utterances)[0]
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+        num_workers=cfg.num_workers, pin_memory=accelerator.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+    # --- run directory (fresh runs)
+    if main and not resuming:
+        run.mkdir(parents=True, exist_ok=True)
+        _write_json(run / TRAIN_CONFIG_NAME, {"format_version": RUN_FORMAT_VERSION,
+                                              "config": config_to_dict(cfg)})
+        _write_json(run / MODEL_CONFIG_NAME, config_to_dict(model_config))
+        _write_json(run / SPEAKERS_NAME, speakers)
+        _write_json(run / DATA_NAME, {
+            "data": [str(p) for p in data] if isinstance(data, (list, tuple)) else str(
+                corpus.root if isinstance(data, Corpus) else data),
+            "layout": corpus.layout, "mic": mic, "split_method": split_method,
+            "num_train_utterances": len(train_corpus), "num_valid_utterances": len(valid_corpus),
+            "valid_utterances": [u.utterance_id for u in valid_corpus.utterances],
+        })
+    accelerator.wait_for_everyone()
+
+    # --- model, optimizer
+    set_seed(cfg.seed)
+    model = VQVAE(model_config, speakers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates broadcast_buffers in favour of forward_sync_buffers, which
+        # Accelerate's DistributedDataParallelKwargs cannot pass yet; the old flag still works.
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    state = TrainProgress()
+    accelerator.register_for_checkpointing(state)
+
+    resumed_from = None
+    latest = latest_checkpoint(run) if resuming else None
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        resumed_from = state.step
+        if main:
+            _truncate_metrics(run / METRICS_NAME, state.step)
+        accelerator.print(f"resumed {run} from {latest.name} (step {state.step}, epoch {state.epoch})")
+    elif resuming:
+        accelerator.print(f"{run}: no checkpoint yet; starting from step 0")
+        if main:
+            _truncate_metrics(run / METRICS_NAME, 0)
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers("vqaudio", config=_flat_config(cfg, model_config))
+
+    unwrapped: VQVAE = accelerator.unwrap_model(model)
+    window = _MetricWindow(model_config.quantizer.codebook_size, accelerator.device)
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step",
+               disable=not show, dynamic_ncols=True)
+    last_train: dict[str, float] = {}
+    last_valid: dict[str, float] = {}
+    clock = time.perf_counter()
+    window_start = clock  # throughput excludes validation, checkpoints and examples
+
+    def tick() -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        state.wall_seconds += now - clock
+        clock = now
+
+    model.train()
+    while state.step < cfg.max_steps:
+        train_loader.set_epoch(state.epoch)  # the batch order of an epoch depends on seed + epoch
+        if hasattr(train_set, "set_epoch"):  # Accelerate forwards it only in some layouts
+            train_set.set_epoch(state.epoch)
+        loader = (accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+                  if state.batches_in_epoch else train_loader)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                output = model(batch["wav"], batch["speaker"])
+                accelerator.backward(output.loss)
+                grad_norm = None
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            state.segments_seen += batch["wav"].shape[0] * accelerator.num_processes
+            window.add(output, grad_norm, batch["wav"].shape[0] * accelerator.num_processes,
+                       batch["wav"].shape[-1])
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            bar.update(1)
+            if show:
+                bar.set_postfix(window.postfix(), refresh=False)
+
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                tick()
+                now = time.perf_counter()
+                last_train = window.reduce(accelerator, now - window_start, sample_rate)
+                window_start = now
+                last_train.update({"train/lr": optimizer.param_groups[0]["lr"],
+                                   "epoch": state.epoch, "wall_seconds": round(state.wall_seconds, 3)})
+                accelerator.log(last_train, step=state.step)
+
+            paused = time.perf_counter()
+            if valid_set is not None and (state.step % cfg.valid_every == 0 or state.step == cfg.max_steps):
+                if main:
+                    with accelerator.autocast():
+                        last_valid = evaluate_segments(unwrapped, valid_set, batch_size=cfg.batch_size)
+                    model.train()
+                    accelerator.log(last_valid, step=state.step)
+                    bar.write(_format_valid(state.step, last_valid))
+                accelerator.wait_for_everyone()
+
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+                tick()
+                save_checkpoint(accelerator, run, state.step, cfg.keep_last)
+                check_buffers_in_sync(accelerator, model)
+                if main:
+                    export_model(unwrapped, run / MODEL_DIR)
+                    write_examples(
+                        unwrapped, example_utterance.path, example_utterance.speaker,
+                        run / EXAMPLES_DIR / f"step_{state.step:07d}",
+                        num_samples=cfg.example_length(sample_rate, hop), seed=cfg.seed,
+                    )
+                    model.train()
+                accelerator.wait_for_everyone()
+            window_start += time.perf_counter() - paused
+            if state.step >= cfg.max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    bar.close()
+    tick()
+    accelerator.end_training()
+    return TrainResult(
+        run_dir=run, model_dir=run / MODEL_DIR, step=state.step, resumed_from=resumed_from,
+        train_loss=last_train.get("train/loss"), valid_loss=last_valid.get("valid/loss"),
+        wall_seconds=state.wall_seconds,
+    )
+
+
+class _MetricWindow:
+    """Running sums of the training metrics between two log lines (kept on the device)."""
+
+    KEYS = ("loss", "reconstruction_loss", "commitment_loss", "codebook_loss", "perplexity", "codes_in_use")
+
+    def __init__(self, codebook_size: int, device: torch.device):
+        self.codebook_size = codebook_size
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(len(self.KEYS), dtype=torch.float64, device=self.device)
+        self.grad_norm = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum, count
+        self.counts = torch.zeros(self.codebook_size, dtype=torch.float64, device=self.device)
+        self.batches = 0
+        self.segments = 0
+        self.samples = 0
+
+    def add(self, output: Any, grad_norm: torch.Tensor | None, segments: int, segment_length: int) -> None:
+        values = torch.stack([getattr(output, k).detach().double() for k in self.KEYS])
+        self.sums += values
+        if grad_norm is not None:
+            self.grad_norm += torch.stack([torch.as_tensor(grad_norm, device=self.device).double(),
+                                           torch.ones((), dtype=torch.float64, device=self.device)])
+        self.counts += torch.bincount(output.codes.reshape(-1), minlength=self.codebook_size).double()
+        self.batches += 1
+        self.segments += segments
+        self.samples += segments * segment_length
+
+    def postfix(self) -> dict[str, str]:
+        """Running means of this process's window for the progress bar."""
+        means = (self.sums / max(self.batches, 1)).tolist()
+        m = dict(zip(self.KEYS, means))
+        return {"loss": f"{m['loss']:.3f}", "ppl": f"{m['perplexity']:.1f}",
+                "codes": f"{m['codes_in_use']:.0f}"}
+
+    def reduce(self, accelerator: Any, seconds: float, sample_rate: int) -> dict[str, float]:
+        """Means over the window and all processes (a collective: every process calls it)."""
+        packed = torch.cat([self.sums, self.grad_norm,
+                            torch.tensor([float(self.batches)], dtype=torch.float64, device=self.device)])
+        packed = accelerator.reduce(packed, reduction="sum")
+        counts = accelerator.reduce(self.counts, reduction="sum")
+        n = len(self.KEYS)
+        batches = max(float(packed[n + 2]), 1.0)
+        means = dict(zip(self.KEYS, (packed[:n] / batches).tolist()))
+        used = counts[counts > 0]
+        probs = used / used.sum() if used.numel() else used
+        record = {
+            "train/loss": means["loss"],
+            "train/reconstruction_loss": means["reconstruction_loss"],
+            "train/bits_per_sample": means["reconstruction_loss"] / math.log(2),
+            "train/commitment_loss": means["commitment_loss"],
+            "train/codebook_loss": means["codebook_loss"],
+            "train/perplexity": means["perplexity"],
+            "train/codes_in_use": means["codes_in_use"],
+            "train/codes_in_use_window": int(used.numel()),
+            "train/perplexity_window": float(torch.exp(-(probs * probs.log()).sum())) if used.numel() else 0.0,
+            "train/segments_per_second": self.segments / max(seconds, 1e-9),
+            "train/samples_per_second": self.samples / max(seconds, 1e-9),
+            "train/realtime_factor": self.samples / sample_rate / max(seconds, 1e-9),
+        }
+        if float(packed[n + 1]) > 0:
+            record["train/grad_norm"] = float(packed[n] / packed[n + 1])
+        self.reset()
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+
+
+# ----- validation, checkpoints, examples -----------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size: int = 8) -> dict[str, float]:
+    """Validation metrics of ``model`` on every item of ``dataset`` (eval mode; the codebook is
+    not updated).
+
+    Args:
+        model: a :class:`vqaudio.model.VQVAE` (unwrapped); left in eval mode.
+        dataset: items ``{"wav": [1, T] float32, "speaker": [] int64}`` (e.g. a
+            :class:`vqaudio.data.SegmentDataset` with ``random_offsets=False``).
+        batch_size: segments per forward pass.
+
+    Returns:
+        ``valid/loss``, ``valid/reconstruction_loss`` (nats per sample),
+        ``valid/bits_per_sample``, ``valid/commitment_loss``, ``valid/perplexity`` (of the code
+        distribution over the whole set), ``valid/codes_in_use`` (distinct codes over the
+        whole set), ``valid/segments``: means weighted by batch size.
+    """
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         generator=torch.Generator())
+    totals = {"loss": 0.0, "reconstruction_loss": 0.0, "commitment_loss": 0.0}
+    counts = torch.zeros(model.config.quantizer.codebook_size, dtype=torch.float64)
+    n = 0
+    for batch in loader:
+        wav = batch["wav"].to(model.device)
+        out = model(wav, batch["speaker"].to(model.device))
+        b = wav.shape[0]
+        for k in totals:
+            totals[k] += float(getattr(out, k)) * b
+        counts += torch.bincount(out.codes.reshape(-1).cpu(), minlength=counts.numel()).double()
+        n += b
+    used = counts[counts > 0]
+    probs = used / used.sum()
+    rec = totals["reconstruction_loss"] / n
+    return {
+        "valid/loss": round(totals["loss"] / n, 6),
+        "valid/reconstruction_loss": round(rec, 6),
+        "valid/bits_per_sample": round(rec / math.log(2), 6),
+        "valid/commitment_loss": round(totals["commitment_loss"] / n, 6),
+        "valid/perplexity": round(float(torch.exp(-(probs * probs.log()).sum())), 4),
+        "valid/codes_in_use": int(used.numel()),
+        "valid/segments": n,
+    }
+
+
+def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, ``RUN/checkpoints/step_XXXXXXX``, oldest first.
+
+    Folders still being written (``.step_XXXXXXX.tmp``) are left out.
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith("step_") and d.name[5:].isdigit():
+            found.append((int(d.name[5:]), d))
+    return [d for _, d in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run, or ``None``."""
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(accelerator: Any, run_dir: Path, step: int, keep_last: int) -> Path:
+    """``accelerator.save_state`` into ``RUN/checkpoints/step_{step:07d}`` (all processes call it).
+
+    The state is written to ``.step_{step:07d}.tmp`` and renamed when every process has
+    finished, so a crash never leaves a partial ``step_*`` folder; then all but the newest
+    ``keep_last`` checkpoints are deleted. Returns the checkpoint folder.
+    """
+    root = run_dir / CHECKPOINTS_DIR
+    final = root / f"step_{step:07d}"
+    tmp = root / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def export_model(model: Any, model_dir: Path) -> Path:
+    """``model.save_pretrained`` into ``model_dir``, replacing its previous content.
+
+    Written to ``.model.tmp`` beside it and swapped in by renames, so ``model_dir`` always
+    holds one complete checkpoint (between the two renames it is briefly absent).
+    """
+    tmp = model_dir.with_name(f".{model_dir.name}.tmp")
+    old = model_dir.with_name(f".{model_dir.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if model_dir.exists():
+        os.replace(model_dir, old)
+    os.replace(tmp, model_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return model_dir
+
+
+def check_buffers_in_sync(accelerator: Any, model: torch.nn.Module) -> None:
+    """Verify that every process holds the same model buffers (the EMA codebook, cluster sizes).
+
+    A collective (every process calls it); does nothing with one process. Compares a sum and
+    a sum of squares (float64) of each buffer across processes.
+
+    Raises:
+        RuntimeError: the buffers differ; names them.
+    """
+    if accelerator.num_processes == 1:
+        return
+    names, sums = [], []
+    for name, buf in accelerator.unwrap_model(model).named_buffers():
+        b = buf.detach().double()
+        names.append(name)
+        sums.append(torch.stack([b.sum(), (b * b).sum()]))
+    local = torch.stack(sums)  # [N, 2]
+    gathered = accelerator.gather(local[None])  # [P, N, 2]
+    differ = [names[i] for i in range(len(names)) if not bool((gathered[:, i] == gathered[0, i]).all())]
+    if differ:
+        raise RuntimeError(f"model buffers differ between processes: {', '.join(differ)}")
+
+
+def write_examples(
+    model: Any,
+    path: str | os.PathLike,
+    speaker: str | None,
+    out_dir: str | os.PathLike,
+    num_samples: int,
+    seed: int = 0,
+    target_speaker: str | None = None,
+) -> dict[str, Path]:
+    """Reconstruct (and convert to another speaker) a centred excerpt of one recording.
+
+    Writes ``original.wav``, ``reconstruction.wav``, ``conversion_to_{target}.wav`` (when the
+    model has another speaker) and ``spectrograms.png`` (original, reconstruction and
+    conversion, one panel each) into ``out_dir``, at the model's rate.
+
+    Args:
+        model: a :class:`vqaudio.model.VQVAE`; left in eval mode.
+        path: the recording (any rate; resampled to the model's).
+        speaker: its speaker name; ``None`` or a name not in the table uses speaker id 0.
+        out_dir: output folder (created).
+        num_samples: excerpt length in samples at the model rate (the centre of the file;
+            rounded down to whole hops; a shorter file is used whole).
+        seed: seeds the decoder's sampling.
+        target_speaker: conversion target; default: the last speaker of the table other than
+            ``speaker``.
+
+    Returns:
+        name (``"original"``, ``"reconstruction"``, ``"conversion_to_NAME"``, ``"spectrograms"``)
+        -> path written.
+
+    Raises:
+        vqaudio.audio.AudioError: the recording cannot be read.
+    """
+    from vqaudio.audio import load_audio, save_audio
+    from vqaudio.plots import plot_spectrograms
+
+    model.eval()
+    out_dir = Path(out_dir)
+    sr, hop = model.sample_rate, model.hop_length
+    wav = load_audio(path, sr)
+    n = min(num_samples, len(wav)) // hop * hop
+    if n == 0:
+        wav = np.pad(wav, (0, hop - len(wav)))
+        n = hop
+    start = (len(wav) - n) // 2
+    excerpt = wav[start : start + n]
+    source_id = model.speakers.index(speaker) if speaker in model.speakers else 0
+    others = [s for s in model.speakers if s != model.speakers[source_id]]
+    target = target_speaker or (others[-1] if others else None)
+    ids = [source_id] + ([model.speaker_id(target)] if target is not None else [])
+
+    x = torch.from_numpy(excerpt).to(model.device)[None, None]
+    codes = model.encode(x)
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    with _one_cpu_thread(model.device):
+        decoded = model.decode(codes.repeat(len(ids), 1), torch.tensor(ids, device=model.device),
+                               generator=generator).cpu()
+
+    written = {"original": save_audio(out_dir / "original.wav", excerpt, sr),
+               "reconstruction": save_audio(out_dir / "reconstruction.wav", decoded[0, 0], sr)}
+    panels = {"original": excerpt, "reconstruction": decoded[0, 0].numpy()}
+    if target is not None:
+        key = f"conversion_to_{target}"
+        written[key] = save_audio(out_dir / f"{key}.wav", decoded[1, 0], sr)
+        panels[f"conversion to {target}"] = decoded[1, 0].numpy()
+    title = f"{Path(path).name} ({model.speakers[source_id]}), {n / sr:.2f} s at {sr} Hz"
+    written["spectrograms"] = plot_spectrograms(out_dir / "spectrograms.png", panels, sr, title=title)
+    return written
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run sample-by-sample CPU decoding on one intra-op thread, then restore the count.
+
+    Each generation step is a few tiny matrix products: splitting them over threads costs more
+    than it saves, and on a loaded machine the threads' synchronisation made decoding 3-60x
+    slower than one thread in our measurements.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ----- run directory helpers -----------------------------------------------------------------
+
+
+def _run_dir_state(run: Path) -> str:
+    """``"missing"`` / ``"empty"`` / ``"run"`` (holds train_config.json) / ``"other"``."""
+    if not run.exists():
+        return "missing"
+    if not run.is_dir():
+        return "other"
+    if (run / TRAIN_CONFIG_NAME).is_file():
+        return "run"
+    return "other" if any(run.iterdir()) else "empty"
+
+
+def _refusal_message(run: Path, existing: str) -> str:
+    if existing == "other":
+        what = "is a file" if not run.is_dir() else "is not empty and is not a vqaudio run directory"
+        return f"{run} {what}; choose another --out (nothing was changed)"
+    steps = latest_checkpoint(run)
+    where = f" (latest checkpoint {steps.name})" if steps else ""
+    return (f"{run} already holds a training run{where}; pass --resume to continue it, "
+            f"--overwrite to delete it and start again, or choose another --out")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing; the run directory is incomplete") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _read_train_config(run: Path) -> TrainConfig:
+    meta = _read_json(run / TRAIN_CONFIG_NAME)
+    if meta.get("format_version", 0) > RUN_FORMAT_VERSION:
+        raise ValueError(f"{run}: run format {meta['format_version']} is newer than this vqaudio "
+                         f"understands ({RUN_FORMAT_VERSION})")
+    return config_from_dict(TrainConfig, meta["config"])
+
+
+def read_run_configs(run_dir: str | os.PathLike) -> tuple[VQVAEConfig, TrainConfig, list[str]]:
+    """The model config, train config and speaker table saved in a run directory.
+
+    Raises:
+        ValueError: a file is missing or invalid.
+    """
+    run = Path(run_dir)
+    return (config_from_dict(VQVAEConfig, _read_json(run / MODEL_CONFIG_NAME)),
+            _read_train_config(run), list(_read_json(run / SPEAKERS_NAME)))
+
+
+def _check_resumable(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    differ = [f.name for f in dataclasses.fields(TrainConfig)
+              if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(given, f.name)]
+    if differ:
+        detail = ", ".join(f"{n}: saved {getattr(saved, n)!r}, given {getattr(given, n)!r}" for n in differ)
+        raise ValueError(f"cannot resume with a different training setup ({detail}); only "
+                         f"{', '.join(sorted(RESUMABLE_FIELDS))} may change")
+    return given
+
+
+def _check_same_run(run: Path, model_config: VQVAEConfig, speakers: list[str]) -> None:
+    saved_model, _, saved_speakers = read_run_configs(run)
+    if saved_speakers != speakers:
+        raise ValueError(f"{run}: the corpus's speaker table ({len(speakers)} speakers) differs from "
+                         f"the run's ({len(saved_speakers)}); resume with the same data")
+    if saved_model != model_config:
+        a, b = _flat_config(saved_model), _flat_config(model_config)
+        differ = [f"{k}: saved {a[k]!r}, given {b.get(k)!r}" for k in a if a[k] != b.get(k)]
+        raise ValueError(f"{run}: cannot resume with a different model config (differs in "
+                         f"{', '.join(differ)})")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after ``step`` (by a session that crashed after its checkpoint)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def _flat_config(*configs: Any) -> dict[str, Any]:
+    """Dotted keys -> scalar values (non-scalars as strings) of one or two configs; with two,
+    the keys start with ``train.`` and ``model.``."""
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, obj: Any) -> None:
+        for k, v in obj.items():
+            if isinstance(v, dict):
+                visit(f"{prefix}{k}.", v)
+            else:
+                flat[prefix + k] = v if isinstance(v, (bool, int, float, str)) else str(v)
+
+    if len(configs) == 1:
+        visit("", config_to_dict(configs[0]))
+    else:
+        visit("train.", config_to_dict(configs[0]))
+        visit("model.", config_to_dict(configs[1]))
+    return flat
+
+
+def _format_valid(step: int, m: dict[str, float]) -> str:
+    return (f"step {step}: valid loss {m['valid/loss']:.4f}, {m['valid/bits_per_sample']:.3f} bits/sample, "
+            f"perplexity {m['valid/perplexity']:.1f}, {m['valid/codes_in_use']} codes in use")
+
+
+# ----- command line --------------------------------------------------------------------------
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, sample_rate: int = 16000) -> None:
+    """Model-size options (mapped by :func:`model_config_from_args` onto :class:`VQVAEConfig`).
+
+    Every option defaults to ``None``: "the config's default" for a new run and "the saved
+    value" when resuming.
+    """
+    d = VQVAEConfig()
+    g = parser.add_argument_group("model")
+    g.add_argument("--sample-rate", type=int, help=f"model rate in Hz (default {sample_rate})")
+    g.add_argument("--encoder-channels", type=_int_list,
+                   help=f"widths of the stride-2 encoder layers, comma separated; their number sets "
+                        f"the hop 2**n (default {','.join(map(str, d.encoder.channels))})")
+    g.add_argument("--codebook-size", type=int, help=f"K, codes in the codebook (default {d.quantizer.codebook_size})")
+    g.add_argument("--code-dim", type=int, help=f"D, size of a code vector (default {d.quantizer.dim})")
+    g.add_argument("--commitment-cost", type=float,
+                   help=f"beta, weight of the commitment loss (default {d.quantizer.commitment_cost})")
+    g.add_argument("--no-ema", dest="ema", action="store_const", const=False,
+                   help="learn the codebook with the codebook loss instead of EMA updates")
+    g.add_argument("--ema-decay", type=float, help=f"EMA decay gamma (default {d.quantizer.decay})")
+    g.add_argument("--dead-code-threshold", type=float,
+                   help=f"restart codes whose EMA usage (assignments per batch) falls below this; "
+                        f"0 = never (default {d.quantizer.dead_code_threshold})")
+    g.add_argument("--num-stacks", type=int, help=f"WaveNet dilation cycles (default {d.decoder.num_stacks})")
+    g.add_argument("--layers-per-stack", type=int,
+                   help=f"WaveNet layers per cycle, dilations 1..2**(n-1) (default {d.decoder.layers_per_stack})")
+    g.add_argument("--residual-channels", type=int, help=f"default {d.decoder.residual_channels}")
+    g.add_argument("--gate-channels", type=int, help=f"default {d.decoder.gate_channels}")
+    g.add_argument("--skip-channels", type=int, help=f"default {d.decoder.skip_channels}")
+    g.add_argument("--speaker-channels", type=int,
+                   help=f"speaker embedding width, 0 disables it (default {d.decoder.speaker_channels})")
+    parser.set_defaults(_default_sample_rate=sample_rate)
+
+
+def add_train_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
+    """:class:`TrainConfig` options (mapped by :func:`train_config_from_args`); defaults ``None``
+    mean "``defaults``' value" for a new run and "the saved value" when resuming."""
+    d = defaults or TrainConfig()
+    g = parser.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, help=f"segments per step and process (default {d.batch_size})")
+    g.add_argument("--segment-seconds", type=float,
+                   help=f"training segment length, rounded to whole hops (default {d.segment_seconds})")
+    g.add_argument("--learning-rate", "--lr", type=float, help=f"Adam learning rate (default {d.learning_rate})")
+    g.add_argument("--max-steps", type=int, help=f"optimizer steps in total (default {d.max_steps})")
+    g.add_argument("--gradient-accumulation-steps", type=int,
+                   help=f"micro-batches per step (default {d.gradient_accumulation_steps})")
+    g.add_argument("--max-grad-norm", type=float, help=f"gradient clipping norm, 0 = off (default {d.max_grad_norm})")
+    g.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.checkpoint_every})")
+    g.add_argument("--valid-every", type=int, help=f"steps between validations, 0 = off (default {d.valid_every})")
+    g.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl lines (default {d.log_every})")
+    g.add_argument("--keep-last", type=int, help=f"checkpoints kept (default {d.keep_last})")
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, help=f"default {d.mixed_precision}")
+    g.add_argument("--seed", type=int, help=f"default {d.seed}")
+    g.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {d.num_workers})")
+    g.add_argument("--num-valid-per-speaker", type=int,
+                   help=f"held-out utterances per speaker (default {d.num_valid_per_speaker})")
+    g.add_argument("--example-seconds", type=float,
+                   help=f"length of the example decoded at each checkpoint (default {d.example_seconds})")
+    g.add_argument("--no-preload", dest="preload", action="store_const", const=False,
+                   help="read audio files per item instead of loading the corpus into memory first")
+    parser.set_defaults(_train_defaults=d)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``vqaudio train`` and the recipes: run directory and devices."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (starts it if there is none)")
+    g.add_argument("--overwrite", action="store_true", help="delete the previous run in --out first")
+    g.add_argument("--mic", default="mic1", choices=("mic1", "mic2"), help="VCTK 0.92 microphone (default mic1)")
+    g.add_argument("--split", dest="split_method", default="auto",
+                   choices=("auto", "official", "parallel", "per-speaker"),
+                   help="train/validation split (default auto: FSDD's official test takes, "
+                        "parallel sentences, or the last utterances of each speaker)")
+    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
+    g.add_argument("--log-with", action="append", default=[],
+                   help="also log to this Accelerate tracker (tensorboard, wandb, ...); repeatable")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vqaudio train DATA --out RUN``."""
+    parser.add_argument("data", nargs="+",
+                        help="corpus folder (VCTK 0.80/0.92, {speaker}/*.wav folders, FSDD recordings) "
+                             "or audio files")
+    parser.add_argument("--out", required=True, help="run directory (see vqaudio.train)")
+    add_run_arguments(parser)
+    add_model_arguments(parser)
+    add_train_config_arguments(parser)
+
+
+def model_config_from_args(args: argparse.Namespace, base: VQVAEConfig | None = None) -> VQVAEConfig:
+    """The model config: ``base`` (or the defaults at the parser's sample rate) changed by the
+    model options given on the command line."""
+    if base is None:
+        base = VQVAEConfig(sample_rate=getattr(args, "_default_sample_rate", 16000))
+    sizes = {name: getattr(args, name, None) for name in MODEL_SIZE_FIELDS if name != "num_speakers"}
+    return build_model_config(base, **sizes)
+
+
+def train_config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The train config: ``base`` (or the parser's defaults) changed by the options given."""
+    base = base or getattr(args, "_train_defaults", None) or TrainConfig()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base, **given)
+
+
+def configs_from_args(args: argparse.Namespace, out: str | os.PathLike) -> tuple[VQVAEConfig, TrainConfig]:
+    """Model and train configs for a run: the saved ones when resuming ``out`` (changed by the
+    options given), else the defaults changed by the options given."""
+    run = Path(out)
+    if getattr(args, "resume", False) and (run / TRAIN_CONFIG_NAME).is_file():
+        saved_model, saved_train, _ = read_run_configs(run)
+        return model_config_from_args(args, saved_model), train_config_from_args(args, saved_train)
+    return model_config_from_args(args), train_config_from_args(args)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``vqaudio train`` (or a recipe's training stage) from parsed arguments; returns 0."""
+    data = args.data
+    if isinstance(data, (list, tuple)) and len(data) == 1:
+        data = data[0]
+    model_config, train_config = configs_from_args(args, args.out)
+    result = train(
+        data, args.out, model_config, train_config, mic=args.mic, split_method=args.split_method,
+        resume=args.resume, overwrite=args.overwrite, cpu=args.cpu, log_with=args.log_with,
+        progress=not args.quiet,
+    )
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result: TrainResult) -> None:
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    parts = [f"trained {result.step} steps in {result.wall_seconds / 60:.1f} min"]
+    if result.train_loss is not None:
+        parts.append(f"train loss {result.train_loss:.4f}")
+    if result.valid_loss is not None:
+        parts.append(f"valid loss {result.valid_loss:.4f}")
+    print(", ".join(parts))
+    print(f"model: {result.model_dir} (use --checkpoint {result.run_dir})")
+    print(f"metrics: {result.run_dir / METRICS_NAME}; examples: {result.run_dir / EXAMPLES_DIR}")
+    sys.stdout.flush()
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def iter_metric(records: Sequence[dict[str, Any]], key: str) -> Iterator[tuple[int, float]]:
+    """``(step, value)`` for every record of :func:`read_metrics` that has ``key``."""
+    for r in records:
+        if key in r:
+            yield r["step"], r[key]
