@@ -286,3 +286,15 @@ def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt):
     _tiny_model(seed=1).save_pretrained(other)
     with pytest.raises(ValueError, match="checkpoint"):
         tk.detokenize(tmp_path / "tok", other, tmp_path / "wav2", progress=False)
+
+
+def test_rerun_in_another_format_reuses_the_shards(tmp_path, ckpt, corpus):
+    tk.tokenize(corpus, ckpt, tmp_path / "tok", format="bin", progress=False)
+    before = read_tokens(tmp_path / "tok")
+    again = tk.tokenize(corpus, ckpt, tmp_path / "tok", format="jsonl", offset=7, progress=False)
+    assert again.num_tokenized == 0 and again.num_skipped == 8  # nothing encoded again
+    assert (tmp_path / "tok" / "tokens.jsonl").is_file() and not (tmp_path / "tok" / "tokens.bin").exists()
+    after = read_tokens(tmp_path / "tok")
+    assert after.metadata["format"] == "jsonl" and after.metadata["offset"] == 7
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.codes, b.codes)

@@ -21,10 +21,12 @@
    format (:mod:`vqaudio.tokens`: ``bin``, ``jsonl``, ``parquet``) with ``metadata.json``,
    ``manifest.tsv`` and ``failures.tsv``.
 
-Several processes: ``--num-processes N`` starts N worker processes on this machine, or
-``accelerate launch -m vqaudio.tokenize ...`` runs one per GPU/process; process ``r`` of
-``N`` takes files ``r, r + N, ...`` of the sorted list, writes its own shards, and process 0
-merges when all are done.
+Several processes: ``--num-processes N`` starts N tokenizing processes on this machine (on
+CPU, one per core is fastest), or a distributed launcher starts them, one per GPU:
+``accelerate launch --multi_gpu --num_processes N -m vqaudio.tokenize ...`` (or
+``torchrun --nproc_per_node N -m vqaudio.tokenize ...``, which also works on CPU). Process
+``r`` of ``N`` takes files ``r, r + N, ...`` of the sorted list and writes its own shards;
+process 0 merges them when all are done. The output does not depend on ``N``.
 """
 
 from __future__ import annotations
@@ -270,68 +272,115 @@ def iter_pieces(
 # ----- batched exact encoding --------------------------------------------------------------
 
 
-def encode_padded(
-    model: VQVAE, wav: torch.Tensor, lengths: Sequence[int], precision: str = "fp32"
-) -> torch.Tensor:
-    """Encode a zero-padded batch of clips of different lengths, exactly as one by one.
+class PaddedEncoder:
+    """The VQ-VAE's encoder and quantizer for zero-padded batches of clips of different lengths.
 
     The encoder's convolutions pad each layer's input with zeros; in a padded batch the
     positions past a clip's end would instead hold activations of the padding. They are set
-    to zero before every convolution, so row ``b`` gives the codes of
-    ``model.encode(wav[b:b+1, :, :lengths[b]])`` (up to float rounding of exact ties).
+    to zero before every convolution, so row ``b`` gets the codes of
+    ``model.encode(wav[b:b+1, :, :lengths[b]])``. The convolutions run as 2-D convolutions
+    on channels-last tensors (oneDNN's fastest layout on CPU); the sums are the same as
+    ``model.encode``'s up to float rounding, so a latent within rounding (~1e-6 relative)
+    of the boundary between two codes may get the other one.
 
     Args:
-        model: the VQ-VAE (its encoder and quantizer are used).
-        wav: [B, 1, T] float32 in [-1, 1] at the model rate, zero-padded; T a multiple of
-            ``hop_length``.
-        lengths: B valid lengths in samples, each a positive multiple of ``hop_length``, <= T.
-        precision: ``"fp32"`` (exact) or ``"bf16"`` (autocast to bfloat16: faster on CPUs
-            with AVX512-BF16 and on GPUs; a few codes near a tie between two code vectors
-            may differ from fp32).
-
-    Returns:
-        codes: [B, T // hop_length] int64; entries past ``lengths[b] // hop_length`` are
-        meaningless.
+        model: the VQ-VAE (its encoder and quantizer are used, not changed).
+        precision: ``"fp32"``, or ``"bf16"``: bfloat16 convolutions, about twice as fast on
+            CPUs with AVX512-BF16 / AMX and on GPUs (slow on CPUs without them); latents
+            carry ~1e-2 relative error, so codes near a boundary may differ from fp32.
 
     Raises:
-        ValueError: bad shapes or lengths, or an unknown precision.
+        ValueError: unknown precision.
     """
-    from torch import nn
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    hop = model.hop_length
-    if wav.dim() != 3 or wav.shape[1] != 1 or wav.shape[-1] % hop:
-        raise ValueError(f"expected wav [B, 1, T] with T a multiple of {hop}, got {tuple(wav.shape)}")
-    total = wav.shape[-1]
-    if len(lengths) != wav.shape[0] or any(n <= 0 or n % hop or n > total for n in lengths):
-        raise ValueError(f"lengths {list(lengths)} must be positive multiples of {hop} and <= {total}")
-    encoder = model.encoder
-    convs = getattr(encoder, "convs", None)
-    if not isinstance(convs, nn.Sequential) or not all(isinstance(m, (nn.Conv1d, nn.ReLU)) for m in convs):
-        # Unknown encoder structure: encode clips one by one (exact, slower).
-        codes = torch.zeros(wav.shape[0], total // hop, dtype=torch.long, device=model.device)
-        for b, n in enumerate(lengths):
-            codes[b, : n // hop] = model.encode(wav[b : b + 1, :, :n])[0]
-        return codes
-    padded = [(b, n) for b, n in enumerate(lengths) if n < total]
-    autocast = (
-        torch.autocast(device_type=wav.device.type, dtype=torch.bfloat16)
-        if precision == "bf16" else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
-        h = wav.to(model.device)
+    def __init__(self, model: VQVAE, precision: str = "fp32"):
+        from torch import nn
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.model, self.precision = model, precision
+        self.hop = model.hop_length
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        encoder = model.encoder
+        convs = getattr(encoder, "convs", None)
+        self.layers: list[tuple[torch.Tensor, torch.Tensor | None, int, int, bool]] | None = None
+        if isinstance(convs, nn.Sequential) and all(isinstance(m, (nn.Conv1d, nn.ReLU)) for m in convs) \
+                and isinstance(getattr(encoder, "proj", None), nn.Conv1d):
+            mods = list(convs) + [encoder.proj]
+            self.layers = []
+            for k, m in enumerate(mods):
+                if isinstance(m, nn.Conv1d):
+                    if m.dilation[0] != 1 or m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+                        self.layers = None
+                        break
+                    relu = k + 1 < len(mods) and isinstance(mods[k + 1], nn.ReLU)
+                    w = m.weight.detach()[:, :, None, :].to(self.dtype).contiguous(memory_format=torch.channels_last)
+                    bias = m.bias.detach().to(self.dtype) if m.bias is not None else None
+                    self.layers.append((w, bias, m.stride[0], m.padding[0], relu))
+
+    @torch.inference_mode()
+    def __call__(self, wav: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """Encode a padded batch.
+
+        Args:
+            wav: [B, 1, T] float32 in [-1, 1] at the model rate, zero-padded; T a multiple
+                of ``hop_length``.
+            lengths: B valid lengths in samples, each a positive multiple of ``hop_length``, <= T.
+
+        Returns:
+            codes: [B, T // hop_length] int64 in [0, K); entries past ``lengths[b] // hop_length``
+            are meaningless.
+
+        Raises:
+            ValueError: bad shapes or lengths.
+        """
+        import torch.nn.functional as F
+
+        hop, model = self.hop, self.model
+        if wav.dim() != 3 or wav.shape[1] != 1 or wav.shape[-1] % hop:
+            raise ValueError(f"expected wav [B, 1, T] with T a multiple of {hop}, got {tuple(wav.shape)}")
+        total = wav.shape[-1]
+        if len(lengths) != wav.shape[0] or any(n <= 0 or n % hop or n > total for n in lengths):
+            raise ValueError(f"lengths {list(lengths)} must be positive multiples of {hop} and <= {total}")
+        if self.layers is None:  # an encoder of another structure: one clip at a time (exact, slower)
+            codes = torch.zeros(wav.shape[0], total // hop, dtype=torch.long, device=model.device)
+            for b, n in enumerate(lengths):
+                codes[b, : n // hop] = model.encode(wav[b : b + 1, :, :n])[0]
+            return codes
+        padded = [(b, n) for b, n in enumerate(lengths) if n < total]
+        h = wav.to(device=model.device, dtype=self.dtype)[:, :, None, :]  # [B, 1, 1, T]
         scale = 1  # input samples per position of h
-        for m in convs:
-            if isinstance(m, nn.Conv1d):
-                for b, n in padded:
-                    h[b, :, n // scale :] = 0
-                h = m(h)
-                scale *= m.stride[0]
-            else:
+        for w, bias, stride, padding, relu in self.layers:
+            for b, n in padded:
+                h[b, :, :, n // scale :] = 0
+            h = F.conv2d(h, w, bias, stride=(1, stride), padding=(0, padding))
+            if relu:
                 h = torch.relu_(h)
-        z = encoder.proj(h)
-        return model.quantizer.encode(z.float())
+            scale *= stride
+        return model.quantizer.encode(h[:, :, 0, :].float())
+
+
+def encode_padded(
+    model: VQVAE, wav: torch.Tensor, lengths: Sequence[int], precision: str = "fp32"
+) -> torch.Tensor:
+    """Encode a zero-padded batch of clips of different lengths as if one by one.
+
+    ``PaddedEncoder(model, precision)(wav, lengths)``; see :class:`PaddedEncoder`.
+
+    Args:
+        model: the VQ-VAE.
+        wav: [B, 1, T] float32 in [-1, 1], zero-padded; T a multiple of ``hop_length``.
+        lengths: B valid lengths in samples, positive multiples of ``hop_length``, <= T.
+        precision: ``"fp32"`` or ``"bf16"``.
+
+    Returns:
+        codes: [B, T // hop_length] int64; row b's first ``lengths[b] // hop_length`` codes
+        are those of ``model.encode`` on the clip alone (up to float rounding).
+
+    Raises:
+        ValueError: bad shapes, lengths or precision.
+    """
+    return PaddedEncoder(model, precision)(wav, lengths)
 
 
 # ----- the pipeline ----------------------------------------------------------------------------
@@ -411,15 +460,19 @@ def tokenize(
         dedup: merge runs of repeated codes, storing the run lengths.
         batch_size: pieces encoded at once.
         num_workers: DataLoader processes decoding and resampling audio (0: in this process).
-        num_processes: tokenizing processes to start on this machine (each with its own shards);
-            needs ``checkpoint`` as a path.
+        num_processes: tokenizing processes to start on this machine (each with its own shards
+            and one torch thread per core it gets); on CPU, the number of cores is the fast
+            setting. Needs ``checkpoint`` as a path.
         chunk_seconds: longest piece encoded at once; longer files are cut into pieces with
             overlapping context, so memory is flat in the file's length.
         shard_files, shard_seconds: a shard is committed after this many files or seconds.
         precision: ``"fp32"`` (codes exactly those of ``model.encode``) or ``"bf16"``
             (faster on CPUs with AVX512-BF16 and on GPUs; see :func:`encode_padded`).
         device: ``"cpu"``, ``"cuda"``, ...; default: the GPU of this process if any, else CPU.
-        num_threads: torch threads of this process (default: torch's own choice).
+        num_threads: torch threads of this process while it encodes (restored afterwards).
+            Default on CPU: 1 -- on CPUs shared with other jobs, OpenMP threads that wait for
+            each other at every layer are many times slower than one thread (measured:
+            ``tools/bench_tokenize.py``); use ``num_processes`` to use more cores.
         progress: show a progress bar (files, hours of audio, x real time).
         rank, world_size: this process's share of the files (set by ``--num-processes`` and
             ``accelerate launch``; default: the launcher's, else 0 of 1).
@@ -445,7 +498,7 @@ def tokenize(
         return _spawn(inputs, checkpoint, out, files, t0, format=format, offset=offset, dedup=dedup,
                       batch_size=batch_size, num_workers=num_workers, num_processes=num_processes,
                       chunk_seconds=chunk_seconds, shard_files=shard_files, shard_seconds=shard_seconds,
-                      precision=precision, device=device, progress=progress)
+                      precision=precision, device=device, num_threads=num_threads, progress=progress)
 
     state = None
     if rank is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -457,22 +510,32 @@ def tokenize(
     rank, world_size = rank or 0, world_size or 1
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
-    if num_threads:
-        torch.set_num_threads(num_threads)
-
     model = _load_model(checkpoint, device)
     run_info = _run_info(model, precision)
     _init_shards(out, run_info)
     done, _ = _read_shards(out / SHARDS_DIR)
     mine = [f for f in files[rank::world_size] if f.key not in done]
     summary = TokenizeSummary(out, num_files=len(files), num_skipped=sum(f.key in done for f in files))
-    result = _tokenize_files(
-        model, mine, out / SHARDS_DIR, rank, batch_size=batch_size, num_workers=num_workers,
-        chunk_seconds=chunk_seconds, shard_files=shard_files, shard_seconds=shard_seconds,
-        precision=precision, progress=progress,
-    )
+    if num_threads is None and model.device.type == "cpu":
+        num_threads = 1
+    threads_before = torch.get_num_threads()
+    try:
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        result = _tokenize_files(
+            model, mine, out / SHARDS_DIR, rank, batch_size=batch_size, num_workers=num_workers,
+            chunk_seconds=chunk_seconds, shard_files=shard_files, shard_seconds=shard_seconds,
+            precision=precision, progress=progress,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
     summary.num_tokenized, summary.audio_seconds = result["num_tokenized"], result["audio_seconds"]
     if state is not None:
+        from accelerate.utils import gather_object
+
+        counts = gather_object([(result["num_tokenized"], result["audio_seconds"])])
+        summary.num_tokenized = sum(c[0] for c in counts)
+        summary.audio_seconds = sum(c[1] for c in counts)
         state.wait_for_everyone()
     if merge and rank == 0:
         meta, failures = merge_shards(out, files, run_info, model.speakers, format=format, offset=offset, dedup=dedup)
@@ -502,7 +565,7 @@ def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
-        if not ((out / SHARDS_DIR / RUN_NAME).is_file() or (out / METADATA_NAME).is_file()):
+        if not ((out / SHARDS_DIR).is_dir() or (out / METADATA_NAME).is_file()):
             raise FileExistsError(
                 f"{out}: exists and is not a vqaudio token directory; choose another --out"
             )
@@ -648,6 +711,7 @@ def _tokenize_files(
     result: dict[str, Any] = {"num_tokenized": 0, "audio_seconds": 0.0, "failures": []}
     if not files:
         return result
+    encoder = PaddedEncoder(model, precision)
     dataset = _PieceDataset(files, sr, hop, chunk, context)
     num_workers = min(num_workers, len(files))
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
@@ -687,7 +751,7 @@ def _tokenize_files(
             wav = torch.zeros(len(batch), 1, longest)
             for b, p in enumerate(batch):
                 wav[b, 0, : p["wav"].shape[0]] = p["wav"]
-            codes = encode_padded(model, wav, [p["wav"].shape[0] for p in batch], precision).cpu().numpy()
+            codes = encoder(wav, [p["wav"].shape[0] for p in batch]).cpu().numpy()
             for b, p in enumerate(batch):
                 i = p["file"]
                 if i in failed:
@@ -824,7 +888,7 @@ def _spawn(inputs, checkpoint, out: Path, files: list[SourceFile], t0: float, *,
     model = _load_model(checkpoint, "cpu")
     run_info = _run_info(model, opts["precision"])
     _init_shards(out, run_info)
-    threads = max(1, (os.cpu_count() or 1) // num_processes)
+    threads = opts["num_threads"] or max(1, (os.cpu_count() or 1) // num_processes)
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     procs, summaries = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -972,8 +1036,10 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=1,
                         help="DataLoader processes decoding audio (default: 1; 0: none)")
     parser.add_argument("--num-processes", type=int, default=1,
-                        help="tokenizing processes on this machine, each writing its own shards "
-                        "(or use `accelerate launch -m vqaudio.tokenize`)")
+                        help="tokenizing processes on this machine, each writing its own shards; on "
+                        "CPU use the number of cores (or use `accelerate launch -m vqaudio.tokenize`)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads per process (default on CPU: 1; processes scale better)")
     parser.add_argument("--chunk-seconds", type=float, default=10.0,
                         help="longest stretch encoded at once; longer files are cut with overlap, "
                         "giving the same codes (default: 10)")
@@ -986,7 +1052,6 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="commit a shard at least this often, in seconds (default: 120)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     # Set by --num-processes for its worker processes.
-    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--world-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-merge", dest="merge", action="store_false", help=argparse.SUPPRESS)
@@ -994,15 +1059,13 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    """Run ``vqaudio tokenize``; exit status 0, or 1 when some files failed (listed in failures.tsv)."""
-    summary = tokenize(
-        args.inputs if len(args.inputs) > 1 else args.inputs[0], args.checkpoint, args.out,
-        format=args.format, offset=args.offset, dedup=args.dedup, batch_size=args.batch_size,
-        num_workers=args.num_workers, num_processes=args.num_processes, chunk_seconds=args.chunk_seconds,
-        shard_files=args.shard_files, shard_seconds=args.shard_seconds, precision=args.precision,
-        device=args.device, num_threads=args.threads, progress=args.progress, rank=args.rank,
-        world_size=args.world_size, merge=args.merge,
-    )
+    """Run ``vqaudio tokenize``; exit status 0, 1 when some files failed (listed in
+    failures.tsv), 2 when a tokenizing process failed (the files left are done by a re-run)."""
+    try:
+        summary = _run_tokenize(args)
+    except RuntimeError as exc:
+        print(f"vqaudio tokenize: error: {exc}", file=sys.stderr)
+        return 2
     if args.summary_json:
         data = {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "metadata")}
         _atomic_write(Path(args.summary_json), json.dumps(data).encode())
@@ -1011,6 +1074,17 @@ def run_tokenize(args: argparse.Namespace) -> int:
     for path, reason in summary.failures[:10]:
         print(f"  failed: {path}: {reason}", file=sys.stderr)
     return 1 if summary.num_failed else 0
+
+
+def _run_tokenize(args: argparse.Namespace) -> TokenizeSummary:
+    return tokenize(
+        args.inputs if len(args.inputs) > 1 else args.inputs[0], args.checkpoint, args.out,
+        format=args.format, offset=args.offset, dedup=args.dedup, batch_size=args.batch_size,
+        num_workers=args.num_workers, num_processes=args.num_processes, chunk_seconds=args.chunk_seconds,
+        shard_files=args.shard_files, shard_seconds=args.shard_seconds, precision=args.precision,
+        device=args.device, num_threads=args.threads, progress=args.progress, rank=args.rank,
+        world_size=args.world_size, merge=args.merge,
+    )
 
 
 def add_detokenize_arguments(parser: argparse.ArgumentParser) -> None:
