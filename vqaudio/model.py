@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -25,6 +28,9 @@ from vqaudio.config import CHECKPOINT_FORMAT_VERSION, VQVAEConfig, config_from_d
 from vqaudio.nn.encoder import Encoder
 from vqaudio.nn.quantizer import QuantizerOutput, VectorQuantizer
 from vqaudio.nn.wavenet import SILENCE, WaveNet
+
+#: Decoding implementations accepted by :meth:`VQVAE.decode` (``"auto"`` picks the fastest).
+DECODE_METHODS = ("auto", "numba", "torch", "cuda")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -208,34 +214,154 @@ class VQVAE(nn.Module):
         generator: torch.Generator | None = None,
         method: str = "auto",
         progress: bool = False,
+        noise: torch.Tensor | None = None,
+        num_threads: int | None = None,
     ) -> torch.Tensor:
         """Codes -> waveform, generated sample by sample by the WaveNet decoder.
 
+        Every method implements the same cached incremental generation (Paine et al. 2016)
+        and draws each sample by inverse CDF from one uniform number, so the same noise (the
+        same ``generator`` seed) gives the same audio whichever method runs it.
+
         Args:
-            codes: [B, T'] int64 in [0, K).
+            codes: [B, T'] (or [T']) int64 in [0, K).
             speaker: [B] int64 ids, or one id / name for all, or a list of ids / names.
             temperature: sampling temperature (1 samples the model's distribution; 0 is greedy).
-            generator: random generator for reproducible sampling.
-            method: ``"torch"`` (cached incremental generation in PyTorch) or ``"auto"``
-                (the fastest available path).
+            generator: random generator for reproducible sampling; the noise is drawn on its
+                device as ``torch.rand(B, T' * 64)``.
+            method: one of :data:`DECODE_METHODS`: ``"auto"`` (the fastest available:
+                ``"cuda"`` when the model is on a CUDA device, else ``"numba"``, else
+                ``"torch"``), ``"numba"`` (compiled CPU loop, streams in parallel on
+                ``num_threads`` threads), ``"torch"`` (PyTorch, one operator dispatch at a
+                time, on the model's device), ``"cuda"`` (PyTorch with CUDA graphs).
             progress: show a progress bar.
+            noise: [B, T' * 64] float32 uniform(0, 1) sampling noise instead of ``generator``.
+            num_threads: threads of the ``"numba"`` method (default: all cores, at most B).
 
         Returns:
-            wav: [B, 1, T' * 64] float32 in [-1, 1] at ``sample_rate`` Hz.
+            wav: [B, 1, T' * 64] float32 in [-1, 1] at ``sample_rate`` Hz, on the model's device.
 
         Raises:
             UnknownSpeakerError: a speaker name is not in the table.
-            ValueError: codes out of range, or an unknown ``method``.
+            ValueError: codes out of range or not [B, T'], a bad temperature, noise of the
+                wrong shape, or an unknown or unavailable ``method``.
         """
+        if not isinstance(codes, torch.Tensor):
+            codes = torch.as_tensor(codes)
         if codes.dim() == 1:
             codes = codes[None]
-        codes = codes.to(self.device)
-        speaker = self.speaker_tensor(speaker, codes.shape[0])
-        local = self.quantizer.decode(codes)
-        if method not in ("auto", "torch"):
-            raise ValueError(f"unknown decode method {method!r}; choose 'auto' or 'torch'")
-        q = self.decoder.generate(local, speaker, temperature, generator, progress=progress)
-        return mu_law_decode(q, self.config.decoder.quantization_channels)[:, None]
+        if codes.dim() != 2:
+            raise ValueError(f"expected codes of shape [B, T'], got {tuple(codes.shape)}")
+        B, frames = codes.shape
+        if noise is not None:
+            noise = torch.as_tensor(noise)
+            if noise.dim() == 1:
+                noise = noise[None]
+            if tuple(noise.shape) != (B, frames * self.hop_length):
+                raise ValueError(f"noise must be [{B}, {frames * self.hop_length}], got {tuple(noise.shape)}")
+        elif B:
+            noise = _draw_noise(B, frames * self.hop_length, generator)
+        wavs = self.decode_batch(
+            list(codes), speaker, temperature=temperature, method=method, progress=progress,
+            noise=None if noise is None else list(noise), num_threads=num_threads,
+        )
+        if not wavs:
+            return torch.zeros(0, 1, frames * self.hop_length, device=self.device)
+        return torch.stack(wavs)
+
+    @torch.no_grad()
+    def decode_batch(
+        self,
+        codes: Sequence[torch.Tensor | np.ndarray],
+        speaker: torch.Tensor | int | str | list,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        method: str = "auto",
+        progress: bool = False,
+        noise: Sequence[torch.Tensor] | None = None,
+        num_threads: int | None = None,
+    ) -> list[torch.Tensor]:
+        """Decode several utterances in one generation loop, each with its own length and speaker.
+
+        The ``"numba"`` method runs each utterance only for its own length (threads share the
+        utterances by total length); the torch methods pad the shorter ones at the end and cut
+        the padding off (the WaveNet is causal, so padding changes no sample of a clip).
+
+        Args:
+            codes: B sequences [T'_b] int64 in [0, K).
+            speaker: [B] ids, a list of ids / names, or one id / name for all.
+            temperature, generator, method, progress, num_threads: as in :meth:`decode`.
+            noise: B tensors [T'_b * 64] float32 uniform(0, 1); by default drawn from
+                ``generator`` stream after stream (``torch.rand(T'_b * 64)`` each), which is
+                the noise :meth:`decode` uses for a [B, T'] batch of equal lengths.
+
+        Returns:
+            B tensors [1, T'_b * 64] float32 in [-1, 1] at ``sample_rate`` Hz, on the model's
+            device.
+
+        Raises:
+            UnknownSpeakerError, ValueError: as :meth:`decode`.
+        """
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        codes = [torch.as_tensor(c) for c in codes]
+        for b, c in enumerate(codes):
+            if c.dim() != 1:
+                raise ValueError(f"utterance {b}: expected codes of shape [T'], got {tuple(c.shape)}")
+        B = len(codes)
+        if B == 0:
+            return []
+        speakers = self.speaker_tensor(speaker, B)
+        hop = self.hop_length
+        lengths = [int(c.shape[0]) * hop for c in codes]
+        if noise is None:
+            noise = [_draw_noise(1, n, generator)[0] for n in lengths]
+        else:
+            noise = [torch.as_tensor(u, dtype=torch.float32).reshape(-1) for u in noise]
+            if len(noise) != B or any(u.shape[0] != n for u, n in zip(noise, lengths)):
+                raise ValueError(f"noise must be {B} tensors of {lengths} samples, got {[tuple(u.shape) for u in noise]}")
+        method = self.resolve_decode_method(method)
+        local = [self.quantizer.decode(c[None].to(self.device))[0] for c in codes]  # [D, T'_b]
+        Q = self.config.decoder.quantization_channels
+        if method == "numba":
+            from vqaudio.nn.fast_wavenet import FastWaveNet
+
+            fast = FastWaveNet(self.decoder)
+            samples, _ = fast.generate(
+                local, speakers.cpu(), noise, temperature=temperature, num_threads=num_threads, progress=progress
+            )
+            q = [torch.from_numpy(x) for x in samples]
+        else:
+            frames = max(x.shape[1] for x in local)
+            padded = torch.zeros(B, local[0].shape[0], frames, device=self.device)
+            u = torch.zeros(B, frames * hop, device=self.device)
+            for b in range(B):
+                padded[b, :, : local[b].shape[1]] = local[b]
+                u[b, : lengths[b]] = noise[b].to(self.device)
+            gen = self.decoder.generate if method == "torch" else self.decoder.generate_graphed
+            out = gen(padded, speakers, temperature, noise=u, progress=progress)
+            q = [out[b, : lengths[b]] for b in range(B)]
+        return [mu_law_decode(x.to(self.device), Q)[None] for x in q]
+
+    def resolve_decode_method(self, method: str) -> str:
+        """The decoding method ``method`` stands for on this model's device (see :meth:`decode`).
+
+        Raises:
+            ValueError: an unknown method, ``"cuda"`` for a model not on a CUDA device, or
+                ``"numba"`` without numba installed.
+        """
+        if method not in DECODE_METHODS:
+            raise ValueError(f"unknown decode method {method!r}; choose one of {', '.join(DECODE_METHODS)}")
+        from vqaudio.nn.fast_wavenet import numba_available
+
+        on_cuda = self.device.type == "cuda"
+        if method == "auto":
+            return "cuda" if on_cuda else ("numba" if numba_available() else "torch")
+        if method == "cuda" and not on_cuda:
+            raise ValueError("decode method 'cuda' needs the model on a CUDA device (model.to('cuda'))")
+        if method == "numba" and not numba_available():
+            raise ValueError("decode method 'numba' needs numba (pip install numba)")
+        return method
 
     def speaker_tensor(self, speaker: torch.Tensor | int | str | list, batch_size: int) -> torch.Tensor:
         """Normalise ``speaker`` (ids, names, or one of either) to a [batch_size] int64 tensor.
@@ -301,6 +427,12 @@ class VQVAE(nn.Module):
             raise CheckpointError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
         model._checkpoint_id = file_sha256(path / WEIGHTS_NAME)[:16]
         return model.to(map_location).eval()
+
+
+def _draw_noise(rows: int, samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    """[rows, samples] float32 uniform(0, 1) sampling noise, drawn on the generator's device."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.rand(rows, samples, generator=generator, device=device)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -254,6 +254,157 @@ class WaveNet(nn.Module):
         return out
 
 
+    @torch.no_grad()
+    def generate_graphed(
+        self,
+        local: torch.Tensor,
+        speaker: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        progress: bool = False,
+        cuda_graph: bool | None = None,
+    ) -> torch.Tensor:
+        """Batched incremental generation for GPUs: the step index lives on the device, so a
+        block of ``hop_length`` steps is captured once in a CUDA graph and replayed, with no
+        per-operator launch overhead and no host synchronisation between samples.
+
+        Same arithmetic and sampling rule as :meth:`generate` (the same noise gives the same
+        samples). On a CPU, or with ``cuda_graph=False``, the same device-side steps run
+        eagerly (this is how the path is tested without a GPU).
+
+        Args:
+            local: [B, D, T'] float32 quantized latents; speaker: [B] int64.
+            temperature, generator, noise, progress: as in :meth:`generate`.
+            cuda_graph: capture CUDA graphs; default: when ``local`` is on a CUDA device. If
+                capture fails the steps run eagerly, with a warning.
+
+        Returns:
+            [B, T' * hop_length] int64 mu-law values in [0, Q).
+
+        Raises:
+            ValueError: ``cuda_graph=True`` for tensors that are not on a CUDA device.
+        """
+        B, _, frames = local.shape
+        T = frames * self.hop_length
+        dev = local.device
+        if cuda_graph is None:
+            cuda_graph = dev.type == "cuda"
+        if cuda_graph and dev.type != "cuda":
+            raise ValueError(f"CUDA graphs need tensors on a CUDA device, got {dev}")
+        if noise is None:
+            noise = torch.rand(B, T, generator=generator, device=dev if generator is None else generator.device)
+        stepper = _DeviceSteps(self, local, speaker, noise.to(dev, torch.float32), temperature)
+        block = self.hop_length
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=T, desc="decode", unit="sample", unit_scale=True, leave=False)
+        try:
+            graph = stepper.capture(block) if cuda_graph and T > 0 else None
+            for _ in range(0, T, block):
+                if graph is not None:
+                    graph.replay()
+                else:
+                    for _ in range(block):
+                        stepper.step()
+                if bar is not None:
+                    bar.update(block)
+        finally:
+            if bar is not None:
+                bar.close()
+        return stepper.out.t().contiguous()
+
+
+class _DeviceSteps:
+    """Static buffers and one capturable generation step for :meth:`WaveNet.generate_graphed`.
+
+    Every tensor the step reads or writes is allocated here, and the step index ``t`` is a
+    0-dim device tensor, so a CUDA graph of several steps can be replayed as is. Ring buffers
+    are [B, (k - 1) * dilation, R] (row ``t % width`` holds the input of step ``t - width``);
+    the conditioning is projected once per frame into [T', B, G] per layer, conv bias included.
+    """
+
+    def __init__(self, net: WaveNet, local: torch.Tensor, speaker: torch.Tensor, noise: torch.Tensor, temperature: float):
+        cfg = net.cfg
+        B, _, frames = local.shape
+        dev, k = local.device, cfg.kernel_size
+        self.net, self.k, self.temperature = net, k, temperature
+        self.hop = net.hop_length
+        self.R = cfg.residual_channels
+        cond = net.conditioning(local, speaker)
+        self.cond = [(layer.cond(cond) + layer.conv.bias[:, None]).permute(2, 0, 1).contiguous() for layer in net.layers]
+        # tap j of a layer multiplies its input j * dilation steps back: [R, G] each
+        self.taps = [[layer.conv.weight[:, :, k - 1 - j].t().contiguous() for j in range(k)] for layer in net.layers]
+        self.out_w = [layer.out.weight[:, :, 0].t().contiguous() for layer in net.layers]
+        self.out_b = [layer.out.bias for layer in net.layers]
+        self.dilations = [layer.dilation for layer in net.layers]
+        self.queues = [torch.zeros(B, (k - 1) * d, self.R, device=dev, dtype=local.dtype) for d in self.dilations]
+        self.t = torch.zeros((), dtype=torch.long, device=dev)
+        self.prev = torch.full((B,), SILENCE, dtype=torch.long, device=dev)
+        self.noise = noise.t().contiguous()  # [T, B]
+        self.out = torch.zeros(frames * self.hop, B, dtype=torch.long, device=dev)
+
+    def reset(self) -> None:
+        """Back to the state before the first sample."""
+        self.t.zero_()
+        self.prev.fill_(SILENCE)
+        self.out.zero_()
+        for q in self.queues:
+            q.zero_()
+
+    def step(self) -> torch.Tensor:
+        """Generate sample ``t`` of every stream and advance ``t``; returns the logits [B, Q]."""
+        t = self.t
+        frame = torch.div(t, self.hop, rounding_mode="floor").view(1)
+        h = self.net.embed(self.prev)  # [B, R]
+        skip = None
+        for l, queue in enumerate(self.queues):
+            taps, d = self.taps[l], self.dilations[l]
+            width = queue.shape[1]
+            a = torch.addmm(self.cond[l].index_select(0, frame)[0], h, taps[0])
+            for j in range(1, self.k):
+                col = torch.remainder(t - j * d, width).view(1)
+                a = a.addmm(queue.index_select(1, col)[:, 0], taps[j])
+            queue.index_copy_(1, torch.remainder(t, width).view(1), h[:, None])
+            o = torch.addmm(self.out_b[l], _gate(a), self.out_w[l])
+            h = (h + o[:, : self.R]) * math.sqrt(0.5)
+            s = o[:, self.R :]
+            skip = s if skip is None else skip + s
+        logits = self.net.head(skip[:, :, None])[:, :, 0]
+        v = sample_from_logits(logits, self.noise.index_select(0, t.view(1))[0], self.temperature)
+        self.out.index_copy_(0, t.view(1), v[None])
+        self.prev.copy_(v)
+        self.t.add_(1)
+        return logits
+
+    def capture(self, steps: int):
+        """A CUDA graph of ``steps`` consecutive steps (state reset afterwards), or None with a
+        warning when capture fails (the caller then runs the steps eagerly)."""
+        import warnings
+
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm up kernels and workspaces outside the graph
+                for _ in range(3):
+                    self.step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.reset()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(steps):
+                    self.step()
+            self.reset()
+            return graph
+        except RuntimeError as exc:  # pragma: no cover - needs a GPU
+            warnings.warn(f"CUDA graph capture failed ({exc}); generating without graphs", RuntimeWarning, stacklevel=3)
+            torch.cuda.synchronize()
+            self.reset()
+            return None
+
+
 def _gate(a: torch.Tensor) -> torch.Tensor:
     """Gated activation ``tanh(a[:, :G/2]) * sigmoid(a[:, G/2:])`` over dim 1."""
     x, y = a.chunk(2, dim=1)
