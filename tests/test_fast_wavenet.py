@@ -116,10 +116,10 @@ def test_device_steps_equal_torch_incremental(kernel_size):
     speaker = torch.tensor([1, 0, 2])
     noise = torch.rand(3, 4 * HOP)
     ref = net.generate(local, speaker, temperature=0.9, noise=noise)
-    got = net.generate_graphed(local, speaker, temperature=0.9, noise=noise)
+    got = net.generate_static(local, speaker, temperature=0.9, noise=noise)
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     with pytest.raises(ValueError, match="CUDA device"):
-        net.generate_graphed(local, speaker, noise=noise, cuda_graph=True)
+        net.generate_static(local, speaker, noise=noise, cuda_graph=True)
 
 
 def tiny_vqvae() -> VQVAE:

@@ -232,8 +232,9 @@ class VQVAE(nn.Module):
             method: one of :data:`DECODE_METHODS`: ``"auto"`` (the fastest available:
                 ``"cuda"`` when the model is on a CUDA device, else ``"numba"``, else
                 ``"torch"``), ``"numba"`` (compiled CPU loop, streams in parallel on
-                ``num_threads`` threads), ``"torch"`` (PyTorch, one operator dispatch at a
-                time, on the model's device), ``"cuda"`` (PyTorch with CUDA graphs).
+                ``num_threads`` threads), ``"torch"`` (PyTorch on the model's device, one
+                operator dispatch at a time: :meth:`WaveNet.generate_static` run eagerly),
+                ``"cuda"`` (the same steps replayed from CUDA graphs).
             progress: show a progress bar.
             noise: [B, T' * 64] float32 uniform(0, 1) sampling noise instead of ``generator``.
             num_threads: threads of the ``"numba"`` method (default: all cores, at most B).
@@ -308,6 +309,7 @@ class VQVAE(nn.Module):
         for b, c in enumerate(codes):
             if c.dim() != 1:
                 raise ValueError(f"utterance {b}: expected codes of shape [T'], got {tuple(c.shape)}")
+        codes = [c.long() for c in codes]
         B = len(codes)
         if B == 0:
             return []
@@ -338,8 +340,9 @@ class VQVAE(nn.Module):
             for b in range(B):
                 padded[b, :, : local[b].shape[1]] = local[b]
                 u[b, : lengths[b]] = noise[b].to(self.device)
-            gen = self.decoder.generate if method == "torch" else self.decoder.generate_graphed
-            out = gen(padded, speakers, temperature, noise=u, progress=progress)
+            out = self.decoder.generate_static(
+                padded, speakers, temperature, noise=u, progress=progress, cuda_graph=method == "cuda"
+            )
             q = [out[b, : lengths[b]] for b in range(B)]
         return [mu_law_decode(x.to(self.device), Q)[None] for x in q]
 
