@@ -403,7 +403,8 @@ def train_prior(
             tokens. Ignored on resume (the saved one is used).
         train_config: run settings; on resume the saved one is used, except ``steps``, which
             may be raised to train longer.
-        resume: continue from the latest checkpoint in ``out_dir/checkpoints``.
+        resume: continue from the latest checkpoint in ``out_dir/checkpoints`` (start from
+            step 0 when there is none yet, so a recipe can always pass it).
         progress: show a progress bar.
 
     Returns:
@@ -412,7 +413,6 @@ def train_prior(
 
     Raises:
         FileExistsError: ``out_dir`` already holds a prior run and ``resume`` is False.
-        FileNotFoundError: ``resume`` without a checkpoint to resume from.
         ValueError: unusable tokens, or tokens from another VQ-VAE than the run being resumed.
     """
     from accelerate import Accelerator
@@ -427,9 +427,10 @@ def train_prior(
     saved_path = out_dir / TRAIN_CONFIG_NAME
     checkpoint: Path | None = None
     if resume:
-        checkpoint = latest_checkpoint(out_dir)
-        if checkpoint is None or not saved_path.is_file():
-            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from (expected {out_dir / CHECKPOINTS_DIR}/step_*)")
+        checkpoint = latest_checkpoint(out_dir) if saved_path.is_file() else None
+        if checkpoint is None:
+            print(f"{out_dir}: no checkpoint to resume from yet; starting from step 0")
+    if checkpoint is not None:
         saved = json.loads(saved_path.read_text())
         prior_config = config_from_dict(PriorConfig, saved["prior_config"])
         steps = train_config.steps
@@ -442,7 +443,7 @@ def train_prior(
                 f"was trained on tokens of {saved.get('tokens_checkpoint_id')!r}"
             )
     else:
-        if saved_path.exists() or (out_dir / CHECKPOINTS_DIR).exists() or (out_dir / "model.safetensors").exists():
+        if not resume and (saved_path.exists() or (out_dir / CHECKPOINTS_DIR).exists() or (out_dir / "model.safetensors").exists()):
             raise FileExistsError(
                 f"{out_dir}: already holds a prior training run; pass --resume to continue it or choose another --out"
             )
@@ -476,10 +477,12 @@ def train_prior(
     )
     train_loader = DataLoader(train_data, batch_size=train_config.batch_size, shuffle=False,
                               num_workers=train_config.num_workers, drop_last=True)
-    val_loader = DataLoader(ValidationChunks(val_seqs, window), batch_size=train_config.eval_batch_size, shuffle=False)
-    model, optimizer, scheduler, train_loader, val_loader = accelerator.prepare(
-        model, optimizer, scheduler, train_loader, val_loader
-    )
+    model, optimizer, scheduler, train_loader = accelerator.prepare(model, optimizer, scheduler, train_loader)
+    val_loader = None
+    if val_seqs:
+        val_loader = accelerator.prepare(
+            DataLoader(ValidationChunks(val_seqs, window), batch_size=train_config.eval_batch_size, shuffle=False)
+        )
 
     history: list[dict[str, Any]] = []
     step = 0
@@ -516,7 +519,7 @@ def train_prior(
         )
 
     def run_eval() -> dict[str, Any]:
-        bits = evaluate_bits_per_code(model, val_loader, accelerator) if len(val_seqs) else float("nan")
+        bits = evaluate_bits_per_code(model, val_loader, accelerator) if val_loader is not None else float("nan")
         record = {"step": step, "val_bits_per_code": bits, "train_loss_nats": running_loss}
         history.append(record)
         accelerator.print(
