@@ -518,6 +518,25 @@ def train_prior(
             f"{stats['speaker_unigram_entropy_bits']:.3f}"
         )
 
+    def summary() -> dict[str, Any]:
+        """The metrics so far (written to ``metrics.json`` after every validation)."""
+        result = {
+            "step": step,
+            "val_bits_per_code": history[-1]["val_bits_per_code"] if history else float("nan"),
+            "best_val_bits_per_code": min((h["val_bits_per_code"] for h in history), default=float("nan")),
+            **stats,
+            "train_utterances": len(train_seqs),
+            "val_utterances": len(val_seqs),
+            "val_codes": n_val_codes,
+            "window": window,
+            "tokens_dir": str(tokens_dir),
+            "tokens_checkpoint_id": meta.get("checkpoint_id"),
+            "history": history,
+        }
+        if "unigram_entropy_bits" in stats:
+            result["bits_saved_vs_unigram"] = stats["unigram_entropy_bits"] - result["val_bits_per_code"]
+        return result
+
     def run_eval() -> dict[str, Any]:
         bits = evaluate_bits_per_code(model, val_loader, accelerator) if val_loader is not None else float("nan")
         record = {"step": step, "val_bits_per_code": bits, "train_loss_nats": running_loss}
@@ -526,6 +545,8 @@ def train_prior(
             f"step {step}: validation {bits:.3f} bits/code (unigram entropy "
             f"{stats.get('unigram_entropy_bits', float('nan')):.3f}), train loss {running_loss:.3f} nats"
         )
+        if accelerator.is_main_process:
+            _atomic_json(out_dir / METRICS_NAME, summary())
         return record
 
     def save_checkpoint() -> None:
@@ -577,21 +598,7 @@ def train_prior(
     if not history or history[-1]["step"] != step:
         run_eval()
 
-    final = {
-        "step": step,
-        "val_bits_per_code": history[-1]["val_bits_per_code"],
-        "best_val_bits_per_code": min((h["val_bits_per_code"] for h in history), default=float("nan")),
-        **stats,
-        "train_utterances": len(train_seqs),
-        "val_utterances": len(val_seqs),
-        "val_codes": n_val_codes,
-        "window": window,
-        "tokens_dir": str(tokens_dir),
-        "tokens_checkpoint_id": meta.get("checkpoint_id"),
-        "history": history,
-    }
-    if "unigram_entropy_bits" in stats:
-        final["bits_saved_vs_unigram"] = stats["unigram_entropy_bits"] - final["val_bits_per_code"]
+    final = summary()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir)
