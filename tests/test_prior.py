@@ -128,6 +128,7 @@ def test_top_k_one_is_greedy():
     speaker = torch.tensor([1])
     codes, logits = model.sample(speaker, 10, top_k=1, generator=torch.Generator().manual_seed(0), return_logits=True)
     assert torch.equal(codes, logits.argmax(dim=-1))
+    assert torch.equal(model.sample(speaker, 10, temperature=0.0), codes)  # temperature 0 is greedy too
 
 
 def test_filter_logits_top_k_top_p_and_errors():

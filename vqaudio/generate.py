@@ -257,7 +257,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", required=True, metavar="PRIOR_DIR", help="folder written by `vqaudio train-prior`")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for WAVs and codes (.npy)")
     parser.add_argument("--prompt", metavar="FILE", help="audio file whose codes are continued")
-    parser.add_argument("--temperature", type=float, default=1.0, help="prior sampling temperature (default 1)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="prior sampling temperature (default 1; 0 is greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
     parser.add_argument("--decoder-temperature", type=float, default=1.0,

@@ -462,7 +462,8 @@ class PriorTransformer(nn.Module):
             speaker: [B] int64 speaker ids, one per sequence (mixing speakers is allowed).
             num_codes: codes to sample per sequence (>= 0).
             prompt: optional [B, P] int64 codes in ``[0, K)`` to continue.
-            temperature, top_k, top_p: see :func:`filter_logits`.
+            temperature, top_k, top_p: see :func:`filter_logits`; ``temperature=0`` picks the
+                most likely code at every step (greedy decoding).
             generator: a ``torch.Generator`` on the model's device, for reproducible samples.
             use_cache: keep a :class:`KVCache` (fast) or recompute the prefix every step.
             context_keep: codes kept when the context slides; default ``max_len // 2``.
@@ -496,7 +497,8 @@ class PriorTransformer(nn.Module):
             raise ValueError(f"prompt must be [B={b}, P], got {tuple(prompt.shape)}")
         if prompt.numel() and (int(prompt.min()) < 0 or int(prompt.max()) >= cfg.codebook_size):
             raise ValueError(f"prompt codes must be in [0, {cfg.codebook_size})")
-        filter_logits(torch.zeros(1, 1), temperature, top_k, top_p)  # validate parameters early
+        greedy = temperature == 0
+        filter_logits(torch.zeros(1, 1), 1.0 if greedy else temperature, top_k, top_p)  # check early
 
         history = torch.empty(b, prompt.shape[1] + num_codes, dtype=torch.long, device=device)
         history[:, : prompt.shape[1]] = prompt
@@ -527,8 +529,11 @@ class PriorTransformer(nn.Module):
                 logits = next_logits.float()
                 if all_logits is not None:
                     all_logits.append(logits)
-                probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-                code = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
+                if greedy:
+                    code = logits.argmax(dim=-1, keepdim=True)  # [B, 1]
+                else:
+                    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+                    code = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
                 history[:, filled] = code[:, 0]
                 filled += 1
                 if i == num_codes - 1:
