@@ -139,34 +139,42 @@ def encoder_alone(model: VQVAE, wavs: list[np.ndarray], precision: str, threads:
     return sum(w.size for w in wavs) / SAMPLE_RATE, clock
 
 
-def peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run ``cmd``; return (peak RSS of the whole process tree in MiB, wall seconds)."""
+def peak_memory_of(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Run ``cmd`` -> (peak RSS of its largest process in MiB, exact from the kernel's
+    ``ru_maxrss``; peak PSS of its whole process tree in MiB, sampled every 0.1 s; wall seconds).
+
+    PSS counts pages shared between the process and its DataLoader worker (torch's
+    libraries) once, which a sum of RSS would count twice.
+    """
     import psutil
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     peak = 0
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
-        p = psutil.Process(proc.pid)
+        root = psutil.Process(proc.pid)
         while not done.is_set():
             try:
-                total = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
-                peak = max(peak, total)
+                tree = root.children(recursive=True)
+                peak = max(peak, sum(p.memory_full_info().pss for p in tree))
             except psutil.Error:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     t0 = time.perf_counter()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, err = proc.communicate()
+    out, err = proc.communicate()
     done.set()
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err}")
-    return peak / 2**20, time.perf_counter() - t0
+    return int(out.split()[-1]) / 1024, peak / 2**20, time.perf_counter() - t0
 
 
 def write_long_file(path: Path, files: list[Path], minutes: float) -> None:
@@ -259,11 +267,12 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "vqaudio.tokenize", str(path), "--checkpoint", str(ckpt),
                        "--out", str(out), "--no-progress", "--num-workers", "1", "--threads", "1",
                        "--batch-size", str(args.batch_size)]
-                peak, wall = peak_rss_of(cmd, env)
+                maxrss, pss, wall = peak_memory_of(cmd, env)
                 (entry,) = read_tokens(out).entries
                 assert entry.codes.size == sf.info(str(path)).frames // 64
-                print(f"long file {minutes:g} min: peak RSS {peak:.0f} MiB (process tree), "
-                      f"{minutes * 60 / wall:.1f}x real time end to end, {entry.codes.size} codes   ({load()})",
+                print(f"long file {minutes:g} min ({path.stat().st_size / 2**20:.0f} MiB WAV): peak RSS "
+                      f"{maxrss:.0f} MiB (tokenizing process), peak PSS {pss:.0f} MiB (with its decode "
+                      f"worker), {minutes * 60 / wall:.1f}x real time, {entry.codes.size} codes   ({load()})",
                       flush=True)
                 path.unlink()
     finally:

@@ -596,6 +596,11 @@ def tokenize(
 def _check_options(format, offset, batch_size, num_workers, num_processes, chunk_seconds, precision) -> None:
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError("--format parquet needs pyarrow: pip install 'vqaudio[tokens]'") from None
     if offset < 0:
         raise ValueError(f"--offset must be >= 0, got {offset}")
     if batch_size < 1 or num_workers < 0 or num_processes < 1:
