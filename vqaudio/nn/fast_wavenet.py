@@ -75,8 +75,11 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 __all__ = ["FastWaveNet", "FastWaveNetWeights", "export_weights", "numba_available", "partition_streams"]
 
-#: float32 lanes per vector in the compiled matrix kernels; output sizes are padded to this.
+#: float32 lanes per vector in the compiled matrix kernels.
 LANES = 16
+#: Output columns per weight panel: matrices are stored as [N / PANEL, K, PANEL] panels (GEMM
+#: packing), so that a kernel computing PANEL columns reads its weights sequentially.
+PANEL = 32
 #: Steps whose past-tap products are computed together, for layers with dilation >= this.
 PAST_TAP_BLOCK = 8
 
@@ -94,7 +97,7 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _round_up(n: int, m: int = LANES) -> int:
+def _round_up(n: int, m: int = PANEL) -> int:
     return -(-n // m) * m
 
 
@@ -119,8 +122,10 @@ def _aligned(x: np.ndarray | torch.Tensor) -> np.ndarray:
 class FastWaveNetWeights:
     """A WaveNet's weights as contiguous float32 numpy arrays in the compiled loop's layout.
 
-    Matrices are stored input-major, ``[K, N~]`` (the transpose of PyTorch's ``[N, K]``),
-    with the output size N zero-padded to a multiple of 16 (padded outputs are never read).
+    A matrix ``y = W x`` (PyTorch's ``[N, K]`` weight) is stored as panels ``[N~ / 32, K, 32]``:
+    panel ``p`` holds output columns ``32 p .. 32 p + 31`` input-major, so a kernel computing
+    32 outputs reads its weights sequentially. N is zero-padded to a multiple of 32, N~ (the
+    padded outputs are never read). Shapes below give the unpacked ``[K, N~]``.
 
     Attributes:
         embed: [Q, R] input embedding.
@@ -129,7 +134,8 @@ class FastWaveNetWeights:
             channel ``i`` of the layer's input ``j * dilation`` samples back.
         conv_bias: [L, G~].
         cond_local: [L, D, G~] projection of the local conditioning (the code vectors).
-        cond_speaker: [L, P, G~] projection of the speaker embedding (P may be 0).
+        cond_speaker: [L, P, G~] projection of the speaker embedding (P may be 0), not packed
+            (used once per call, by numpy).
         out: [L, H, (R + S)~] fused residual (columns ``:R``) and skip (``R:R+S``) 1x1 convs.
         out_bias: [L, (R + S)~].
         head1, head1_bias, head2, head2_bias: [S, S~], [S~], [S, Q~], [Q~] output head.
@@ -185,6 +191,13 @@ def export_weights(wavenet: WaveNet) -> FastWaveNetWeights:
         w = w.detach().to("cpu", torch.float32).transpose(-1, -2)
         return _aligned(torch.nn.functional.pad(w, (0, _round_up(w.shape[-1]) - w.shape[-1])))
 
+    def panels(w: torch.Tensor) -> np.ndarray:
+        """[..., N, K] torch weight -> [..., N~ / 32, K, 32] float32 panels."""
+        w = w.detach().to("cpu", torch.float32)
+        w = torch.nn.functional.pad(w, (0, 0, 0, _round_up(w.shape[-2]) - w.shape[-2]))  # [..., N~, K]
+        w = w.reshape(*w.shape[:-2], w.shape[-2] // PANEL, PANEL, w.shape[-1]).transpose(-1, -2)
+        return _aligned(w)
+
     def vec(b: torch.Tensor) -> np.ndarray:
         b = b.detach().to("cpu", torch.float32)
         return _aligned(torch.nn.functional.pad(b, (0, _round_up(b.shape[-1]) - b.shape[-1])))
@@ -210,16 +223,16 @@ def export_weights(wavenet: WaveNet) -> FastWaveNetWeights:
     h1, h2 = head[1], head[3]
     return FastWaveNetWeights(
         embed=_aligned(wavenet.embed.weight),
-        conv_now=io(torch.stack(conv_now)),
-        conv_past=io(torch.stack(conv_past)),
+        conv_now=panels(torch.stack(conv_now)),
+        conv_past=panels(torch.stack(conv_past)),
         conv_bias=vec(torch.stack(conv_bias)),
-        cond_local=io(torch.stack(cond_local)),
+        cond_local=panels(torch.stack(cond_local)),
         cond_speaker=io(torch.stack(cond_speaker)),
-        out=io(torch.stack(out)),
+        out=panels(torch.stack(out)),
         out_bias=vec(torch.stack(out_bias)),
-        head1=io(h1.weight[:, :, 0]),
+        head1=panels(h1.weight[:, :, 0]),
         head1_bias=vec(h1.bias),
-        head2=io(h2.weight[:, :, 0]),
+        head2=panels(h2.weight[:, :, 0]),
         head2_bias=vec(h2.bias),
         speaker_embedding=spk,
         dilations=dilations,
@@ -322,7 +335,7 @@ class FastWaveNet:
             raise ValueError(f"{B} local arrays, {len(speaker)} speakers and {len(noise)} noise arrays given")
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-        D = W.cond_local.shape[1]
+        D = W.cond_local.shape[2]
         locals_ = [_as_f32(x) for x in local]
         noises = [_as_f32(u).reshape(-1) for u in noise]
         for b, x in enumerate(locals_):
@@ -432,10 +445,11 @@ def _make_microkernel(streams: int, vectors: int):
     ``Y[b, o0:o0+16v] = bias[(b,) o0:o0+16v] + sum_i X[b, i] * W[i, o0:o0+16v]``
 
     for the ``streams`` rows ``b = b0 .. b0+streams-1`` and ``v = vectors`` 16-float vectors.
-    W: [K, N] float32 C-contiguous (input-major), X: [*, >=K], Y: [*, N], bias: [N] or
-    [*, N], all float32 C-contiguous. ``streams * vectors`` accumulators stay in registers
-    while ``i`` runs over K; each weight vector loaded serves every stream (a GEMM
-    micro-kernel). No bounds checks: the caller keeps every index in range.
+    W: panels [N / 32, K, 32] (see :class:`FastWaveNetWeights`), X: [*, >=K], Y: [*, N],
+    bias: [N] or [*, N], all float32 C-contiguous; ``o0`` a multiple of 16. ``streams *
+    vectors`` accumulators stay in registers while ``i`` runs over K; each weight vector
+    loaded serves every stream (a GEMM micro-kernel). No bounds checks: the caller keeps
+    every index in range.
     """
 
     @intrinsic
@@ -443,7 +457,7 @@ def _make_microkernel(streams: int, vectors: int):
         for a in (W, X, Y, bias):
             if not (isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C"):
                 return None
-        if W.ndim != 2 or X.ndim != 2 or Y.ndim != 2 or bias.ndim not in (1, 2):
+        if W.ndim != 3 or X.ndim != 2 or Y.ndim != 2 or bias.ndim not in (1, 2):
             return None
         if not (isinstance(b0, types.Integer) and isinstance(o0, types.Integer)):
             return None
@@ -453,7 +467,7 @@ def _make_microkernel(streams: int, vectors: int):
             i64 = ir.IntType(64)
             vec = ir.VectorType(ir.FloatType(), LANES)
             W_, X_, Y_, B_ = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:4], args[:4]))
-            K, N = cgutils.unpack_tuple(builder, W_.shape, 2)
+            K = cgutils.unpack_tuple(builder, W_.shape, 3)[1]
             x_stride = cgutils.unpack_tuple(builder, X_.shape, 2)[1]
             y_stride = cgutils.unpack_tuple(builder, Y_.shape, 2)[1]
             b_stride = cgutils.unpack_tuple(builder, B_.shape, 2)[1] if per_stream_bias else None
@@ -474,6 +488,12 @@ def _make_microkernel(streams: int, vectors: int):
             def row_col(row_stride, r, j):  # offset of (row0 + r, col0 + 16 j)
                 return builder.add(builder.mul(builder.add(row0, const(r)), row_stride), builder.add(col0, const(j * LANES)))
 
+            # offset of W[0, o0 + 16 j]: panel (o0 + 16 j) // 32, column (o0 + 16 j) % 32
+            w_base = []
+            for j in range(vectors):
+                col = builder.add(col0, const(j * LANES))
+                panel = builder.udiv(col, const(PANEL))
+                w_base.append(builder.add(builder.mul(builder.mul(panel, K), const(PANEL)), builder.urem(col, const(PANEL))))
             acc = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(streams)]
             for r in range(streams):
                 for j in range(vectors):
@@ -481,8 +501,8 @@ def _make_microkernel(streams: int, vectors: int):
                     builder.store(builder.load(vptr(B_.data, off), align=4), acc[r][j])
             with cgutils.for_range(builder, K) as loop:
                 i = loop.index
-                w_off = builder.add(builder.mul(i, N), col0)
-                w = [builder.load(vptr(W_.data, builder.add(w_off, const(j * LANES))), align=4) for j in range(vectors)]
+                row = builder.mul(i, const(PANEL))
+                w = [builder.load(vptr(W_.data, builder.add(w_base[j], row)), align=4) for j in range(vectors)]
                 for r in range(streams):
                     x_off = builder.add(builder.mul(builder.add(row0, const(r)), x_stride), i)
                     x = builder.load(builder.gep(X_.data, [x_off]))
@@ -532,12 +552,10 @@ def _make_prefetch():
 if numba is not None:
     _prefetch = _make_prefetch()
     _k4x2 = _make_microkernel(4, 2)
-    _k4x1 = _make_microkernel(4, 1)
     _k2x4 = _make_microkernel(2, 4)
-    _k2x1 = _make_microkernel(2, 1)
+    _k2x2 = _make_microkernel(2, 2)
     _k1x8 = _make_microkernel(1, 8)
     _k1x2 = _make_microkernel(1, 2)
-    _k1x1 = _make_microkernel(1, 1)
 
     _njit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
@@ -545,38 +563,31 @@ if numba is not None:
     def _gemm(W, X, Y, bias, n):
         """``Y[b, :] = bias[(b,) :] + X[b, :K] @ W`` for streams ``b < n``.
 
-        W: [K, N] with N a multiple of 16; X: [>=n, >=K]; Y: [>=n, N]; bias: [N] or [>=n, N].
+        W: panels [N / 32, K, 32]; X: [>=n, >=K]; Y: [>=n, N]; bias: [N] or [>=n, N].
         Four streams at a time share each weight load; a lone stream uses 8 accumulators.
         """
-        N = W.shape[1]
+        N = W.shape[0] * PANEL
         b = 0
         while b + 4 <= n:
-            o = 0
-            while o + 32 <= N:
+            for o in range(0, N, 32):
                 _k4x2(W, X, Y, bias, b, o)
-                o += 32
-            if o < N:
-                _k4x1(W, X, Y, bias, b, o)
             b += 4
         if b + 2 <= n:
             o = 0
             while o + 64 <= N:
                 _k2x4(W, X, Y, bias, b, o)
                 o += 64
-            while o < N:
-                _k2x1(W, X, Y, bias, b, o)
-                o += 16
+            if o < N:
+                _k2x2(W, X, Y, bias, b, o)
             b += 2
         if b < n:
             o = 0
             while o + 128 <= N:
                 _k1x8(W, X, Y, bias, b, o)
                 o += 128
-            while o + 32 <= N:
+            while o < N:
                 _k1x2(W, X, Y, bias, b, o)
                 o += 32
-            if o < N:
-                _k1x1(W, X, Y, bias, b, o)
 
     _TANH_CLAMP = np.float32(7.90531110763549805)
 
@@ -726,12 +737,14 @@ if numba is not None:
         ``queue_offset[l] + t % rows_l``) and ``prev`` [B] (the last sample). Writes ``out``
         [B, T] int64 and the first rows of ``logits_out`` [B, record, Q].
         """
-        L, R, Gp = conv_now.shape
-        KP = conv_past.shape[1]
-        H = out_w.shape[1]
-        RSp = out_w.shape[2]
-        Sp = head1.shape[1]
-        Qp = head2.shape[1]
+        L = conv_now.shape[0]
+        R = conv_now.shape[2]
+        Gp = conv_now.shape[1] * PANEL
+        KP = conv_past.shape[2]
+        H = out_w.shape[2]
+        RSp = out_w.shape[1] * PANEL
+        Sp = head1.shape[0] * PANEL
+        Qp = head2.shape[0] * PANEL
         D = local.shape[2]
         record = logits_out.shape[1]
         nb = members.shape[0]
