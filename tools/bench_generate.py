@@ -37,7 +37,6 @@ import os
 import platform
 import time
 
-import numpy as np
 import torch
 
 from vqaudio.config import DecoderConfig

@@ -253,7 +253,6 @@ class WaveNet(nn.Module):
             out[:, t] = state.prev
         return out
 
-
     @torch.no_grad()
     def generate_static(
         self,
