@@ -1,0 +1,184 @@
+"""``evaluate()`` and ``vqaudio evaluate`` end to end on a few real FSDD clips with a tiny,
+randomly initialised checkpoint: the report, plots, resume, clip selection, and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
+from vqaudio.evaluate import MissingExtraError, evaluate, load_clips
+from vqaudio.evaluate.optional import INSTALL_HINT, available
+from vqaudio.evaluate.pipeline import codebook_statistics, conversion_pairs
+from vqaudio.model import VQVAE
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "fsdd"
+SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+EXTRA = ("pesq", "pystoi", "visqol", "pycodec2", "resemblyzer", "pocketsphinx")
+#: Every part that needs an optional package.
+NO_EXTRA = ["pesq", "stoi", "visqol", "speaker", "asr"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_model(seed: int = 0) -> VQVAE:
+    """A tiny random VQ-VAE at 8 kHz: 6 stride-2 layers (hop 64), K=32, 1 x 3 WaveNet layers."""
+    cfg = VQVAEConfig(
+        sample_rate=8000,
+        encoder=EncoderConfig(channels=(4, 4, 4, 4, 4, 4)),
+        quantizer=QuantizerConfig(codebook_size=32, dim=8),
+        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16,
+                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=len(SPEAKERS)),
+    )
+    torch.manual_seed(seed)
+    return VQVAE(cfg, SPEAKERS).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model().save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def random_prior(speaker_id: int, num_codes: int, generator: torch.Generator) -> torch.Tensor:
+    """A stand-in prior: uniform codes."""
+    return torch.randint(0, 32, (num_codes,), generator=generator)
+
+
+@pytest.mark.skipif(not all(available(m) for m in EXTRA), reason=f"needs the eval extra ({INSTALL_HINT})")
+def test_full_report_on_real_clips(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    report = evaluate(
+        checkpoint, SAMPLE, out, prior=random_prior, max_clips=6, baselines=("original", "codec2-1200"),
+        generate_per_speaker=1, generate_seconds=0.2, join_seconds=0.8, num_plot_clips=2, batch_size=4,
+        method="torch", num_threads=1, progress=False,
+    )
+    assert report["data"]["clips"] == 6 and report["data"]["split"] == "held-out"
+    assert len(report["data"]["speakers"]) == 6
+    systems = report["systems"]
+    assert list(systems) == ["original", "codec2-1200", "vqaudio"]
+    orig, c2, vq = systems["original"], systems["codec2-1200"], systems["vqaudio"]
+    assert orig["pesq_nb"] == pytest.approx(4.549, abs=1e-2) and orig["log_mel_l1"] == 0.0
+    assert orig["speaker_similarity_to_reference"] == pytest.approx(1.0, abs=1e-5)
+    assert orig["digit_accuracy"] >= 0.5
+    assert 1.0 < c2["pesq_nb"] < orig["pesq_nb"] and c2["bitrate"] == 1200
+    assert 10 <= c2["delay_ms"] <= 40
+    # a random decoder: far below the codec on every score
+    assert vq["bitrate"] == pytest.approx(125 * 5) and vq["log_mel_l1"] > c2["log_mel_l1"]
+    for key in ("pesq_nb", "stoi", "estoi", "mcd_db", "speaker_identification", "digit_accuracy"):
+        assert key in vq
+    cb = report["codebook"]
+    assert 1 <= cb["codes_in_use"] <= 32 and cb["codebook_size"] == 32
+    assert 1.0 <= cb["perplexity"] <= cb["codes_in_use"] + 1e-6
+
+    conv = report["conversion"]
+    assert conv["pairs"] == 6 and 0.0 <= conv["identified_as_target"] <= 1.0
+    for utt, target in conv["targets"].items():
+        assert utt.split("_")[1] != target
+    assert len(set(conv["targets"].values())) >= 3
+    gen = report["generation"]
+    assert gen["samples"] == 6 and 0.0 <= gen["identified_as_requested"] <= 1.0
+    assert "recognised_as_digit" in gen and gen["recognised_as_digit_original"] > 0
+
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["systems"]["vqaudio"]["checkpoint_id"] == VQVAE.from_pretrained(checkpoint).checkpoint_id
+    assert sum(on_disk["codebook"]["histogram"]) == sum(
+        len(sf.read(str(p))[0]) // 64 for p in (out / "audio" / "reconstruction").glob("*.wav"))
+    md = (out / "report.md").read_text()
+    assert "| vqaudio | 0.625 |" in md and "| codec2-1200 | 1.2 |" in md and "## Speaker conversion" in md
+    for png in ("plots/spectrograms.png", "plots/codebook_usage.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+        assert png in report["plots"]
+    assert len(list((out / "audio" / "conversion").glob("*.wav"))) == 6
+    assert len(list((out / "audio" / "generation").glob("*.wav"))) == 6
+
+
+def test_report_without_the_extra_resumes_and_guards_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Works with no optional package installed: log-mel and MCD only; resumes from decoded audio."""
+    for module in ("pesq", "pystoi", "visqol", "resemblyzer", "pocketsphinx"):
+        monkeypatch.setitem(sys.modules, module, None)
+    model = tiny_model()
+    out = tmp_path / "r"
+    kwargs = dict(max_clips=4, baselines=("original",), skip=NO_EXTRA + ["conversion"], num_plot_clips=1,
+                  method="torch", num_threads=1, progress=False)
+    report = evaluate(model, SAMPLE / "recordings", out, **kwargs)
+    vq = report["systems"]["vqaudio"]
+    assert vq["pesq_nb"] is None and vq["log_mel_l1"] > 0 and vq["mcd_db"] > 0
+    wavs = sorted((out / "audio" / "reconstruction").glob("*.wav"))
+    assert len(wavs) == 4
+    stamps = [p.stat().st_mtime_ns for p in wavs]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded audio should have been reused")
+
+    monkeypatch.setattr(model, "decode", no_decoding)
+    monkeypatch.setattr(model, "decode_batch", no_decoding, raising=False)
+    again = evaluate(model, SAMPLE / "recordings", out, **kwargs)
+    assert again["systems"]["vqaudio"]["log_mel_l1"] == pytest.approx(vq["log_mel_l1"])
+    assert [p.stat().st_mtime_ns for p in wavs] == stamps
+    with pytest.raises(ValueError, match="--overwrite"):
+        evaluate(model, SAMPLE / "recordings", out, seed=1, **kwargs)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        evaluate(None, SAMPLE / "recordings", foreign, **kwargs)
+    # a missing optional package that is needed names the extra before any work is done
+    with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[eval\]"'):
+        evaluate(model, SAMPLE / "recordings", tmp_path / "x", max_clips=2, baselines=(), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_baselines_only_and_missing_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from vqaudio.cli import main
+
+    out = tmp_path / "base"
+    rc = main(["evaluate", str(SAMPLE), "--out", str(out), "--baselines", "original", "--max-clips", "3", "--method", "torch", "--threads", "1",
+               "--skip", ",".join(NO_EXTRA + ["plots"]), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| original |" in printed and "report.md" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["checkpoint"] is None and report["sample_rate"] == 8000
+    assert report["systems"]["original"]["log_mel_l1"] == 0.0
+
+    monkeypatch.setitem(sys.modules, "pystoi", None)
+    rc = main(["evaluate", str(SAMPLE), "--out", str(tmp_path / "x"), "--baselines", "none", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pystoi" in err and '".[eval]"' in err
+
+
+def test_clip_selection(tmp_path: Path, checkpoint: Path) -> None:
+    clips, info = load_clips(SAMPLE)
+    assert info["layout"] == "fsdd" and info["split"] == "held-out"
+    assert all(int(c.utterance_id.split("_")[2]) < 5 for c in clips) and len(clips) == 300
+    picked, _ = load_clips(SAMPLE, max_clips=13)
+    per_speaker = {s: sum(c.speaker == s for c in picked) for s in SPEAKERS}
+    assert len(picked) == 13 and set(per_speaker.values()) == {2, 3}
+    assert len({c.text for c in picked if c.speaker == "george"}) >= 2
+    files = tmp_path / "list.txt"
+    files.write_text(f"# two clips\n{SAMPLE / 'recordings' / '3_theo_7.wav'}\nx/../list.txt.d/1_lucas_2.wav\n")
+    (tmp_path / "list.txt.d").mkdir()
+    sf.write(str(tmp_path / "list.txt.d" / "1_lucas_2.wav"), np.zeros(800, np.float32) + 0.1, 8000)
+    (tmp_path / "x").mkdir()
+    listed, info = load_clips(files)
+    assert info["split"] == "all" and [c.speaker for c in listed] == ["lucas", "theo"]
+    assert [c.text for c in listed] == ["one", "three"]
+    pairs = conversion_pairs(picked, SPEAKERS)
+    assert len(pairs) == 13 and all(picked[i].speaker != t for i, t in pairs)
+    stats = codebook_statistics([np.array([0, 0, 1, 3])], 4)
+    assert stats["codes_in_use"] == 3 and stats["codebook_usage"] == 0.75 and stats["histogram"] == [2, 1, 0, 1]
+    assert stats["perplexity"] == pytest.approx(np.exp(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))))
+
+
+def test_unknown_speakers_are_a_clear_error(tmp_path: Path) -> None:
+    model = VQVAE(tiny_model().config.__class__(
+        sample_rate=8000, encoder=EncoderConfig(channels=(4,) * 6), quantizer=QuantizerConfig(codebook_size=32, dim=8),
+        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16,
+                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=2)), ["p225", "p226"])
+    with pytest.raises(ValueError, match="no clip .* has a speaker the checkpoint knows"):
+        evaluate(model, SAMPLE, tmp_path / "r", max_clips=2, baselines=(), skip=NO_EXTRA, progress=False)

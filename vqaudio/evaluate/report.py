@@ -1,0 +1,296 @@
+"""Writing an evaluation: ``report.json``, ``report.md`` (Markdown tables), PNG plots.
+
+Plots use matplotlib's object API (``Figure``, no pyplot state) with the Agg canvas, so they
+work without a display and touch no global settings. Every file is written under a temporary
+name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Columns of the reconstruction table: (key in the system's scores, header, format, better).
+COLUMNS: tuple[tuple[str, str, str, str], ...] = (
+    ("bitrate", "kbit/s", "kbps", ""),
+    ("pesq_nb", "PESQ-nb", ".2f", "↑"),
+    ("pesq_wb", "PESQ-wb", ".2f", "↑"),
+    ("stoi", "STOI", ".3f", "↑"),
+    ("estoi", "ESTOI", ".3f", "↑"),
+    ("visqol", "ViSQOL", ".2f", "↑"),
+    ("log_mel_l1", "log-mel L1", ".3f", "↓"),
+    ("mcd_db", "MCD dB", ".2f", "↓"),
+    ("speaker_similarity_to_reference", "spk sim (utt)", ".3f", "↑"),
+    ("speaker_similarity_to_centroid", "spk sim (centroid)", ".3f", "↑"),
+    ("speaker_identification", "spk ID", ".3f", "↑"),
+    ("digit_accuracy", "digit acc", ".3f", "↑"),
+    ("wer", "WER", ".3f", "↓"),
+    ("wer_vs_original", "WER vs orig ASR", ".3f", "↓"),
+)
+
+#: Judges and metric packages whose versions go into the report.
+_PACKAGES = ("pesq", "pystoi", "visqol-python", "pycodec2", "resemblyzer", "pocketsphinx", "webrtcvad",
+             "webrtcvad-wheels")
+
+
+def judge_versions() -> dict[str, str | None]:
+    """Installed versions of the metric and judge packages (None when absent)."""
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-ready copy: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if fmt == "kbps":
+        return f"{value / 1000:.3g}"
+    return format(value, fmt)
+
+
+def markdown_table(systems: dict[str, dict[str, Any]]) -> str:
+    """The reconstruction table: one row per system, columns that at least one system has.
+
+    Skipped systems get a row stating why.
+    """
+    present = [c for c in COLUMNS if any(s.get(c[0]) is not None for s in systems.values() if "skipped" not in s)]
+    header = "| system | " + " | ".join(f"{h} {b}".strip() for _, h, _, b in present) + " |"
+    lines = [header, "|" + "---|" * (len(present) + 1)]
+    for name, s in systems.items():
+        if "skipped" in s:
+            lines.append(f"| {name} | skipped: {s['skipped']} |" + " |" * (len(present) - 1))
+            continue
+        lines.append(f"| {name} | " + " | ".join(_fmt(s.get(k), f) for k, _, f, _ in present) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The whole Markdown report."""
+    d = report["data"]
+    s = report["settings"]
+    lines = ["# vqaudio evaluation", ""]
+    ck = report.get("checkpoint")
+    lines.append(f"- checkpoint: {ck['path'] or 'in memory'} (id {ck['checkpoint_id']})" if ck else "- checkpoint: none (baselines only)")
+    lines.append(f"- data: {d['data']} ({d['layout']}, {d['split']} split): {d['clips']} of {d['clips_in_split']} clips, "
+                 f"speakers {', '.join(d['speakers'])}; evaluated at {report['sample_rate']} Hz")
+    lines.append(f"- joined clips: {s['groups']} groups of at least {s['join_seconds']:g} s, "
+                 f"{s['gap_seconds']:g} s gaps (PESQ, STOI, ESTOI, ViSQOL); per clip: log-mel L1, MCD")
+    if report.get("skipped_clips"):
+        lines.append(f"- {len(report['skipped_clips'])} clips left out: speaker unknown to the checkpoint")
+    lines += ["", "## Reconstruction", "", markdown_table(report["systems"]), ""]
+    lines.append("PESQ/STOI/ESTOI/ViSQOL on joined clips after delay alignment; speaker similarity and "
+                 "identification by resemblyzer (GE2E) against leave-one-out centroids of the original "
+                 "audio; intelligibility by pocketsphinx"
+                 + (" with a digit grammar." if s.get("asr_mode") == "digits" else "."))
+    cb = report.get("codebook")
+    if cb:
+        lines += ["", "## Codebook", "",
+                  f"- {cb['codes_per_second']:g} codes/s x log2({cb['codebook_size']}) = {cb['bitrate'] / 1000:.3g} kbit/s; "
+                  f"entropy of the code histogram {cb['entropy_bits']:.2f} bits/code ({cb['entropy_bitrate'] / 1000:.3g} kbit/s)",
+                  f"- codes in use: {cb['codes_in_use']} of {cb['codebook_size']} ({100 * cb['codebook_usage']:.1f}%), "
+                  f"perplexity {cb['perplexity']:.1f}"]
+    conv = report.get("conversion")
+    if conv:
+        lines += ["", "## Speaker conversion", "", "| pairs | sim to target ↑ | sim to source | ID as target ↑ | ID as source ↓ | intelligibility |",
+                  "|---|---|---|---|---|---|"]
+        intel = _intel(conv)
+        lines.append(f"| {conv['pairs']} | {_fmt(conv.get('similarity_to_target'), '.3f')} | "
+                     f"{_fmt(conv.get('similarity_to_source'), '.3f')} | {_fmt(conv.get('identified_as_target'), '.3f')} | "
+                     f"{_fmt(conv.get('identified_as_source'), '.3f')} | {intel} |")
+    gen = report.get("generation")
+    if gen:
+        lines += ["", "## Generation with the prior", "",
+                  f"- {gen['samples']} samples of {gen['seconds_each']:.2f} s",
+                  f"- identified as the requested speaker: {_fmt(gen.get('identified_as_requested'), '.3f')} "
+                  f"(similarity {_fmt(gen.get('similarity_to_requested'), '.3f')})"]
+        if "recognised_as_digit" in gen:
+            lines.append(f"- recognised as a digit (free decoding): {_fmt(gen['recognised_as_digit'], '.3f')} "
+                         f"(original clips: {_fmt(gen['recognised_as_digit_original'], '.3f')})")
+    if report.get("plots"):
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]]
+    t = report.get("timings", {})
+    if "total_s" in t:
+        lines += ["", f"Evaluation time: {t['total_s']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _intel(res: dict[str, Any]) -> str:
+    for key, label in (("digit_accuracy", "digit acc"), ("wer", "WER"), ("wer_vs_original", "WER vs orig ASR")):
+        if res.get(key) is not None:
+            return f"{label} {res[key]:.3f}"
+    return "–"
+
+
+def write_report(out_dir: str | os.PathLike, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``out_dir`` (atomically). Returns both paths."""
+    out_dir = Path(out_dir)
+    clean = _clean(report)
+    js, md = out_dir / "report.json", out_dir / "report.md"
+    _atomic_write_text(js, json.dumps(clean, indent=2) + "\n")
+    _atomic_write_text(md, render_markdown(clean))
+    return js, md
+
+
+def _save_figure(fig, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_spectrograms(
+    path: str | os.PathLike,
+    rows: Sequence[tuple[str, dict[str, np.ndarray]]],
+    sample_rate: int,
+) -> Path:
+    """A grid of log-mel spectrograms: one row per clip, one column per version.
+
+    Args:
+        rows: [(clip title, {version name: wav [T] float32})]; versions keep their order.
+        sample_rate: Hz.
+    """
+    from matplotlib.figure import Figure
+
+    from vqaudio.evaluate.metrics import log_mel_spectrogram, mel_settings
+
+    columns = list(dict.fromkeys(k for _, versions in rows for k in versions))
+    fig = Figure(figsize=(3.2 * len(columns), 2.4 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    hop = mel_settings(sample_rate)["hop_length"]
+    for r, (title, versions) in enumerate(rows):
+        ref = versions.get(columns[0])
+        vmax = float(log_mel_spectrogram(ref, sample_rate).max()) if ref is not None and len(ref) else None
+        for c, col in enumerate(columns):
+            ax = axes[r][c]
+            wav = versions.get(col)
+            if wav is None or not len(wav):
+                ax.set_axis_off()
+                continue
+            spec = log_mel_spectrogram(wav, sample_rate)
+            top = vmax if vmax is not None else float(spec.max())
+            ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=top - 12, vmax=top,
+                      extent=(0, spec.shape[1] * hop / sample_rate, 0, spec.shape[0]))
+            ax.set_title(f"{col}\n{title}" if r == 0 else title, fontsize=8)
+            ax.tick_params(labelsize=7)
+            if c == 0:
+                ax.set_ylabel("mel band", fontsize=7)
+            if r == len(rows) - 1:
+                ax.set_xlabel("s", fontsize=7)
+    _save_figure(fig, Path(path))
+    return Path(path)
+
+
+def plot_codebook_usage(path: str | os.PathLike, histogram: Sequence[int]) -> Path:
+    """Bar plot of code counts sorted from most to least used (log scale), [K] counts."""
+    from matplotlib.figure import Figure
+
+    counts = np.sort(np.asarray(histogram))[::-1]
+    fig = Figure(figsize=(7, 3), layout="constrained")
+    ax = fig.subplots()
+    used = int((counts > 0).sum())
+    ax.bar(np.arange(len(counts)), np.maximum(counts, 0), width=1.0, color="tab:blue")
+    if counts.max() > 0:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.8)
+    ax.set_xlabel("codes, most to least used")
+    ax.set_ylabel("count")
+    ax.set_title(f"codebook usage: {used} of {len(counts)} codes in use", fontsize=9)
+    _save_figure(fig, Path(path))
+    return Path(path)
+
+
+def write_plots(
+    out_dir: str | os.PathLike,
+    clips: Sequence[Any],
+    wavs: Sequence[np.ndarray],
+    examples: dict[str, Sequence[np.ndarray]],
+    sample_rate: int,
+    codebook: dict[str, Any] | None,
+    num_clips: int = 3,
+    conversion_targets: dict[int, str] | None = None,
+) -> list[str]:
+    """Spectrograms of a few clips (one per speaker first) and the codebook histogram.
+
+    Versions shown: original, vqaudio (reconstruction), conversion, and Codec 2 at 1200 bit/s
+    when present; ``conversion_targets`` maps a clip index to the speaker it was converted to
+    (shown in the row title). Returns the written paths relative to ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    written = []
+    chosen: list[int] = []
+    seen: set[Any] = set()
+    for i, c in enumerate(clips):
+        if len(chosen) < num_clips and c.speaker not in seen:
+            chosen.append(i)
+            seen.add(c.speaker)
+    for i in range(len(clips)):
+        if len(chosen) >= num_clips:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    order = [k for k in ("vqaudio", "conversion", "codec2-1200") if k in examples]
+    rows = []
+    for i in chosen:
+        versions = {"original": wavs[i]}
+        for k in order:
+            name = "reconstruction" if k == "vqaudio" else k
+            versions[name] = examples[k][i]
+        title = clips[i].utterance_id
+        if conversion_targets and i in conversion_targets:
+            title += f" (converted to {conversion_targets[i]})"
+        rows.append((title, versions))
+    if rows and num_clips > 0:
+        plot_spectrograms(out_dir / "plots" / "spectrograms.png", rows, sample_rate)
+        written.append("plots/spectrograms.png")
+    if codebook is not None:
+        plot_codebook_usage(out_dir / "plots" / "codebook_usage.png", codebook["histogram"])
+        written.append("plots/codebook_usage.png")
+    return written
