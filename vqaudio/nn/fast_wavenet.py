@@ -446,7 +446,8 @@ def _make_microkernel(streams: int, vectors: int):
 
     for the ``streams`` rows ``b = b0 .. b0+streams-1`` and ``v = vectors`` 16-float vectors.
     W: panels [N / 32, K, 32] (see :class:`FastWaveNetWeights`), X: [*, >=K], Y: [*, N],
-    bias: [N] or [*, N], all float32 C-contiguous; ``o0`` a multiple of 16. ``streams *
+    bias: [N] or [M, N] (row ``b`` uses bias row ``b % M``), all float32 C-contiguous; ``o0``
+    a multiple of 16. ``streams *
     vectors`` accumulators stay in registers while ``i`` runs over K; each weight vector
     loaded serves every stream (a GEMM micro-kernel). No bounds checks: the caller keeps
     every index in range.
@@ -470,7 +471,8 @@ def _make_microkernel(streams: int, vectors: int):
             K = cgutils.unpack_tuple(builder, W_.shape, 3)[1]
             x_stride = cgutils.unpack_tuple(builder, X_.shape, 2)[1]
             y_stride = cgutils.unpack_tuple(builder, Y_.shape, 2)[1]
-            b_stride = cgutils.unpack_tuple(builder, B_.shape, 2)[1] if per_stream_bias else None
+            if per_stream_bias:
+                b_rows, b_stride = cgutils.unpack_tuple(builder, B_.shape, 2)
             row0 = context.cast(builder, args[4], sig.args[4], types.int64)
             col0 = context.cast(builder, args[5], sig.args[5], types.int64)
             fmuladd = cgutils.get_or_insert_function(
@@ -497,7 +499,10 @@ def _make_microkernel(streams: int, vectors: int):
             acc = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(streams)]
             for r in range(streams):
                 for j in range(vectors):
-                    off = row_col(b_stride, r, j) if per_stream_bias else builder.add(col0, const(j * LANES))
+                    off = builder.add(col0, const(j * LANES))
+                    if per_stream_bias:  # bias row (b0 + r) % rows: blocks of rows share a bias
+                        b_row = builder.urem(builder.add(row0, const(r)), b_rows)
+                        off = builder.add(builder.mul(b_row, b_stride), off)
                     builder.store(builder.load(vptr(B_.data, off), align=4), acc[r][j])
             with cgutils.for_range(builder, K) as loop:
                 i = loop.index
@@ -563,7 +568,8 @@ if numba is not None:
     def _gemm(W, X, Y, bias, n):
         """``Y[b, :] = bias[(b,) :] + X[b, :K] @ W`` for streams ``b < n``.
 
-        W: panels [N / 32, K, 32]; X: [>=n, >=K]; Y: [>=n, N]; bias: [N] or [>=n, N].
+        W: panels [N / 32, K, 32]; X: [>=n, >=K]; Y: [>=n, N]; bias: [N], or [M, N] with row
+        ``b % M`` for stream ``b``.
         Four streams at a time share each weight load; a lone stream uses 8 accumulators.
         """
         N = W.shape[0] * PANEL
@@ -759,7 +765,6 @@ if numba is not None:
         cond = _zeros((L, nb, Gp))
         zl = _zeros((nb, D))
         xb = _zeros((block * nb, KP))  # past inputs of one layer for a block: row s nb + b
-        bias_b = _zeros((block * nb, Gp))
         a_blk = _zeros((L, block, nb, Gp))  # past-tap products + conditioning per block step
         e = _zeros((Qp,))
         ebits = np.zeros(Qp, np.int32)
@@ -794,8 +799,8 @@ if numba is not None:
                                 if r < 0:
                                     r += rows[l]
                                 xb[xrow, (j - 1) * R : j * R] = queues[members[b], first + r, :]
-                            bias_b[xrow, :] = cond[l, b, :]
-                    _gemm(conv_past[l], xb, a_blk[l].reshape((block * nb, Gp)), bias_b, block * nb)
+                    # row s nb + b takes bias row b: stream b's conditioning
+                    _gemm(conv_past[l], xb, a_blk[l].reshape((block * nb, Gp)), cond[l], block * nb)
             for b in range(nact):
                 h[b, :] = embed[prev[members[b]], :]
                 skip[b, :] = 0.0
