@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqaudio",
         description="VQ-VAE audio tokenizer and WaveNet vocoder (van den Oord et al., 2017).",
+        epilog="Arguments can be read from a file, one per line: vqaudio tokenize @files.txt ...",
+        fromfile_prefix_chars="@",
     )
     parser.add_argument("--version", action="version", version=f"vqaudio {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
