@@ -58,7 +58,9 @@ def test_centroids_leave_the_judged_utterance_out() -> None:
     assert c.identify(np.array([0.5, 0.9]), exclude=0) == "a"
     assert c.identify(e[3]) is None
     # a speaker left with no reference has a NaN centroid and is never chosen
+    assert c.has_centroid("a", exclude=0) and not c.has_centroid("zz")
     c2 = SpeakerCentroids(e[:3], ["a", "a", "b"])
+    assert not c2.has_centroid("b", exclude=2) and c2.has_centroid("b")
     assert np.isnan(c2.centroids(exclude=2)[1]).all()
     assert c2.identify(np.array([0.0, 1.0]), exclude=2) == "a"
 

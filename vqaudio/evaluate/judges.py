@@ -163,6 +163,14 @@ class SpeakerCentroids:
         c[counts == 0] = np.nan
         return c
 
+    def has_centroid(self, speaker: str, exclude: int | None = None) -> bool:
+        """Whether ``speaker`` has a reference embedding left once ``exclude`` is left out."""
+        k = self._index.get(speaker)
+        if k is None:
+            return False
+        n = self.counts[k] - (1 if exclude is not None and self.valid[exclude] and self.labels[exclude] == k else 0)
+        return bool(n > 0)
+
     def similarity(self, embedding: np.ndarray, speaker: str, exclude: int | None = None) -> float:
         """Cosine similarity of ``embedding`` [E] to ``speaker``'s centroid; NaN if either is missing."""
         c = self.centroids(exclude)[self._index[speaker]]

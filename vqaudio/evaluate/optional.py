@@ -59,8 +59,10 @@ def require(module: str) -> ModuleType:
     environ = dict(os.environ)
     try:
         with warnings.catch_warnings():
-            # resemblyzer imports scipy.ndimage.morphology (deprecated since SciPy 1.8)
+            # resemblyzer imports scipy.ndimage.morphology (deprecated since SciPy 1.8), and
+            # webrtcvad imports pkg_resources (deprecated by setuptools): nothing a user can fix.
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
             return importlib.import_module(module)
     except ImportError as exc:
         reason = str(exc)
