@@ -182,3 +182,27 @@ def test_unknown_speakers_are_a_clear_error(tmp_path: Path) -> None:
                               skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=2)), ["p225", "p226"])
     with pytest.raises(ValueError, match="no clip .* has a speaker the checkpoint knows"):
         evaluate(model, SAMPLE, tmp_path / "r", max_clips=2, baselines=(), skip=NO_EXTRA, progress=False)
+
+
+def test_generation_with_a_saved_prior(tmp_path: Path) -> None:
+    """``prior`` as a checkpoint path: a tiny PriorTransformer is loaded and sampled per speaker."""
+    from vqaudio.nn.prior import PriorConfig, PriorTransformer
+
+    model = tiny_model()
+    torch.manual_seed(0)
+    prior = PriorTransformer(PriorConfig(codebook_size=32, num_speakers=len(SPEAKERS), d_model=16, n_layers=1,
+                                         n_heads=2, max_len=32, dropout=0.0), SPEAKERS)
+    path = prior.save_pretrained(tmp_path / "prior")
+    report = evaluate(model, SAMPLE, tmp_path / "r", prior=path, max_clips=6, baselines=(), generate_per_speaker=1,
+                      generate_seconds=0.1, skip=NO_EXTRA + ["conversion", "plots"], method="torch",
+                      num_threads=1, progress=False)
+    assert report["generation"]["samples"] == 6
+    wavs = sorted((tmp_path / "r" / "audio" / "generation").glob("*.wav"))
+    assert [p.stem for p in wavs] == [f"{s}__0" for s in SPEAKERS]
+    assert all(len(sf.read(str(p))[0]) == round(0.1 * 125) * 64 for p in wavs)
+    other = PriorTransformer(PriorConfig(codebook_size=32, num_speakers=2, d_model=16, n_layers=1, n_heads=2,
+                                         max_len=32), ["a", "b"])
+    with pytest.raises(ValueError, match="speakers"):
+        evaluate(model, SAMPLE, tmp_path / "r2", prior=other, max_clips=2, baselines=(),
+                 skip=NO_EXTRA + ["conversion", "plots"], method="torch", num_threads=1, progress=False)
+    assert not (tmp_path / "r2").exists()  # checked before any work

@@ -47,7 +47,7 @@ from vqaudio.audio import load_audio, read_audio, save_audio
 from vqaudio.evaluate import metrics as M
 from vqaudio.evaluate.baselines import DEFAULT_BASELINES, Baseline, baseline_available, make_baseline
 from vqaudio.evaluate.judges import DigitDetector, Recognizer, SpeakerCentroids, SpeakerJudge, word_error_rate
-from vqaudio.evaluate.optional import MissingExtraError, require
+from vqaudio.evaluate.optional import require
 
 #: Parts of the evaluation that can be skipped (``skip=``).
 SKIPPABLE = ("pesq", "stoi", "visqol", "mcd", "speaker", "asr", "conversion", "generation", "plots")
@@ -681,6 +681,9 @@ def evaluate(
             else:
                 model = checkpoint
             model.eval()
+        # Load the prior before any slow work, so a mismatched one fails at once.
+        sampler = load_code_sampler(prior, model) if (prior is not None and model is not None
+                                                      and "generation" not in skip) else None
         _prepare_out_dir(out_dir, model, temperature, seed, overwrite)
 
         t = time.perf_counter()
@@ -776,9 +779,9 @@ def evaluate(
                     conversion["targets"] = {clips[i].utterance_id: tgt for i, tgt in pairs}
                 timings["conversion_s"] = time.perf_counter() - t
 
-            if prior is not None and "generation" not in skip:
+            if sampler is not None:
                 t = time.perf_counter()
-                generation = _generate_and_judge(model, prior, ref, out_dir, generate_per_speaker,
+                generation = _generate_and_judge(model, sampler, ref, out_dir, generate_per_speaker,
                                                  generate_seconds, batch_size, temperature, seed, method,
                                                  speaker_judge, recognizer is not None, progress)
                 timings["generation_s"] = time.perf_counter() - t
@@ -851,13 +854,12 @@ def _prepare_out_dir(out_dir: Path, model, temperature: float, seed: int, overwr
     os.replace(tmp, state_file)
 
 
-def _generate_and_judge(model, prior, ref: _References, out_dir: Path, per_speaker: int, seconds: float | None,
+def _generate_and_judge(model, sampler: CodeSampler, ref: _References, out_dir: Path, per_speaker: int, seconds: float | None,
                         batch_size: int, temperature: float, seed: int, method: str,
                         speaker_judge: SpeakerJudge | None, with_asr: bool, progress: bool) -> dict[str, Any]:
     """Sample codes from the prior for each speaker present in the data, decode and judge them."""
     import torch
 
-    sampler = load_code_sampler(prior, model)
     if seconds is None:
         seconds = float(np.median([len(w) for w in ref.wavs])) / ref.sample_rate
     num_codes = max(1, int(round(seconds * model.config.codes_per_second)))
