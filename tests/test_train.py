@@ -22,7 +22,7 @@ import torch
 
 from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig, config_to_dict
 from vqaudio.model import VQVAE
-from vqaudio.plots import log_spectrogram, plot_spectrograms
+from vqaudio.plots import log_spectrogram, plot_spectrograms, plot_training_curves
 from vqaudio.train import (
     RESUMABLE_FIELDS,
     TrainConfig,
@@ -63,18 +63,22 @@ def run_recipe(data: Path, out: Path, *args: str, check: bool = True) -> subproc
     return proc
 
 
-def small_fsdd(root: Path, speakers=("theo", "yweweler"), digits=range(3), takes=range(4, 8)) -> Path:
-    """A small FSDD tree of real clips: take 4 is held out (FSDD's official split), the rest train.
+def short_fsdd(root: Path, speakers=("nicolas", "theo", "yweweler"), per_speaker: int = 6) -> tuple[Path, int]:
+    """A small FSDD tree of each speaker's shortest real clips among takes 5-14 (all training
+    utterances under FSDD's official split, which holds out takes 0-4).
 
-    With the defaults: 2 speakers x 3 digits x 4 takes = 24 clips of at most 3536 samples.
+    Returns ``(root, longest clip in samples)``.
     """
     rec = root / "recordings"
     rec.mkdir(parents=True)
+    longest = 0
     for s in speakers:
-        for d in digits:
-            for t in takes:
-                shutil.copy(RECORDINGS / f"{d}_{s}_{t}.wav", rec / f"{d}_{s}_{t}.wav")
-    return root
+        clips = sorted((sf.info(f).frames, f) for f in RECORDINGS.glob(f"*_{s}_*.wav")
+                       if int(f.stem.split("_")[2]) >= 5)[:per_speaker]
+        for frames, f in clips:
+            shutil.copy(f, rec / f.name)
+            longest = max(longest, frames)
+    return root, longest
 
 
 # ----- configs ------------------------------------------------------------------------------------
@@ -183,6 +187,14 @@ def test_spectrogram_png_of_real_speech(tmp_path):
         log_spectrogram(np.zeros((2, 100), np.float32))
 
 
+def test_training_curves_png(tmp_path):
+    records = [{"step": 10, "train/reconstruction_loss": 5.5, "train/codes_in_use": 3.0},
+               {"step": 20, "train/reconstruction_loss": 5.0, "train/codes_in_use": 40.0},
+               {"step": 20, "valid/reconstruction_loss": 5.1, "valid/codes_in_use": 50}]
+    png = plot_training_curves(tmp_path / "m.png", records, title="run")
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
+
+
 def test_write_examples_decodes_reconstruction_and_conversion(tmp_path):
     torch.manual_seed(0)
     cfg = VQVAEConfig(
@@ -206,20 +218,20 @@ def test_write_examples_decodes_reconstruction_and_conversion(tmp_path):
 def test_tiny_model_learns_on_fsdd_and_writes_a_complete_run(tmp_path):
     out = tmp_path / "exp"
     proc = run_recipe(
-        REPO / "samples" / "fsdd", out, "--max-steps", "40", "--batch-size", "8",
-        "--segment-seconds", "0.128", "--lr", "3e-3", "--log-every", "10", "--valid-every", "20",
-        "--checkpoint-every", "20", "--keep-last", "1", "--example-seconds", "0.1",
+        REPO / "samples" / "fsdd", out, "--max-steps", "30", "--batch-size", "8",
+        "--segment-seconds", "0.128", "--lr", "3e-3", "--log-every", "10", "--valid-every", "15",
+        "--checkpoint-every", "15", "--keep-last", "1", "--example-seconds", "0.1",
         "--split", "per-speaker", "--num-valid-per-speaker", "2",
     )
     run = out / "vqvae"
-    assert "trained 40 steps" in proc.stdout
+    assert "trained 30 steps" in proc.stdout
 
     records = read_metrics(run)
     loss = dict(iter_metric(records, "train/loss"))
-    assert sorted(loss) == [10, 20, 30, 40]
-    assert loss[40] < loss[10] - 0.1, loss  # nats per sample
+    assert sorted(loss) == [10, 20, 30]
+    assert loss[30] < loss[10] - 0.1, loss  # nats per sample
     valid = dict(iter_metric(records, "valid/loss"))
-    assert sorted(valid) == [20, 40] and valid[40] < valid[20]
+    assert sorted(valid) == [15, 30] and valid[30] < valid[15]
     used = [r["train/codes_in_use_window"] for r in records if "train/codes_in_use_window" in r]
     assert max(used[1:]) > 1, used  # not collapsed onto one code
     last = [r for r in records if "train/loss" in r][-1]
@@ -227,11 +239,12 @@ def test_tiny_model_learns_on_fsdd_and_writes_a_complete_run(tmp_path):
     for key in ("train/commitment_loss", "train/perplexity", "train/lr", "train/samples_per_second"):
         assert key in last
 
+    assert (run / "metrics.png").stat().st_size > 10_000
     model = VQVAE.from_pretrained(run)  # the run directory works as --checkpoint
     assert model.sample_rate == 8000 and model.speakers == json.loads((run / "speakers.json").read_text())
-    assert [d.name for d in checkpoint_dirs(run)] == ["step_0000040"]  # keep_last 1
-    assert json.loads((run / "train_config.json").read_text())["config"]["max_steps"] == 40
-    for step in ("step_0000020", "step_0000040"):
+    assert [d.name for d in checkpoint_dirs(run)] == ["step_0000030"]  # keep_last 1
+    assert json.loads((run / "train_config.json").read_text())["config"]["max_steps"] == 30
+    for step in ("step_0000015", "step_0000030"):
         ex = run / "examples" / step
         names = sorted(p.name for p in ex.iterdir())
         assert names == ["conversion_to_yweweler.wav", "original.wav", "reconstruction.wav", "spectrograms.png"]
@@ -246,31 +259,43 @@ def test_tiny_model_learns_on_fsdd_and_writes_a_complete_run(tmp_path):
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    # Segments longer than every clip (3536 samples) make the batches independent of crop
-    # offsets, so that the interrupted and the uninterrupted run see identical data.
-    data = small_fsdd(tmp_path / "fsdd")
-    common = ["--batch-size", "4", "--segment-seconds", "0.45", "--lr", "3e-3", "--log-every", "2",
-              "--valid-every", "0", "--checkpoint-every", "6", "--example-seconds", "0.02"]
-    run_recipe(data, tmp_path / "straight", "--max-steps", "14", *common)
-    # 18 training clips -> 4 batches per epoch: the checkpoint at step 6 is in the middle of epoch 1
-    run_recipe(data, tmp_path / "split", "--max-steps", "6", *common)
-    first = read_metrics(tmp_path / "split" / "vqvae")
-    proc = run_recipe(data, tmp_path / "split", "--max-steps", "14", "--resume", *common)
+    # Segments at least as long as every clip make the batches independent of crop offsets
+    # (which SegmentDataset draws from a generator that checkpoints do not hold), so that the
+    # interrupted and the uninterrupted run see identical data.
+    data, longest = short_fsdd(tmp_path / "fsdd")
+    segment_seconds = -(-longest // 64) * 64 / 8000
+    common = ["--batch-size", "4", "--segment-seconds", str(segment_seconds), "--lr", "3e-3",
+              "--log-every", "2", "--valid-every", "0", "--checkpoint-every", "6", "--keep-last", "2",
+              "--example-seconds", "0.02", "--max-steps", "10"]
+    run_recipe(data, tmp_path / "straight", *common)
+    straight = tmp_path / "straight" / "vqvae"
+    assert [d.name for d in checkpoint_dirs(straight)] == ["step_0000006", "step_0000010"]
+
+    # A copy of the run as if it had crashed after logging step 8: its latest checkpoint is
+    # step 6 (18 training clips -> 4 batches per epoch: the middle of epoch 1).
+    crashed = tmp_path / "crashed" / "vqvae"
+    shutil.copytree(straight, crashed)
+    shutil.rmtree(crashed / "checkpoints" / "step_0000010")
+    shutil.rmtree(crashed / "model")
+    lines = (crashed / "metrics.jsonl").read_text().splitlines()
+    (crashed / "metrics.jsonl").write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= 8))
+
+    proc = run_recipe(data, crashed.parent, "--resume", *common)
     assert "from step_0000006 (step 6, epoch 1)" in proc.stdout
 
-    straight, split = tmp_path / "straight" / "vqvae", tmp_path / "split" / "vqvae"
     a = VQVAE.from_pretrained(straight).state_dict()
-    b = VQVAE.from_pretrained(split).state_dict()
+    b = VQVAE.from_pretrained(crashed).state_dict()
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
-    # the metrics continue at the right step, and equal those of the uninterrupted run
-    steps = [r["step"] for r in read_metrics(split) if "train/loss" in r]
-    assert steps == [2, 4, 6, 8, 10, 12, 14]
-    loss_a = dict(iter_metric(read_metrics(straight), "train/loss"))
-    loss_b = dict(iter_metric(read_metrics(split), "train/loss"))
-    assert loss_a == loss_b
-    assert dict(iter_metric(first, "train/loss")) == {s: loss_a[s] for s in (2, 4, 6)}
+    # the metrics after the checkpoint were dropped and logged again, equal to the first run's
+    assert [r["step"] for r in read_metrics(crashed)] == [2, 4, 6, 8, 10]
+    timing = ("wall_seconds", "train/segments_per_second", "train/samples_per_second", "train/realtime_factor")
+
+    def untimed(records):
+        return [{k: v for k, v in r.items() if k not in timing} for r in records]
+
+    assert untimed(read_metrics(crashed)) == untimed(read_metrics(straight))
 
 
 def test_two_processes_keep_the_codebook_identical(tmp_path):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,63 @@ def plot_spectrograms(
     if title:
         fig.suptitle(title)
 
+    return _save_png(fig, path)
+
+
+def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str, Any]], title: str | None = None) -> Path:
+    """Loss curves and codebook use of a training run, as a PNG (written atomically).
+
+    Args:
+        path: output PNG file.
+        records: the lines of ``metrics.jsonl`` (:func:`vqaudio.train.read_metrics`): dicts
+            with ``step`` and ``train/...`` or ``valid/...`` keys.
+        title: figure title.
+
+    Left panel: ``train/reconstruction_loss`` and ``valid/reconstruction_loss`` in bits per
+    sample (nats / ln 2). Right panel: ``train/codes_in_use`` (per batch),
+    ``train/codes_in_use_window`` and ``valid/codes_in_use``. Missing series are left out.
+
+    Returns:
+        the path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def series(key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+        pts = [(r["step"], float(r[key]) * scale) for r in records if key in r and r[key] is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, code_ax = fig.subplots(1, 2)
+    bits = 1.0 / np.log(2.0)
+    for key, label, style in (("train/reconstruction_loss", "train", "-"),
+                              ("valid/reconstruction_loss", "validation", "o-")):
+        x, y = series(key, bits)
+        if x:
+            loss_ax.plot(x, y, style, label=label, markersize=3)
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("reconstruction loss (bits / sample)")
+    loss_ax.grid(alpha=0.3)
+    for key, label, style in (("train/codes_in_use", "per batch", "-"),
+                              ("train/codes_in_use_window", "per log window", "--"),
+                              ("valid/codes_in_use", "validation set", "o-")):
+        x, y = series(key)
+        if x:
+            code_ax.plot(x, y, style, label=label, markersize=3)
+    code_ax.set_xlabel("step")
+    code_ax.set_ylabel("codes in use")
+    code_ax.grid(alpha=0.3)
+    for ax in (loss_ax, code_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as ``path`` (PNG) through a temporary file in the same folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")

@@ -13,10 +13,24 @@ Run directory (``RUN``, given by ``--out``)::
       speakers.json              the speaker table, names in id order
       data.json                  corpus root, layout, split, utterance counts
       metrics.jsonl              one JSON object per log event: {"step", "train/loss", ...}
+      metrics.png                loss curves and codes in use, redrawn at each checkpoint
       model/                     the latest weights as a VQVAE checkpoint (``--checkpoint RUN``)
       checkpoints/step_0001000/  Accelerate ``save_state``: weights, optimizer, RNG states, progress
       examples/step_0001000/     original.wav, reconstruction.wav, conversion_to_NAME.wav,
                                  spectrograms.png (a held-out utterance)
+
+Metrics (``metrics.jsonl``, one line per ``log_every`` steps, means over those steps and all
+processes): ``train/loss`` (Eq. 3, nats), ``train/reconstruction_loss`` (cross-entropy of the
+next mu-law sample, nats per sample), ``train/bits_per_sample`` (the same in bits),
+``train/commitment_loss`` (before beta), ``train/codebook_loss`` (0 with EMA),
+``train/perplexity`` and ``train/codes_in_use`` (per batch of one process, averaged),
+``train/codes_in_use_window`` and ``train/perplexity_window`` (over all batches of the window),
+``train/grad_norm`` (before clipping), ``train/lr``, ``train/segments_per_second``,
+``train/samples_per_second`` (audio samples at the model rate), ``train/realtime_factor``
+(seconds of audio per second), ``epoch``, ``wall_seconds``. Every ``valid_every`` steps a line
+with ``valid/loss``, ``valid/reconstruction_loss``, ``valid/bits_per_sample``,
+``valid/commitment_loss``, ``valid/perplexity``, ``valid/codes_in_use`` (over the whole
+held-out set, centred segments) and ``valid/segments``.
 
 Everything in ``RUN`` is written by the main process, through temporary names and renames.
 A fresh run refuses a non-empty ``RUN`` unless ``resume`` (continue from the latest checkpoint)
@@ -72,6 +86,7 @@ from vqaudio.config import (
     config_from_dict,
     config_to_dict,
 )
+from vqaudio.plots import plot_training_curves
 
 if TYPE_CHECKING:
     from vqaudio.data import Corpus
@@ -607,6 +622,7 @@ def train(
                 check_buffers_in_sync(accelerator, model)
                 if main:
                     export_model(unwrapped, run / MODEL_DIR)
+                    plot_training_curves(run / "metrics.png", read_metrics(run), title=str(run))
                     write_examples(
                         unwrapped, example_utterance.path, example_utterance.speaker,
                         run / EXAMPLES_DIR / f"step_{state.step:07d}",
@@ -1050,15 +1066,15 @@ def _format_valid(step: int, m: dict[str, float]) -> str:
 # ----- command line --------------------------------------------------------------------------
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, sample_rate: int = 16000) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig | None = None) -> None:
     """Model-size options (mapped by :func:`model_config_from_args` onto :class:`VQVAEConfig`).
 
-    Every option defaults to ``None``: "the config's default" for a new run and "the saved
-    value" when resuming.
+    Every option defaults to ``None``: "``defaults``' value" (``VQVAEConfig()`` if not given)
+    for a new run and "the saved value" when resuming.
     """
-    d = VQVAEConfig()
+    d = defaults or VQVAEConfig()
     g = parser.add_argument_group("model")
-    g.add_argument("--sample-rate", type=int, help=f"model rate in Hz (default {sample_rate})")
+    g.add_argument("--sample-rate", type=int, help=f"model rate in Hz (default {d.sample_rate})")
     g.add_argument("--encoder-channels", type=_int_list,
                    help=f"widths of the stride-2 encoder layers, comma separated; their number sets "
                         f"the hop 2**n (default {','.join(map(str, d.encoder.channels))})")
@@ -1080,7 +1096,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, sample_rate: int = 1600
     g.add_argument("--skip-channels", type=int, help=f"default {d.decoder.skip_channels}")
     g.add_argument("--speaker-channels", type=int,
                    help=f"speaker embedding width, 0 disables it (default {d.decoder.speaker_channels})")
-    parser.set_defaults(_default_sample_rate=sample_rate)
+    parser.set_defaults(_model_defaults=d)
 
 
 def add_train_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
@@ -1141,10 +1157,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config_from_args(args: argparse.Namespace, base: VQVAEConfig | None = None) -> VQVAEConfig:
-    """The model config: ``base`` (or the defaults at the parser's sample rate) changed by the
-    model options given on the command line."""
+    """The model config: ``base`` (or the parser's defaults) changed by the model options given
+    on the command line."""
     if base is None:
-        base = VQVAEConfig(sample_rate=getattr(args, "_default_sample_rate", 16000))
+        base = getattr(args, "_model_defaults", None) or VQVAEConfig()
     sizes = {name: getattr(args, name, None) for name in MODEL_SIZE_FIELDS if name != "num_speakers"}
     return build_model_config(base, **sizes)
 
