@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from vqaudio.evaluate.judges import (
+    DigitDetector,
     Recognizer,
     SpeakerCentroids,
     SpeakerJudge,
@@ -113,3 +114,12 @@ def test_free_speech_recogniser_returns_words() -> None:
     text = rec(np.concatenate([clip(3, "theo", 0), clip(8, "theo", 1)]), 8000)
     assert isinstance(text, str) and text == text.lower()
     assert "(" not in text
+
+
+@needs("pocketsphinx")
+def test_digit_detector_accepts_digits_and_rejects_noise() -> None:
+    detector = DigitDetector(DIGIT_WORDS)
+    heard = [detector(clip(d, s, 1), 8000) for d, s in zip(range(10), SPEAKERS * 2)]
+    assert sum(heard) >= 2, heard
+    rng = np.random.default_rng(0)
+    assert not any(detector((0.05 * rng.standard_normal(4000)).astype(np.float32), 8000) for _ in range(4))

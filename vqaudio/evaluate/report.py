@@ -144,8 +144,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"- identified as the requested speaker: {_fmt(gen.get('identified_as_requested'), '.3f')} "
                   f"(similarity {_fmt(gen.get('similarity_to_requested'), '.3f')})"]
         if "recognised_as_digit" in gen:
-            lines.append(f"- recognised as a digit (free decoding): {_fmt(gen['recognised_as_digit'], '.3f')} "
-                         f"(original clips: {_fmt(gen['recognised_as_digit_original'], '.3f')})")
+            lines.append(f"- heard as one digit word (digits vs 240 common words): {_fmt(gen['recognised_as_digit'], '.3f')} "
+                         f"(original clips, same test: {_fmt(gen['recognised_as_digit_original'], '.3f')})")
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]]
     t = report.get("timings", {})
