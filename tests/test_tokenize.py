@@ -156,6 +156,19 @@ def test_padded_batch_encodes_like_single_clips(corpus):
     with torch.no_grad():
         naive = model.quantizer.encode(model.encoder(batch))
     assert any(not torch.equal(naive[b, : n // 64], codes[b, : n // 64]) for b, n in enumerate(lengths))
+    # Several clips packed into one row, one hop apart, also encode as if alone.
+    row = torch.zeros(1, 1, sum(lengths) + 64 * len(lengths))
+    segments, at = [], 0
+    for w, n in zip(wavs, lengths):
+        row[0, 0, at : at + n] = torch.from_numpy(w[:n])
+        segments.append((at, at + n))
+        at += n + 64
+    packed = tk.PaddedEncoder(model).encode_packed(row, [segments])
+    for (a, z), w in zip(segments, wavs):
+        ref = model.encode(torch.from_numpy(w)[None, None])[0]
+        torch.testing.assert_close(packed[0, a // 64 : z // 64], ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="one hop apart"):
+        tk.PaddedEncoder(model).encode_packed(row, [[(0, 640), (640, 1280)]])
 
 
 @pytest.mark.parametrize("sample_rate", [8000, 16000])

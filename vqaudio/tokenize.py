@@ -9,9 +9,11 @@
    :func:`vqaudio.audio.load_audio`), and cut into **pieces** of at most ``chunk_seconds``
    with ``context`` samples of overlap on each side (:func:`iter_pieces`), so memory stays
    flat however long the file.
-3. **Batched encoding** of length-bucketed pieces (:func:`encode_padded`): padding is kept
-   out of every layer, and the context covers the encoder's receptive field, so the codes
-   equal those of ``model.encode`` on the whole file (tested).
+3. **Batched encoding** (:class:`PaddedEncoder`): pieces, longest first, are packed into rows
+   of one fixed length (short files several to a row, one hop apart), so the batch shape
+   stays fixed; what lies outside a piece is zeroed before every layer, and the context
+   covers the encoder's receptive field, so the codes equal those of ``model.encode`` on
+   the whole file (tested).
 4. **Shards**: finished files are written to ``OUT/shards/`` in shards (codes + a JSON
    index), each written under a temporary name and renamed; the index is the commit. A
    re-run skips the files already in shards, so a killed run loses at most the shard in
@@ -329,9 +331,8 @@ class PaddedEncoder:
                     bias = m.bias.detach().to(self.dtype) if m.bias is not None else None
                     self.layers.append((w, bias, m.stride[0], m.padding[0], relu))
 
-    @torch.inference_mode()
     def __call__(self, wav: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
-        """Encode a padded batch.
+        """Encode a padded batch: row ``b`` holds one clip of ``lengths[b]`` samples.
 
         Args:
             wav: [B, 1, T] float32 in [-1, 1] at the model rate, zero-padded; T a multiple
@@ -345,25 +346,62 @@ class PaddedEncoder:
         Raises:
             ValueError: bad shapes or lengths.
         """
+        return self.encode_packed(wav, [[(0, int(n))] for n in lengths])
+
+    @torch.inference_mode()
+    def encode_packed(self, wav: torch.Tensor, segments: Sequence[Sequence[tuple[int, int]]]) -> torch.Tensor:
+        """Encode rows that each hold several clips, as if every clip were encoded alone.
+
+        Before every convolution all positions outside the clips are set to zero, which is
+        what each clip alone would see there (the convolutions' zero padding); so clips can
+        share a row when they are at least one hop apart. With rows of one fixed length the
+        batch shape never changes: oneDNN (like cuDNN) builds and caches a kernel per input
+        shape, and thousands of shapes would cost memory that grows with the corpus.
+
+        Args:
+            wav: [B, 1, T] float32 at the model rate, zeros outside the clips; T a multiple
+                of ``hop_length``.
+            segments: for each row, the clips ``(start, end)`` in samples: multiples of
+                ``hop_length``, sorted, non-empty, at least one hop apart, within ``[0, T]``.
+
+        Returns:
+            codes: [B, T // hop_length] int64; codes ``start // hop .. end // hop`` of a row are
+            those of its clip; the others are meaningless.
+
+        Raises:
+            ValueError: bad shapes or segments.
+        """
         import torch.nn.functional as F
 
         hop, model = self.hop, self.model
         if wav.dim() != 3 or wav.shape[1] != 1 or wav.shape[-1] % hop:
             raise ValueError(f"expected wav [B, 1, T] with T a multiple of {hop}, got {tuple(wav.shape)}")
         total = wav.shape[-1]
-        if len(lengths) != wav.shape[0] or any(n <= 0 or n % hop or n > total for n in lengths):
-            raise ValueError(f"lengths {list(lengths)} must be positive multiples of {hop} and <= {total}")
+        if len(segments) != wav.shape[0]:
+            raise ValueError(f"{len(segments)} rows of segments for a batch of {wav.shape[0]}")
+        for row in segments:
+            prev_end = -hop
+            for a, z in row:
+                if a % hop or z % hop or not (prev_end + hop <= a < z <= total):
+                    raise ValueError(f"bad segments {list(row)}: need sorted multiples of {hop}, "
+                                     f"non-empty, one hop apart, within [0, {total}]")
+                prev_end = z
         if self.layers is None:  # an encoder of another structure: one clip at a time (exact, slower)
             codes = torch.zeros(wav.shape[0], total // hop, dtype=torch.long, device=model.device)
-            for b, n in enumerate(lengths):
-                codes[b, : n // hop] = model.encode(wav[b : b + 1, :, :n])[0]
+            for b, row in enumerate(segments):
+                for a, z in row:
+                    codes[b, a // hop : z // hop] = model.encode(wav[b : b + 1, :, a:z])[0]
             return codes
-        padded = [(b, n) for b, n in enumerate(lengths) if n < total]
+        # Stretches outside the clips, per row: zeroed before every convolution.
+        gaps = []
+        for b, row in enumerate(segments):
+            edges = [0] + [x for seg in row for x in seg] + [total]
+            gaps += [(b, edges[i], edges[i + 1]) for i in range(0, len(edges), 2) if edges[i] < edges[i + 1]]
         h = wav.to(device=model.device, dtype=self.dtype)[:, :, None, :]  # [B, 1, 1, T]
         scale = 1  # input samples per position of h
         for w, bias, stride, padding, relu in self.layers:
-            for b, n in padded:
-                h[b, :, :, n // scale :] = 0
+            for b, g0, g1 in gaps:
+                h[b, :, :, g0 // scale : g1 // scale] = 0
             if w.shape[1] == 1:
                 h = _conv_one_channel(h, w, bias, stride, padding)
             else:
@@ -504,7 +542,8 @@ def tokenize(
         format: ``"bin"``, ``"jsonl"`` or ``"parquet"`` (see :mod:`vqaudio.tokens`).
         offset: N added to every code (token = code + N), to follow a text vocabulary.
         dedup: merge runs of repeated codes, storing the run lengths.
-        batch_size: pieces encoded at once.
+        batch_size: rows encoded at once; a row holds ``chunk_seconds`` of audio plus context:
+            one piece of a long file, or several short files packed one hop apart.
         num_workers: DataLoader processes decoding and resampling audio (0: in this process).
         num_processes: tokenizing processes to start on this machine (each with its own shards
             and one torch thread per core it gets); on CPU, the number of cores is the fast
@@ -768,9 +807,9 @@ def _tokenize_files(
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
                         prefetch_factor=4 if num_workers else None,
                         persistent_workers=False)
-    max_batch_samples = batch_size * (chunk + 2 * context)
+    row = chunk + 2 * context  # samples per row of a batch (the longest piece)
     pool: list[dict[str, Any]] = []
-    pool_size = 8 * batch_size  # pieces sorted by length together: less padding
+    pooled = 0  # samples in the pool; packed when it fills two batches
     partial: dict[int, dict[int, np.ndarray]] = {}
     expected: dict[int, tuple[int, int]] = {}  # file -> (number of pieces, num_samples)
     failed: set[int] = set()
@@ -791,27 +830,38 @@ def _tokenize_files(
                             f"{result['audio_seconds'] / max(elapsed, 1e-9):.0f}x real time", refresh=False)
 
     def encode_pool() -> None:
+        # First-fit decreasing: pieces (longest first) into rows of `row` samples, one hop
+        # apart; batches of `batch_size` rows, so the batch shape hardly ever changes.
         pool.sort(key=lambda p: -p["wav"].shape[0])
-        start = 0
-        while start < len(pool):
-            longest = pool[start]["wav"].shape[0]
-            end = start + 1
-            while end < len(pool) and end - start < batch_size and (end - start + 1) * longest <= max_batch_samples:
-                end += 1
-            batch = pool[start:end]
-            wav = torch.zeros(len(batch), 1, longest)
-            for b, p in enumerate(batch):
-                wav[b, 0, : p["wav"].shape[0]] = p["wav"]
-            codes = encoder(wav, [p["wav"].shape[0] for p in batch]).cpu().numpy()
-            for b, p in enumerate(batch):
-                i = p["file"]
-                if i in failed:
-                    continue
-                a, z = p["keep"]
-                partial.setdefault(i, {})[p["index"]] = codes[b, a:z].copy()
-                if i in expected and len(partial[i]) == expected[i][0]:
-                    finish(i)
-            start = end
+        rows: list[list[tuple[dict[str, Any], int]]] = []
+        fill: list[int] = []
+        for p in pool:
+            n = p["wav"].shape[0]
+            for r in range(len(rows)):
+                if fill[r] + hop + n <= row:
+                    rows[r].append((p, fill[r] + hop))
+                    fill[r] += hop + n
+                    break
+            else:
+                rows.append([(p, 0)])
+                fill.append(n)
+        for start in range(0, len(rows), batch_size):
+            group = rows[start : start + batch_size]
+            wav = torch.zeros(len(group), 1, row)
+            for b, members in enumerate(group):
+                for p, at in members:
+                    wav[b, 0, at : at + p["wav"].shape[0]] = p["wav"]
+            segments = [[(at, at + p["wav"].shape[0]) for p, at in members] for members in group]
+            codes = encoder.encode_packed(wav, segments).cpu().numpy()
+            for b, members in enumerate(group):
+                for p, at in members:
+                    i = p["file"]
+                    if i in failed:
+                        continue
+                    a, z = p["keep"]
+                    partial.setdefault(i, {})[p["index"]] = codes[b, at // hop + a : at // hop + z].copy()
+                    if i in expected and len(partial[i]) == expected[i][0]:
+                        finish(i)
         pool.clear()
 
     try:
@@ -829,8 +879,10 @@ def _tokenize_files(
                 expected[i] = (int(item["index"]) + 1, int(item["num_samples"]))
             pool.append({"file": i, "index": int(item["index"]), "wav": item["wav"],
                          "keep": (int(item["keep"][0]), int(item["keep"][1]))})
-            if len(pool) >= pool_size:
+            pooled += item["wav"].shape[0]
+            if pooled >= 2 * batch_size * row:
                 encode_pool()
+                pooled = 0
         encode_pool()
         writer.commit()
     finally:
@@ -1088,7 +1140,9 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
                         "parquet: input_ids column for `datasets` (default: bin)")
     parser.add_argument("--offset", type=int, default=0, help="add N to every code id (to follow a text vocabulary)")
     parser.add_argument("--dedup", action="store_true", help="merge runs of repeated codes, storing run lengths")
-    parser.add_argument("--batch-size", type=int, default=8, help="pieces encoded at once (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="rows of --chunk-seconds audio encoded at once; short files are packed "
+                        "into rows (default: 8)")
     parser.add_argument("--num-workers", type=int, default=1,
                         help="DataLoader processes decoding audio (default: 1; 0: none)")
     parser.add_argument("--num-processes", type=int, default=1,
