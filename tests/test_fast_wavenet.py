@@ -9,7 +9,7 @@ import torch
 
 from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
 from vqaudio.model import VQVAE
-from vqaudio.nn.fast_wavenet import FastWaveNet, export_weights, partition_streams
+from vqaudio.nn.fast_wavenet import FastWaveNet, export_weights, partition_streams, past_tap_blocks
 from vqaudio.nn.wavenet import SILENCE, WaveNet
 
 HOP = 64
@@ -190,3 +190,8 @@ def test_partition_streams_balances_total_length():
     assert sorted(order.tolist()) == [0, 1, 2, 3]
     order, ptr = partition_streams([5, 7], 8)  # never more groups than streams
     assert len(ptr) == 3
+
+
+def test_past_tap_blocks():
+    assert past_tap_blocks([1, 2, 4, 8, 16, 512], 64).tolist() == [1, 2, 4, 8, 8, 8]
+    assert past_tap_blocks([1, 2, 4, 8, 16], 12).tolist() == [1, 2, 4, 4, 4]  # must divide the hop

@@ -28,11 +28,12 @@ for the parallel backend and pulls in an OpenMP runtime beside PyTorch's). Withi
 every weight matrix is read once per step for all of the group's running streams, so
 throughput grows faster than the thread count.
 
-Past taps in blocks: a layer of dilation ``d >= 8`` reads, during 8 consecutive steps, only
-inputs from before the first of them, so its past-tap products (and the conditioning) for
-those 8 steps are computed together at the block's start, as one matrix product with 8 rows
-per stream; per step only the current tap remains. With the default dilations this reads
-about 20% fewer weight bytes per sample.
+Past taps in blocks: a layer of dilation ``d`` reads, during ``n <= d`` consecutive steps,
+only inputs from before the first of them, so its past-tap products (and the conditioning)
+for those steps are computed together at the block's start, as one matrix product with
+``n`` rows per stream (``n`` = the largest power of two <= min(d, 8) that divides the hop
+length); per step only the current tap remains. With the default dilations this reads about
+a quarter fewer weight bytes per sample.
 
 Speed: one weight-matrix-times-activations product per layer and stage is done by small
 register-blocked kernels written in LLVM IR (``_make_microkernel``): 16-float vectors of
@@ -73,15 +74,30 @@ try:  # numba is a dependency, but the torch paths must keep working without it.
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
-__all__ = ["FastWaveNet", "FastWaveNetWeights", "export_weights", "numba_available", "partition_streams"]
+__all__ = ["FastWaveNet", "FastWaveNetWeights", "export_weights", "numba_available", "partition_streams", "past_tap_blocks"]
 
 #: float32 lanes per vector in the compiled matrix kernels.
 LANES = 16
 #: Output columns per weight panel: matrices are stored as [N / PANEL, K, PANEL] panels (GEMM
 #: packing), so that a kernel computing PANEL columns reads its weights sequentially.
 PANEL = 32
-#: Steps whose past-tap products are computed together, for layers with dilation >= this.
+#: Most steps whose past-tap products are computed together (see the module docstring).
 PAST_TAP_BLOCK = 8
+
+
+def past_tap_blocks(dilations: Sequence[int], hop_length: int, most: int = PAST_TAP_BLOCK) -> np.ndarray:
+    """Per layer, how many steps' past-tap products are computed at once: the largest power of
+    two that is at most ``min(dilation, most)`` and divides ``hop_length`` (1: every step).
+
+    Example: dilations ``1, 2, 4, 8, 16`` with hop 64 -> ``1, 2, 4, 8, 8``.
+    """
+    out = []
+    for d in dilations:
+        n = 1
+        while n * 2 <= min(int(d), most) and hop_length % (n * 2) == 0:
+            n *= 2
+        out.append(n)
+    return np.array(out, dtype=np.int64)
 
 
 def numba_available() -> bool:
@@ -375,7 +391,7 @@ class FastWaveNet:
         out = np.zeros((B, T), np.int64)
         temperature32 = np.float32(temperature)
         step = max(1, int(chunk_frames)) * hop
-        block = math.gcd(hop, PAST_TAP_BLOCK)
+        blocks = past_tap_blocks(W.dilations, hop)
         done = np.zeros(len(groups), np.int64)  # samples generated per group, for the progress bar
         stop = []  # set by the caller's thread on KeyboardInterrupt; checked between chunks
 
@@ -390,7 +406,7 @@ class FastWaveNet:
                     _run_group(
                         W.embed, W.conv_now, W.conv_past, W.cond_local, W.out, W.out_bias,
                         W.head1, W.head1_bias, W.head2, W.head2_bias,
-                        W.dilations, W.queue_offset, W.kernel_size, hop, block, W.skip_channels, Q,
+                        W.dilations, W.queue_offset, W.kernel_size, hop, blocks, W.skip_channels, Q,
                         local_arr, spk_bias, lengths, noise_arr, temperature32,
                         members, queues, prev, out, logits_out, t0, t1,
                     )
@@ -722,7 +738,7 @@ if numba is not None:
     @_njit
     def _run_group(
         embed, conv_now, conv_past, cond_local, out_w, out_b, head1, head1_b, head2, head2_b,
-        dilations, queue_offset, k, hop, block, S, Q,
+        dilations, queue_offset, k, hop, blocks, S, Q,
         local, spk_bias, lengths, noise, temperature,
         members, queues, prev, out, logits_out, t0, t1,
     ):
@@ -730,13 +746,13 @@ if numba is not None:
         ``t1`` (``t0`` a multiple of ``hop``); every weight matrix is read once per step for all
         of them.
 
-        Past taps in blocks: a layer of dilation ``d >= block`` reads, at steps
-        ``t .. t + block - 1``, inputs from before ``t`` only, so at each multiple of ``block``
-        its past-tap products (plus the conditioning) for the whole block are one matrix
-        product with ``block`` rows per stream; per step only its current tap remains. This
-        reads those weights once per block instead of once per sample.
+        Past taps in blocks: layer l with ``n = blocks[l] <= dilation`` reads, at steps
+        ``t .. t + n - 1``, inputs from before ``t`` only, so at each multiple of ``n`` its
+        past-tap products (plus the conditioning) for those steps are one matrix product with
+        ``n`` rows per stream; per step only its current tap remains. This reads those weights
+        once per block instead of once per sample.
 
-        Weights as in :class:`FastWaveNetWeights`; ``block`` divides ``hop``. Per stream:
+        Weights as in :class:`FastWaveNetWeights`; ``blocks`` [L] divide ``hop``. Per stream:
         ``local`` [B, T', D], ``spk_bias`` [B, L, G~] (speaker projection + conv bias),
         ``lengths`` [B] samples, ``noise`` [B, T]. State carried between calls: ``queues``
         [B, queue_rows, R] (the layers' ring buffers; layer l's input at step t is row
@@ -764,8 +780,9 @@ if numba is not None:
         logits = _zeros((nb, Qp))
         cond = _zeros((L, nb, Gp))
         zl = _zeros((nb, D))
-        xb = _zeros((block * nb, KP))  # past inputs of one layer for a block: row s nb + b
-        a_blk = _zeros((L, block, nb, Gp))  # past-tap products + conditioning per block step
+        most = blocks.max()
+        xb = _zeros((most * nb, KP))  # past inputs of one layer for a block: row s nb + b
+        a_blk = _zeros((L, most, nb, Gp))  # past-tap products + conditioning per block step
         e = _zeros((Qp,))
         ebits = np.zeros(Qp, np.int32)
         rows = (k - 1) * dilations
@@ -784,40 +801,39 @@ if numba is not None:
                     for b in range(nact):
                         cond[l, b, :] = spk_bias[members[b], l, :]
                     _gemm(cond_local[l], zl, cond[l], cond[l], nact)
-            sb = t % block
-            if sb == 0:  # past taps of the layers with dilation >= block, for the whole block
-                for l in range(L):
-                    d = dilations[l]
-                    if d < block:
-                        continue
-                    first = queue_offset[l]
-                    for s in range(block):
-                        for b in range(nact):
-                            xrow = s * nb + b
-                            for j in range(1, k):  # step t + s reads the input j * d back
-                                r = pos[l] + s - j * d
-                                if r < 0:
-                                    r += rows[l]
-                                xb[xrow, (j - 1) * R : j * R] = queues[members[b], first + r, :]
-                    # row s nb + b takes bias row b: stream b's conditioning
-                    _gemm(conv_past[l], xb, a_blk[l].reshape((block * nb, Gp)), cond[l], block * nb)
+            for l in range(L):  # past taps of the blocked layers, at each block's first step
+                n = blocks[l]
+                if n == 1 or t % n != 0:
+                    continue
+                d = dilations[l]
+                first = queue_offset[l]
+                for s in range(n):
+                    for b in range(nact):
+                        xrow = s * nb + b
+                        for j in range(1, k):  # step t + s reads the input j * d back
+                            r = pos[l] + s - j * d
+                            if r < 0:
+                                r += rows[l]
+                            xb[xrow, (j - 1) * R : j * R] = queues[members[b], first + r, :]
+                # row s nb + b takes bias row b: stream b's conditioning
+                _gemm(conv_past[l], xb, a_blk[l].reshape((most * nb, Gp)), cond[l], n * nb)
             for b in range(nact):
                 h[b, :] = embed[prev[members[b]], :]
                 skip[b, :] = 0.0
             for l in range(min(2, L)):
                 d = dilations[l]
-                _prefetch_queues(queues, members, nact, queue_offset[l], rows[l], pos[l], d, 1 if d >= block else k)
+                _prefetch_queues(queues, members, nact, queue_offset[l], rows[l], pos[l], d, 1 if blocks[l] > 1 else k)
             for l in range(L):
                 if l + 2 < L:  # the ring-buffer rows two layers ahead, while this layer computes
                     d = dilations[l + 2]
-                    _prefetch_queues(queues, members, nact, queue_offset[l + 2], rows[l + 2], pos[l + 2], d, 1 if d >= block else k)
+                    _prefetch_queues(queues, members, nact, queue_offset[l + 2], rows[l + 2], pos[l + 2], d, 1 if blocks[l + 2] > 1 else k)
                 d = dilations[l]
                 first = queue_offset[l]
                 p = pos[l]
-                if d >= block:
+                if blocks[l] > 1:
                     for b in range(nact):
                         queues[members[b], first + p, :] = h[b, :]
-                    _gemm(conv_now[l], h, a, a_blk[l, sb], nact)
+                    _gemm(conv_now[l], h, a, a_blk[l, t % blocks[l]], nact)
                 else:
                     for b in range(nact):
                         s = members[b]
