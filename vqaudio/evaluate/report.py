@@ -190,12 +190,14 @@ def plot_spectrograms(
     path: str | os.PathLike,
     rows: Sequence[tuple[str, dict[str, np.ndarray]]],
     sample_rate: int,
+    notes: Sequence[dict[str, str]] | None = None,
 ) -> Path:
     """A grid of log-mel spectrograms: one row per clip, one column per version.
 
     Args:
         rows: [(clip title, {version name: wav [T] float32})]; versions keep their order.
         sample_rate: Hz.
+        notes: per row, {version name: text added to that cell's title} (e.g. a conversion's target).
     """
     from matplotlib.figure import Figure
 
@@ -218,7 +220,9 @@ def plot_spectrograms(
             top = vmax if vmax is not None else float(spec.max())
             ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=top - 12, vmax=top,
                       extent=(0, spec.shape[1] * hop / sample_rate, 0, spec.shape[0]))
-            ax.set_title(f"{col}\n{title}" if r == 0 else title, fontsize=8)
+            note = (notes[r].get(col, "") if notes else "")
+            label = f"{title} {note}".strip()
+            ax.set_title(f"{col}\n{label}" if r == 0 else label, fontsize=8)
             ax.tick_params(labelsize=7)
             if c == 0:
                 ax.set_ylabel("mel band", fontsize=7)
@@ -278,17 +282,17 @@ def write_plots(
             chosen.append(i)
     order = [k for k in ("vqaudio", "conversion", "codec2-1200") if k in examples]
     rows = []
+    row_notes: list[dict[str, str]] = []
     for i in chosen:
         versions = {"original": wavs[i]}
         for k in order:
             name = "reconstruction" if k == "vqaudio" else k
             versions[name] = examples[k][i]
-        title = clips[i].utterance_id
-        if conversion_targets and i in conversion_targets:
-            title += f" (converted to {conversion_targets[i]})"
-        rows.append((title, versions))
+        rows.append((clips[i].utterance_id, versions))
+        target = (conversion_targets or {}).get(i)
+        row_notes.append({"conversion": f"-> {target}"} if target else {})
     if rows and num_clips > 0:
-        plot_spectrograms(out_dir / "plots" / "spectrograms.png", rows, sample_rate)
+        plot_spectrograms(out_dir / "plots" / "spectrograms.png", rows, sample_rate, row_notes)
         written.append("plots/spectrograms.png")
     if codebook is not None:
         plot_codebook_usage(out_dir / "plots" / "codebook_usage.png", codebook["histogram"])
