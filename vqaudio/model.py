@@ -305,6 +305,7 @@ class VQVAE(nn.Module):
         """
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        method = self.resolve_decode_method(method)
         codes = [torch.as_tensor(c) for c in codes]
         for b, c in enumerate(codes):
             if c.dim() != 1:
@@ -322,7 +323,6 @@ class VQVAE(nn.Module):
             noise = [torch.as_tensor(u, dtype=torch.float32).reshape(-1) for u in noise]
             if len(noise) != B or any(u.shape[0] != n for u, n in zip(noise, lengths)):
                 raise ValueError(f"noise must be {B} tensors of {lengths} samples, got {[tuple(u.shape) for u in noise]}")
-        method = self.resolve_decode_method(method)
         local = [self.quantizer.decode(c[None].to(self.device))[0] for c in codes]  # [D, T'_b]
         Q = self.config.decoder.quantization_channels
         if method == "numba":
