@@ -15,21 +15,20 @@ The recipe runs stages in order, each in its own folder of ``--out``:
 
 * ``vqvae`` -> ``OUT/vqvae``: the VQ-VAE training run (``vqaudio.train``); its ``model/`` is the
   checkpoint for ``vqaudio tokenize / reconstruct / convert --checkpoint OUT/vqvae``.
+* ``tokenize`` -> ``OUT/tokens``: codes of every utterance of the corpus (``vqaudio tokenize``,
+  bin format), what a language model or the prior trains on.
+* ``prior`` -> ``OUT/prior``: the speaker-conditional prior over codes (``vqaudio train-prior``,
+  options ``--prior-*``); it holds out its own validation utterances and reports validation
+  cross-entropy in bits per code next to the unigram entropy of the codes. Then
+  ``vqaudio generate --speaker NAME --checkpoint OUT/vqvae --prior OUT/prior --out DIR``.
 
 The model follows the paper (16 kHz, 64x downsampling, K = 512 codes of D = 64, beta = 0.25,
-EMA codebook with decay 0.99, WaveNet decoder conditioned on codes and speaker, Adam) with the
-CPU-sized WaveNet of :class:`vqaudio.config.DecoderConfig` (2 x 10 layers, 64/128/64 channels).
-Two defaults differ from the library's, both chosen so that a few hundred steps on a CPU show
-the model learning (see RECIPE_MODEL and RECIPE_TRAINING below):
-
-* dead codes are restarted when their EMA usage falls below 0.5 assignments per batch (library
-  default 0.01). The codebook is initialised from the first batch, while the encoder's latents
-  are still tiny; within ~10 Adam steps they move past it and nearly all land on one code. With
-  decay 0.99 a threshold of 0.01 restarts the other codes only after ~460 steps; 0.5 does it
-  after ~70 (measured on VCC 2016: 1 code in use at steps 10-50, ~100-130 per batch after the
-  restart at step ~70).
-* batches of 8 segments of 0.25 s and Adam at 5e-4 (the paper's 2e-4 learns slowly in a short
-  run; 1e-3 made the commitment loss spike before the restarts).
+EMA codebook with decay 0.99, dead codes restarted below one expected assignment per batch,
+WaveNet decoder conditioned on codes and speaker, Adam) with the CPU-sized WaveNet of
+:class:`vqaudio.config.DecoderConfig` (2 x 10 layers, 64/128/64 channels). The training
+defaults are sized so that a few hundred steps on a CPU show the model learning: batches of 8
+segments of 0.25 s and Adam at 5e-4 (the paper's 2e-4 learns slowly in a short run; 1e-3 made
+the commitment loss spike early on).
 
 Scale up for GPUs with ``--batch-size``, ``--segment-seconds``, ``--learning-rate``,
 ``--num-stacks``, ``--layers-per-stack``, ``--residual-channels``, ``--gate-channels``,
@@ -44,7 +43,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from vqaudio.config import QuantizerConfig, VQVAEConfig
+from vqaudio.config import VQVAEConfig
+from vqaudio.prior_train import add_prior_recipe_arguments, prior_configs_from_recipe_args
 from vqaudio.train import (
     TrainConfig,
     add_model_arguments,
@@ -75,8 +75,8 @@ Accepted layouts of --data-dir:
 Audio is resampled to --sample-rate (16000 Hz by default).
 """
 
-#: The recipe's model defaults: the library's at 16 kHz, with faster dead-code restarts (module doc).
-RECIPE_MODEL = VQVAEConfig(sample_rate=16000, quantizer=QuantizerConfig(dead_code_threshold=0.5))
+#: The recipe's model defaults: the library's, at 16 kHz.
+RECIPE_MODEL = VQVAEConfig(sample_rate=16000)
 
 #: The recipe's training defaults, sized for CPU runs of a few hundred steps (module doc).
 RECIPE_TRAINING = TrainConfig(batch_size=8, segment_seconds=0.25, learning_rate=5e-4, log_every=10,
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(parser)
     add_model_arguments(parser, RECIPE_MODEL)
     add_train_config_arguments(parser, RECIPE_TRAINING)
+    add_prior_recipe_arguments(parser)
     return parser
 
 
@@ -115,8 +116,41 @@ def stage_vqvae(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-#: Stages in the order they run; later stages (tokenize, prior) are appended here.
-STAGES: dict[str, Callable[[argparse.Namespace], Path]] = {"vqvae": stage_vqvae}
+def stage_tokenize(args: argparse.Namespace) -> Path:
+    """Stage ``tokenize``: codes of the whole corpus into ``OUT/tokens`` (bin format).
+
+    Re-running skips files already tokenized. Returns the tokens directory.
+    """
+    from vqaudio.tokenize import tokenize
+
+    tokens = Path(args.out) / "tokens"
+    summary = tokenize(args.data_dir, Path(args.out) / "vqvae", tokens, format="bin",
+                       progress=not getattr(args, "quiet", False))
+    if summary.num_failed:
+        raise ValueError(f"{summary.num_failed} files could not be tokenized; see {tokens}")
+    return tokens
+
+
+def stage_prior(args: argparse.Namespace) -> Path:
+    """Stage ``prior``: train the prior on ``OUT/tokens`` into ``OUT/prior`` (resumable).
+
+    Returns the prior's directory.
+    """
+    from vqaudio.prior_train import train_prior
+
+    prior_dir = Path(args.out) / "prior"
+    prior_config, train_config = prior_configs_from_recipe_args(args)
+    train_prior(Path(args.out) / "tokens", prior_dir, prior_config, train_config,
+                resume=bool(args.resume), progress=not getattr(args, "quiet", False))
+    return prior_dir
+
+
+#: Stages in the order they run.
+STAGES: dict[str, Callable[[argparse.Namespace], Path]] = {
+    "vqvae": stage_vqvae,
+    "tokenize": stage_tokenize,
+    "prior": stage_prior,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
