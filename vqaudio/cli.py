@@ -33,7 +33,8 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature of the WaveNet decoder (0: most likely sample)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
-    parser.add_argument("--method", default="auto", help="decoding implementation (default: fastest available)")
+    parser.add_argument("--method", default="auto", choices=("auto", "numba", "torch", "cuda"),
+                        help="decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
