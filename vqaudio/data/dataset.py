@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from vqaudio.audio import load_audio
@@ -88,14 +88,11 @@ class SegmentDataset(Dataset):
         taken whole and zero-padded at the end.
 
     Random offsets:
-        drawn from a ``numpy.random.Generator`` owned by the process that calls
-        ``__getitem__``. In the main process (``num_workers=0``) it is seeded with ``seed``
-        and its stream continues from epoch to epoch. In a ``DataLoader`` worker it is seeded
-        with ``(seed, worker_info.seed)``; PyTorch draws ``worker_info.seed`` (base seed +
-        worker id) from the main process's torch RNG (or the ``DataLoader``'s ``generator``)
-        each time an iterator starts, so offsets differ per worker and per epoch, and a run
-        is reproduced by calling ``torch.manual_seed`` (Accelerate's ``set_seed``) before it
-        with the same ``num_workers``.
+        a pure function of ``(seed, epoch, index)``: item ``index`` draws its offset from
+        ``numpy.random.default_rng([seed, epoch, index])``. Call :meth:`set_epoch` at the start
+        of every epoch (the training loop does) to get new crops; the same epoch always gives
+        the same crops, in any process or DataLoader worker, so a resumed run sees exactly the
+        crops of an uninterrupted one.
 
     Memory:
         with ``preload=True`` all audio is decoded and resampled once in ``__init__`` (with a
@@ -110,7 +107,7 @@ class SegmentDataset(Dataset):
         sample_rate: model rate in Hz; audio is resampled to it.
         segment_length: samples per segment, a positive multiple of ``hop_length``.
         hop_length: samples per code (64).
-        random_offsets, preload, seed: see above.
+        random_offsets, preload, seed: see above (``seed`` also seeds the offsets).
         num_threads: threads decoding files during the preload.
         progress: show the preload's progress bar.
 
@@ -158,8 +155,11 @@ class SegmentDataset(Dataset):
                     self.utterances, sample_rate, num_threads=num_threads, progress=progress, desc=desc
                 )
             ]
-        self._rng_key: tuple | None = None
-        self._rng: np.random.Generator | None = None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the random offsets of ``epoch`` (a non-negative int) from now on."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -170,7 +170,7 @@ class SegmentDataset(Dataset):
         else:
             wav = load_audio(self.utterances[index].path, self.sample_rate)
         return {
-            "wav": torch.from_numpy(self._segment(wav)).unsqueeze(0),
+            "wav": torch.from_numpy(self._segment(wav, index)).unsqueeze(0),
             "speaker": torch.tensor(self.speaker_ids[index], dtype=torch.long),
         }
 
@@ -179,25 +179,17 @@ class SegmentDataset(Dataset):
         """Total preloaded samples at ``sample_rate`` (``None`` when not preloaded)."""
         return None if self._audio is None else sum(len(a) for a in self._audio)
 
-    def _segment(self, wav: np.ndarray) -> np.ndarray:
+    def _segment(self, wav: np.ndarray, index: int) -> np.ndarray:
         """[T] float32 -> [segment_length] float32: random or centred crop, or end-padded."""
         length = self.segment_length
         if len(wav) <= length:
             return np.pad(wav, (0, length - len(wav))).astype(np.float32, copy=False)
         if self.random_offsets:
-            start = int(self._generator().integers(0, len(wav) - length + 1))
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            start = int(rng.integers(0, len(wav) - length + 1))
         else:
             start = (len(wav) - length) // 2
         return np.ascontiguousarray(wav[start : start + length], dtype=np.float32)
-
-    def _generator(self) -> np.random.Generator:
-        info = get_worker_info()
-        key = ("main",) if info is None else ("worker", info.seed)
-        if self._rng is None or self._rng_key != key:
-            entropy = [self.seed] if info is None else [self.seed, info.seed]
-            self._rng = np.random.default_rng(entropy)
-            self._rng_key = key
-        return self._rng
 
 
 def _speaker_ids(utterances: Sequence[Utterance], speakers: Sequence[str] | None) -> list[int]:
