@@ -18,9 +18,11 @@ What runs, in order (each stage prints a progress bar):
 7. **Report**: ``report.json``, ``report.md``, PNG plots (:mod:`vqaudio.evaluate.report`).
 
 Cost, measured on the FSDD test split (300 clips, 129 s of audio, 8 kHz) on the 2-core
-development machine while other jobs loaded it (load average 8): references and the five
-default baselines scored in 338 s of wall time, 109 s of CPU time of this process; per system
-about 40 s of metrics (mostly ViSQOL) and 20 s of judges. Free speech recognition (corpora
+development machine: references and the five default baselines take 107 s when the machine is
+otherwise idle (338 s while other jobs loaded it to a load average of 8); per system most of
+the time goes to ViSQOL, then the speaker judge and the recogniser. With a checkpoint of the
+default size (2 x 10 WaveNet layers, compiled decoding), 300 reconstructions, 300 conversions
+and 12 prior samples add about 4 CPU minutes (570 s of wall time in all under load 8). Free speech recognition (corpora
 without digit texts) costs pocketsphinx 1-2 CPU seconds per second of audio per system.
 vqaudio's decoder generates audio sample by sample; its cost is that of
 ``VQVAE.decode_batch`` (compiled path: faster than real time; torch path: a few thousand
