@@ -22,7 +22,7 @@ development machine: references and the five default baselines take 107 s when t
 otherwise idle (338 s while other jobs loaded it to a load average of 8); per system most of
 the time goes to ViSQOL, then the speaker judge and the recogniser. With a checkpoint of the
 default size (2 x 10 WaveNet layers, compiled decoding), 300 reconstructions, 300 conversions
-and 12 prior samples add about 4 CPU minutes (570 s of wall time in all under load 8). Free speech recognition (corpora
+and 12 prior samples bring the whole run to 215 s on the idle machine (570 s under load 8). Free speech recognition (corpora
 without digit texts) costs pocketsphinx 1-2 CPU seconds per second of audio per system.
 vqaudio's decoder generates audio sample by sample; its cost is that of
 ``VQVAE.decode_batch`` (compiled path: faster than real time; torch path: a few thousand
