@@ -51,6 +51,7 @@ from vqaudio.train import (
     add_run_arguments,
     add_train_config_arguments,
     run_train,
+    shutdown_distributed,
 )
 
 VCTK_URL = "https://datashare.ed.ac.uk/handle/10283/3443"
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("train_vctk.py: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        shutdown_distributed()
     return 0
 
 

@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vqaudio {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # launched by torchrun / accelerate launch
+            from vqaudio.train import shutdown_distributed
+
+            shutdown_distributed()
 
 
 if __name__ == "__main__":

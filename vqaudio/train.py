@@ -1066,6 +1066,20 @@ def _format_valid(step: int, m: dict[str, float]) -> str:
 # ----- command line --------------------------------------------------------------------------
 
 
+def shutdown_distributed() -> None:
+    """Destroy the torch.distributed process group, if any, before the interpreter exits.
+
+    Under ``torchrun`` / ``accelerate launch`` a gloo process group left alive at exit aborts
+    its process ("terminate called without an active exception", exit -6), failing a run
+    that had finished. Entry points call this once, after their last stage.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig | None = None) -> None:
     """Model-size options (mapped by :func:`model_config_from_args` onto :class:`VQVAEConfig`).
 
