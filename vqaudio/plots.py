@@ -104,7 +104,7 @@ def plot_spectrograms(
     if title:
         fig.suptitle(title)
 
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str, Any]], title: str | None = None) -> Path:
@@ -156,11 +156,15 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str,
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
-def _save_png(fig: Any, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as ``path`` (PNG) through a temporary file in the same folder."""
+def save_png(fig: Any, path: str | os.PathLike) -> Path:
+    """Write the matplotlib Figure ``fig`` as ``path`` (PNG, 100 dpi) through a temporary file
+    in the same folder, so a reader never sees a half-written image. Returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from vqaudio.plots import save_png
+
 #: Columns of the reconstruction table: (key in the system's scores, header, format, better).
 COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("bitrate", "kbit/s", "kbps", ""),
@@ -171,21 +173,6 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any]) -> tuple[Pa
     return js, md
 
 
-def _save_figure(fig, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_spectrograms(
     path: str | os.PathLike,
     rows: Sequence[tuple[str, dict[str, np.ndarray]]],
@@ -228,7 +215,7 @@ def plot_spectrograms(
                 ax.set_ylabel("mel band", fontsize=7)
             if r == len(rows) - 1:
                 ax.set_xlabel("s", fontsize=7)
-    _save_figure(fig, Path(path))
+    save_png(fig, path)
     return Path(path)
 
 
@@ -247,7 +234,7 @@ def plot_codebook_usage(path: str | os.PathLike, histogram: Sequence[int]) -> Pa
     ax.set_xlabel("codes, most to least used")
     ax.set_ylabel("count")
     ax.set_title(f"codebook usage: {used} of {len(counts)} codes in use", fontsize=9)
-    _save_figure(fig, Path(path))
+    save_png(fig, path)
     return Path(path)
 
 
