@@ -57,19 +57,37 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         AudioError: missing, unreadable, empty, or non-finite audio.
     """
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "file not found")
-    if path.is_dir():
-        raise AudioError(path, "is a directory, not an audio file")
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioError(path, f"cannot decode audio ({exc})") from None
+    with open_audio(path) as f:
+        try:
+            data = f.read(dtype="float32", always_2d=True)
+        except Exception as exc:  # a file that opens but fails mid-stream (truncated FLAC...)
+            raise AudioError(path, f"cannot decode audio ({exc})") from None
+        sr = f.samplerate
     if data.shape[0] == 0:
         raise AudioError(path, "file holds no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(path, "audio holds NaN or Inf values")
     return to_mono(data), int(sr)
+
+
+def open_audio(path: str | os.PathLike) -> sf.SoundFile:
+    """Open an audio file for reading (blockwise, for long files) with soundfile.
+
+    Returns:
+        an open ``soundfile.SoundFile`` (use it as a context manager).
+
+    Raises:
+        AudioError: the file is missing, is a directory, or cannot be decoded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    if path.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
+    try:
+        return sf.SoundFile(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioError(path, f"cannot decode audio ({exc})") from None
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vqaudio.audio import AudioError, find_audio_files
+from vqaudio.audio import AudioError, find_audio_files, open_audio
 from vqaudio.tokens import (
     FORMATS,
     METADATA_NAME,
@@ -145,18 +145,8 @@ def stream_audio(path: str | os.PathLike, sample_rate: int, block_frames: int = 
     Raises:
         AudioError: the file is missing, cannot be decoded, holds no samples, or holds NaN/Inf.
     """
-    import soundfile as sf
-
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "file not found")
-    if path.is_dir():
-        raise AudioError(path, "is a directory, not an audio file")
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioError(path, f"cannot decode audio ({exc})") from None
-    with f:
+    with open_audio(path) as f:
         resampler = None
         if f.samplerate != sample_rate:
             import soxr
