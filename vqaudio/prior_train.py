@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -550,23 +549,11 @@ def train_prior(
         return record
 
     def save_checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        root = out_dir / CHECKPOINTS_DIR
-        final = root / f"step_{step:08d}"
-        tmp = root / f".step_{step:08d}.tmp"
-        if accelerator.is_main_process:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            _atomic_json(tmp / TRAINER_STATE_NAME, {"step": step, "running_loss": running_loss, "history": history})
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            old = sorted((d for d in root.glob("step_*") if d != final), key=lambda d: d.name)
-            for d in old[: max(0, len(old) - train_config.keep_checkpoints + 1)]:
-                shutil.rmtree(d, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        from vqaudio.train import save_checkpoint as save_training_state
+
+        state = {"step": step, "running_loss": running_loss, "history": history}
+        save_training_state(accelerator, out_dir, step, train_config.keep_checkpoints,
+                            extra_files={TRAINER_STATE_NAME: state}, digits=8)
 
     running_loss = resumed_loss
     model.train()

@@ -78,14 +78,7 @@ from accelerate.tracking import GeneralTracker
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from vqaudio.config import (
-    DecoderConfig,
-    EncoderConfig,
-    QuantizerConfig,
-    VQVAEConfig,
-    config_from_dict,
-    config_to_dict,
-)
+from vqaudio.config import VQVAEConfig, config_from_dict, config_to_dict
 from vqaudio.plots import plot_training_curves
 
 if TYPE_CHECKING:
@@ -782,15 +775,24 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def save_checkpoint(accelerator: Any, run_dir: Path, step: int, keep_last: int) -> Path:
-    """``accelerator.save_state`` into ``RUN/checkpoints/step_{step:07d}`` (all processes call it).
+def save_checkpoint(
+    accelerator: Any,
+    run_dir: Path,
+    step: int,
+    keep_last: int,
+    extra_files: dict[str, Any] | None = None,
+    digits: int = 7,
+) -> Path:
+    """``accelerator.save_state`` into ``RUN/checkpoints/step_{step:0{digits}d}`` (all processes
+    call it; the VQ-VAE and prior trainers share it).
 
-    The state is written to ``.step_{step:07d}.tmp`` and renamed when every process has
-    finished, so a crash never leaves a partial ``step_*`` folder; then all but the newest
-    ``keep_last`` checkpoints are deleted. Returns the checkpoint folder.
+    The state is written to ``.step_N.tmp``, with ``extra_files`` (name -> JSON-ready object,
+    written by the main process), and renamed when every process has finished, so a crash
+    never leaves a partial ``step_*`` folder; then all but the newest ``keep_last``
+    checkpoints are deleted. Returns the checkpoint folder.
     """
     root = run_dir / CHECKPOINTS_DIR
-    final = root / f"step_{step:07d}"
+    final = root / f"step_{step:0{digits}d}"
     tmp = root / f".{final.name}.tmp"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
@@ -799,6 +801,8 @@ def save_checkpoint(accelerator: Any, run_dir: Path, step: int, keep_last: int) 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for name, obj in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(obj))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
