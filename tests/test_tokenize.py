@@ -311,3 +311,44 @@ def test_rerun_in_another_format_reuses_the_shards(tmp_path, ckpt, corpus):
     assert after.metadata["format"] == "jsonl" and after.metadata["offset"] == 7
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_auto_num_processes_uses_the_cores_on_cpu_only(monkeypatch, ckpt):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(tk, "available_cores", lambda: 4)
+    per = tk.FILES_PER_PROCESS
+    assert tk.auto_num_processes(1000, ckpt, "cpu") == 4
+    assert tk.auto_num_processes(2 * per, ckpt, "cpu") == 2  # start-up cost: enough files each
+    assert tk.auto_num_processes(per - 1, ckpt, "cpu") == 1
+    assert tk.auto_num_processes(1000, ckpt, "cuda:0") == 1  # GPUs: accelerate launch
+    assert tk.auto_num_processes(1000, ckpt, "cpu", rank=0) == 1  # already one of several
+    assert tk.auto_num_processes(1000, VQVAE.from_pretrained(ckpt), "cpu") == 1  # no path to load
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert tk.auto_num_processes(1000, ckpt, "cpu") == 1
+
+
+def test_retain_freed_memory_stops_page_faults_from_freed_activations():
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc malloc settings: Linux only")
+    # In a fresh process: allocate and free 64 MB forty times, as batches of activations are.
+    script = ("import resource, sys, numpy as np\n"
+              "from vqaudio._system import retain_freed_memory\n"
+              "ok = retain_freed_memory() if sys.argv[1] == '1' else True\n"
+              "np.ones(1 << 24, np.float32).sum()\n"
+              "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+              "for _ in range(40):\n"
+              "    np.ones(1 << 24, np.float32).sum()\n"
+              "print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)\n")
+    faults = {}
+    for retain in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", script, retain], capture_output=True, text=True, check=True)
+        ok, n = out.stdout.split()
+        assert ok == "True"
+        faults[retain] = int(n)
+    # By default every 64 MiB block is handed back and faulted in anew: at least one fault per
+    # 2 MiB (huge) page, 40 * 32 in all; retained, the memory is reused.
+    assert faults["0"] >= 40 * 32
+    assert faults["1"] <= faults["0"] // 10

@@ -5,6 +5,8 @@ default-sized encoder (random weights: speed does not depend on training; the co
 initialised from latents of the data, as training does, so that code agreement means
 something) and prints, in one run:
 
+- ``vqaudio tokenize`` as a user runs it, with its default options, timed from the
+  interpreter's start to its exit (the issue's end-to-end figure; the target is 200x);
 - the plain per-file loop: ``load_audio`` + ``model.encode`` per file;
 - the pipeline (``vqaudio.tokenize.tokenize``, end to end: file discovery, model loading,
   decoding, encoding, shards, merge into ``tokens.bin``) in several process/thread layouts
@@ -16,11 +18,13 @@ something) and prints, in one run:
 
 Each figure is given as x real time of wall time and per CPU-second (audio seconds per second
 of CPU time used by all the processes involved), with the 1-minute load average: other jobs
-share the cores, and the CPU-time figure is the one that does not depend on them. Usage::
+share the cores, and the CPU-time figure is the one that does not depend on them. The
+kernel's share of the CPU time and the minor page faults show the cost of memory handed back
+to the kernel and faulted in again (see ``vqaudio._system.retain_freed_memory``). Usage::
 
-    python tools/bench_tokenize.py                      # 240 files, 6 and 60 minute files
-    python tools/bench_tokenize.py --limit 0            # all 1,620 files
-    python tools/bench_tokenize.py --long-minutes 0     # skip the memory test
+    python tools/bench_tokenize.py                      # all 1,620 files, 6 and 60 minute files
+    python tools/bench_tokenize.py --limit 240          # 240 files spread over the corpus
+    python tools/bench_tokenize.py --long-minutes       # skip the memory test
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import torch
 from vqaudio.audio import find_audio_files, load_audio
 from vqaudio.config import VQVAEConfig
 from vqaudio.model import VQVAE
-from vqaudio.tokenize import PaddedEncoder, tokenize
+from vqaudio.tokenize import PaddedEncoder, auto_num_processes, tokenize
 from vqaudio.tokens import read_tokens
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,22 +93,25 @@ def make_model(files: list[Path], seed: int = 0) -> VQVAE:
 
 
 class Clock:
-    """Wall time and CPU time (this process and its finished children) of a block."""
+    """Wall time, CPU time, kernel (system) CPU time and minor page faults of a block, counting
+    this process and its finished children."""
 
     def __enter__(self) -> "Clock":
-        self.wall0, self.cpu0 = time.perf_counter(), self._cpu()
+        self.wall0, (self.cpu0, self.sys0, self.faults0) = time.perf_counter(), self._usage()
         return self
 
     def __exit__(self, *exc) -> None:
         self.wall = time.perf_counter() - self.wall0
-        self.cpu = self._cpu() - self.cpu0
+        cpu, system, faults = self._usage()
+        self.cpu, self.sys, self.faults = cpu - self.cpu0, system - self.sys0, faults - self.faults0
 
     @staticmethod
-    def _cpu() -> float:
+    def _usage() -> tuple[float, float, int]:
         import resource
 
         a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+        system = a.ru_stime + b.ru_stime
+        return a.ru_utime + b.ru_utime + system, system, a.ru_minflt + b.ru_minflt
 
 
 def plain_loop(model: VQVAE, files: list[Path], threads: int) -> tuple[float, Clock, dict[str, np.ndarray]]:
@@ -193,7 +200,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "vcc2016" / "train",
                         help="folder of 16 kHz speech (default: ../shared/data/vcc2016/train)")
-    parser.add_argument("--limit", type=int, default=240, help="files to use, spread over the folder (0: all)")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="files to use, spread over the folder (default 0: all; fewer files make the "
+                        "fixed start-up cost of the command a larger share)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--long-minutes", type=float, nargs="*", default=[6.0, 60.0],
                         help="lengths of the synthetic long files for the memory test (none: skip)")
@@ -211,11 +220,23 @@ def main() -> None:
     try:
         ckpt = model.save_pretrained(tmp / "model")
         model = VQVAE.from_pretrained(ckpt)
-        print(f"{'':<62} {'wall':>9} {'per CPU-s':>10}  load during")
+        print(f"{'x real time':<62} {'wall':>9} {'per CPU-s':>10} {'kernel':>7} {'faults':>9}  load during")
 
         def report(name: str, seconds: float, clock: Clock) -> None:
-            print(f"{name:<62} {seconds / clock.wall:8.1f}x {seconds / clock.cpu:9.1f}x  "
-                  f"{os.getloadavg()[0]:.2f}", flush=True)
+            print(f"{name:<62} {seconds / clock.wall:8.1f}x {seconds / clock.cpu:9.1f}x "
+                  f"{clock.sys / clock.cpu:7.1%} {clock.faults:9,d}  {os.getloadavg()[0]:.2f}", flush=True)
+
+        # What a user runs: the command with its defaults, timed from the interpreter's start
+        # to its exit (imports, model loading, decoding, encoding, shards, merge).
+        out = tmp / "cli"
+        listed = [str(args.data)] if len(files) == len(find_audio_files(args.data)) else [str(f) for f in files]
+        with Clock() as clock:
+            subprocess.run([sys.executable, "-m", "vqaudio.tokenize", *listed, "--checkpoint", str(ckpt),
+                            "--out", str(out), "--format", "bin", "--no-progress"], check=True,
+                           stdout=subprocess.DEVNULL)
+        cli_seconds = sum(e.duration for e in read_tokens(out).entries)
+        report(f"vqaudio tokenize, defaults ({auto_num_processes(len(files))} processes), end to end",
+               cli_seconds, clock)
 
         seconds, clock, reference = plain_loop(model, files, threads=1)
         report("plain per-file loop (load_audio + encode), 1 thread", seconds, clock)

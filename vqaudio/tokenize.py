@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from vqaudio._system import available_cores, retain_freed_memory
 from vqaudio.audio import AudioError, find_audio_files, open_audio
 from vqaudio.tokens import (
     FORMATS,
@@ -511,7 +512,7 @@ def tokenize(
     dedup: bool = False,
     batch_size: int = 8,
     num_workers: int = 1,
-    num_processes: int = 1,
+    num_processes: int | None = 1,
     chunk_seconds: float = 10.0,
     shard_files: int = 256,
     shard_seconds: float = 120.0,
@@ -537,7 +538,8 @@ def tokenize(
         num_workers: DataLoader processes decoding and resampling audio (0: in this process).
         num_processes: tokenizing processes to start on this machine (each with its own shards
             and one torch thread per core it gets); on CPU, the number of cores is the fast
-            setting. Needs ``checkpoint`` as a path.
+            setting. Needs ``checkpoint`` as a path. ``None``: chosen by
+            :func:`auto_num_processes` (what ``vqaudio tokenize`` does by default).
         chunk_seconds: longest piece encoded at once; longer files are cut into pieces with
             overlapping context, so memory is flat in the file's length.
         shard_files, shard_seconds: a shard is committed after this many files or seconds.
@@ -564,10 +566,12 @@ def tokenize(
         RuntimeError: a worker process failed.
     """
     t0 = time.perf_counter()
-    _check_options(format, offset, batch_size, num_workers, num_processes, chunk_seconds, precision)
+    _check_options(format, offset, batch_size, num_workers, num_processes or 1, chunk_seconds, precision)
     out = Path(out_dir)
     files = discover_files(inputs)
     _check_out_dir(out)
+    if num_processes is None:
+        num_processes = auto_num_processes(len(files), checkpoint, device, rank)
 
     if num_processes > 1 and rank is None:
         return _spawn(inputs, checkpoint, out, files, t0, format=format, offset=offset, dedup=dedup,
@@ -620,6 +624,30 @@ def tokenize(
         summary.num_failed = len(result["failures"])
     summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+#: Files per tokenizing process below which ``auto_num_processes`` starts no more: each
+#: process pays about 2 s of start-up (imports, model load) before it encodes anything.
+FILES_PER_PROCESS = 32
+
+
+def auto_num_processes(num_files: int, checkpoint: Any = None, device: str | None = None,
+                       rank: int | None = None) -> int:
+    """The default number of tokenizing processes: one per core this process may use, on CPU.
+
+    One process with one torch thread per core is the fast layout on CPU (processes do not
+    wait for each other at every layer as OpenMP threads do; ``tools/bench_tokenize.py``).
+    Returns 1 on a GPU (CUDA device given or present), under a distributed launcher
+    (``WORLD_SIZE`` > 1 or ``rank`` given), for an already loaded model (processes load the
+    checkpoint from its path), and keeps at least :data:`FILES_PER_PROCESS` files per process.
+    """
+    from vqaudio.model import VQVAE
+
+    if rank is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1 or isinstance(checkpoint, VQVAE):
+        return 1
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cpu":
+        return 1
+    return max(1, min(available_cores(), num_files // FILES_PER_PROCESS))
 
 
 def _check_options(format, offset, batch_size, num_workers, num_processes, chunk_seconds, precision) -> None:
@@ -791,6 +819,7 @@ def _tokenize_files(
     result: dict[str, Any] = {"num_tokenized": 0, "audio_seconds": 0.0, "failures": []}
     if not files:
         return result
+    retain_freed_memory()  # before the DataLoader forks its workers, so that they inherit it
     encoder = PaddedEncoder(model, precision)
     dataset = _PieceDataset(files, sr, hop, chunk, context)
     num_workers = min(num_workers, len(files))
@@ -981,7 +1010,7 @@ def _spawn(inputs, checkpoint, out: Path, files: list[SourceFile], t0: float, *,
     model = _load_model(checkpoint, "cpu")
     run_info = _run_info(model, opts["precision"])
     _init_shards(out, run_info)
-    threads = opts["num_threads"] or max(1, (os.cpu_count() or 1) // num_processes)
+    threads = opts["num_threads"] or max(1, available_cores() // num_processes)
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     procs, summaries = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -1135,10 +1164,10 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
                         "into rows (default: 8)")
     parser.add_argument("--num-workers", type=int, default=1,
                         help="DataLoader processes decoding audio (default: 1; 0: none)")
-    parser.add_argument("--num-processes", type=int, default=1,
-                        help="tokenizing processes on this machine, each writing its own shards; on "
-                        "CPU use the number of cores (on GPUs: `accelerate launch --multi_gpu "
-                        "--num_processes N -m vqaudio.tokenize ...`)")
+    parser.add_argument("--num-processes", type=int,
+                        help="tokenizing processes on this machine, each writing its own shards "
+                        "(default on CPU: one per core, at least 32 files each; on GPUs 1, use "
+                        "`accelerate launch --multi_gpu --num_processes N -m vqaudio.tokenize ...`)")
     parser.add_argument("--threads", type=int,
                         help="torch threads per process (default on CPU: 1; processes scale better)")
     parser.add_argument("--chunk-seconds", type=float, default=10.0,

@@ -55,7 +55,6 @@ P speaker embedding channels; ``X~`` is X rounded up to a multiple of 16.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vqaudio._system import available_cores
 from vqaudio.nn.wavenet import SILENCE, WaveNet
 
 try:  # numba is a dependency, but the torch paths must keep working without it.
@@ -103,14 +103,6 @@ def past_tap_blocks(dilations: Sequence[int], hop_length: int, most: int = PAST_
 def numba_available() -> bool:
     """Whether the compiled generation path can be used (numba is importable)."""
     return numba is not None
-
-
-def _default_threads() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _round_up(n: int, m: int = PANEL) -> int:
@@ -381,7 +373,7 @@ class FastWaveNet:
         spk_bias = W.conv_bias[None] + np.einsum("lpg,bp->blg", W.cond_speaker, W.speaker_embedding[speaker])
         spk_bias = _aligned(spk_bias)
 
-        threads = _default_threads() if num_threads is None else int(num_threads)
+        threads = available_cores() if num_threads is None else int(num_threads)
         if threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         order, group_ptr = partition_streams(lengths, threads)
