@@ -191,6 +191,21 @@ def test_generate_writes_audio_of_the_requested_length(saved_vqvae, tmp_path):
         np.testing.assert_array_equal(sf.read(a.wav_path)[0], sf.read(b.wav_path)[0])
 
 
+def test_generate_several_speakers_in_one_loop_gives_each_its_own_samples(saved_vqvae, tmp_path):
+    vqvae, _ = saved_vqvae
+    prior = tiny_prior_for(vqvae)
+    both = generate(vqvae, prior, ["jackson", "theo"], 0.05, tmp_path / "both", num=2, seed=3, progress=False)
+    assert [(s.speaker, s.wav_path.name) for s in both] == [
+        ("jackson", "jackson_000.wav"), ("jackson", "jackson_001.wav"), ("theo", "theo_000.wav"), ("theo", "theo_001.wav")]
+    for method in ("numba", "torch"):  # a speaker's samples do not depend on the others, nor on the path
+        alone = generate(vqvae, prior, "theo", 0.05, tmp_path / method, num=2, seed=3, method=method, progress=False)
+        for a, b in zip(alone, both[2:]):
+            np.testing.assert_array_equal(np.load(a.codes_path), np.load(b.codes_path))
+            np.testing.assert_array_equal(sf.read(a.wav_path)[0], sf.read(b.wav_path)[0])
+    with pytest.raises(ValueError, match="decode method"):
+        generate(vqvae, prior, "theo", 0.05, tmp_path / "bad", method="fortran", progress=False)
+
+
 def test_generate_continues_a_prompt(saved_vqvae, tmp_path):
     vqvae, _ = saved_vqvae
     prior = tiny_prior_for(vqvae, max_len=16)  # the 0.5 s prompt is longer than the context

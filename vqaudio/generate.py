@@ -138,7 +138,7 @@ def sample_codes(
 def generate(
     vqvae,
     prior: PriorTransformer,
-    speaker: str,
+    speaker: str | Sequence[str],
     seconds: float,
     out_dir: str | os.PathLike,
     num: int = 1,
@@ -150,72 +150,91 @@ def generate(
     seed: int | None = 0,
     overwrite: bool = False,
     allow_mismatch: bool = False,
+    method: str = "auto",
     progress: bool = True,
 ) -> list[GeneratedSample]:
-    """Generate ``num`` utterances of ``speaker``, ``seconds`` long each, into ``out_dir``.
+    """Generate ``num`` utterances of each speaker, ``seconds`` long each, into ``out_dir``.
 
-    ``round(seconds * codes_per_second)`` codes (at least 1) are sampled from the prior per
-    utterance, after the prompt's codes if a prompt is given, and the whole sequence is decoded
-    by ``vqvae.decode`` with the speaker's embedding, so each WAV is
-    ``(P + num_codes) * hop_length`` samples at ``vqvae.sample_rate`` Hz. Files:
-    ``{speaker}_{i:03d}.wav`` and ``{speaker}_{i:03d}.npy`` (codes, [T'] int64), each written
-    atomically. The index ``i`` starts after the highest one already in ``out_dir`` unless
-    ``overwrite``, so earlier samples are never replaced.
+    Per speaker, ``round(seconds * codes_per_second)`` codes (at least 1) are sampled from the
+    prior per utterance, after the prompt's codes if a prompt is given; then the utterances of
+    all speakers are decoded together in one generation loop (``vqvae.decode_batch``), each
+    with its speaker's embedding, so each WAV is ``(P + num_codes) * hop_length`` samples at
+    ``vqvae.sample_rate`` Hz. Files: ``{speaker}_{i:03d}.wav`` and ``{speaker}_{i:03d}.npy``
+    (codes, [T'] int64), each written atomically. The index ``i`` starts after the highest
+    one already in ``out_dir`` unless ``overwrite``, so earlier samples are never replaced.
 
     Args:
         vqvae: a :class:`vqaudio.model.VQVAE` (its codes are what the prior was fitted to).
         prior: a :class:`PriorTransformer` on the same device.
-        speaker: speaker name, in both tables.
+        speaker: a speaker name, or several; each in both tables.
         seconds: duration to sample, in seconds (> 0), not counting the prompt.
         out_dir: output folder (created).
-        num: utterances.
+        num: utterances per speaker.
         prompt: optional audio file whose codes are continued.
         temperature, top_k, top_p: sampling of the prior.
         decoder_temperature: sampling temperature of the WaveNet decoder.
-        seed: seeds one ``torch.Generator`` used for the prior, then for the decoder.
+        seed: per speaker, seeds one ``torch.Generator`` used for the prior, then for the
+            decoder's noise, so a speaker's samples do not depend on the other speakers asked
+            for (``None``: torch's global generator).
         overwrite: number the files from 000, replacing files of the same name.
         allow_mismatch: see :func:`check_compatible`.
+        method: decoder implementation, see :meth:`vqaudio.model.VQVAE.decode` (default: the
+            fastest available).
         progress: show progress bars.
 
     Returns:
-        one :class:`GeneratedSample` per utterance.
+        one :class:`GeneratedSample` per utterance, speaker by speaker.
 
     Raises:
         vqaudio.model.UnknownSpeakerError: unknown speaker (lists the known ones).
-        ValueError: ``seconds <= 0``, ``num < 1``, bad sampling parameters, incompatible models.
+        ValueError: ``seconds <= 0``, ``num < 1``, bad sampling parameters or method,
+            incompatible models.
         vqaudio.audio.AudioError: an unreadable prompt.
     """
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
+    names = [speaker] if isinstance(speaker, str) else list(speaker)
     check_compatible(vqvae, prior, allow_mismatch)
-    vqvae_id, prior_id = speaker_ids(vqvae, prior, speaker)
+    ids = [speaker_ids(vqvae, prior, name) for name in names]  # fail before sampling anything
+    vqvae.resolve_decode_method(method)
     codes_per_second = vqvae.sample_rate / vqvae.hop_length
     num_codes = max(1, round(seconds * codes_per_second))
     prompt_codes = encode_prompt(vqvae, prompt) if prompt is not None else None
     n_prompt = 0 if prompt_codes is None else prompt_codes.shape[1]
 
     device = prior.token_embedding.weight.device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    codes = sample_codes(prior, prior_id, num_codes, num, prompt_codes, temperature, top_k, top_p,
+    hop = vqvae.hop_length
+    codes, noise, decoder_ids = [], [], []
+    for vqvae_id, prior_id in ids:
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        c = sample_codes(prior, prior_id, num_codes, num, prompt_codes, temperature, top_k, top_p,
                          generator, progress)
-    if generator is not None and vqvae.device != device:
-        generator = torch.Generator(device=vqvae.device).manual_seed(seed + 1)
-    wav = vqvae.decode(codes.to(vqvae.device), torch.full((num,), vqvae_id, dtype=torch.long),
-                       temperature=decoder_temperature, generator=generator, progress=progress)
+        if generator is not None and vqvae.device != device:
+            generator = torch.Generator(device=vqvae.device).manual_seed(seed + 1)
+        # the noise vqvae.decode would draw for this [num, T'] batch
+        u = torch.rand(num, c.shape[1] * hop, generator=generator,
+                       device=generator.device if generator is not None else "cpu")
+        codes += list(c.to(vqvae.device))
+        noise += list(u)
+        decoder_ids += [vqvae_id] * num
+    wavs = vqvae.decode_batch(codes, decoder_ids, temperature=decoder_temperature, noise=noise,
+                              method=method, progress=progress)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    first = 0 if overwrite else _next_index(out_dir, speaker)
     results = []
-    for i in range(num):
-        stem = f"{speaker}_{first + i:03d}"
-        wav_path, codes_path = out_dir / f"{stem}.wav", out_dir / f"{stem}.npy"
-        save_audio(wav_path, wav[i, 0], vqvae.sample_rate)
-        save_codes(codes_path, codes[i].cpu().numpy())
-        results.append(GeneratedSample(wav_path, codes_path, speaker, int(codes.shape[1]), n_prompt,
-                                       wav.shape[-1] / vqvae.sample_rate))
+    for k, name in enumerate(names):
+        first = 0 if overwrite else _next_index(out_dir, name)
+        for i in range(num):
+            stem = f"{name}_{first + i:03d}"
+            wav_path, codes_path = out_dir / f"{stem}.wav", out_dir / f"{stem}.npy"
+            wav = wavs[k * num + i]
+            save_audio(wav_path, wav[0], vqvae.sample_rate)
+            save_codes(codes_path, codes[k * num + i].cpu().numpy())
+            results.append(GeneratedSample(wav_path, codes_path, name, int(codes[k * num + i].shape[0]), n_prompt,
+                                           wav.shape[-1] / vqvae.sample_rate))
     return results
 
 
@@ -264,6 +283,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WaveNet decoder sampling temperature (default 1; 0 is greedy)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--method", default="auto", choices=("auto", "numba", "torch", "cuda"),
+                        help="WaveNet decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
     parser.add_argument("--overwrite", action="store_true", help="number files from 000, replacing existing ones")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="use a prior trained on tokens of another VQ-VAE checkpoint")
@@ -278,17 +299,14 @@ def run_generate(args: argparse.Namespace) -> int:
     prior = PriorTransformer.from_pretrained(args.prior, map_location=device)
     check_compatible(vqvae, prior, args.allow_mismatch)
     names: Sequence[str] = [s for s in vqvae.speakers if s in prior.speakers] if args.all_speakers else args.speaker
-    for name in names:  # fail on an unknown name before spending time on the others
-        speaker_ids(vqvae, prior, name)
-    for name in names:
-        for sample in generate(
-            vqvae, prior, name, args.seconds, args.out, num=args.num, prompt=args.prompt,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            decoder_temperature=args.decoder_temperature, seed=args.seed, overwrite=args.overwrite,
-            allow_mismatch=args.allow_mismatch,
-        ):
-            print(f"wrote {sample.wav_path} ({sample.seconds:.2f} s, speaker {sample.speaker}, "
-                  f"{sample.num_codes} codes, {sample.prompt_codes} from the prompt) and {sample.codes_path.name}")
+    for sample in generate(
+        vqvae, prior, names, args.seconds, args.out, num=args.num, prompt=args.prompt,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        decoder_temperature=args.decoder_temperature, seed=args.seed, overwrite=args.overwrite,
+        allow_mismatch=args.allow_mismatch, method=args.method,
+    ):
+        print(f"wrote {sample.wav_path} ({sample.seconds:.2f} s, speaker {sample.speaker}, "
+              f"{sample.num_codes} codes, {sample.prompt_codes} from the prompt) and {sample.codes_path.name}")
     return 0
 
 
