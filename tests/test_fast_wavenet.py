@@ -195,3 +195,14 @@ def test_partition_streams_balances_total_length():
 def test_past_tap_blocks():
     assert past_tap_blocks([1, 2, 4, 8, 16, 512], 64).tolist() == [1, 2, 4, 8, 8, 8]
     assert past_tap_blocks([1, 2, 4, 8, 16], 12).tolist() == [1, 2, 4, 4, 4]  # must divide the hop
+
+
+def test_multiply_adds_per_sample_counts_the_weights_used_per_sample():
+    from vqaudio.nn.fast_wavenet import multiply_adds_per_sample
+
+    net = WaveNet(DecoderConfig(num_speakers=4), HOP)
+    cfg = net.cfg
+    per_sample = sum(layer.conv.weight.numel() + layer.out.weight.numel() for layer in net.layers)
+    per_sample += sum(m.weight.numel() for m in net.head if isinstance(m, torch.nn.Conv1d))
+    per_frame = sum(layer.cond.weight[:, : cfg.local_channels].numel() for layer in net.layers)
+    assert multiply_adds_per_sample(net) == per_sample + per_frame // HOP == 514_560

@@ -18,6 +18,11 @@ For one decoder config (the default: 2 stacks x 10 layers, residual 64, gate 128
 5. with a CUDA device (``--cuda``, default when one is present): the CUDA-graph path for
    1 and for ``--cuda-streams`` streams.
 
+It also prints the compiled loop's matrix product alone (one layer's shape, weights in cache,
+1 and 4 streams) against the whole loop, in GFLOP/s per thread: how close each layout comes to
+the matrix kernels' rate, and so how much of a step goes to work outside the matrix products
+(gates, sampling) and to reading weights.
+
 Compiled paths report the fastest of ``--repeat`` runs; the torch paths run once. Each line
 gives samples per second (all streams together) and the real-time factor (RTF:
 generation time / duration of the audio of one stream; below 1 is faster than real time).
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
-    from vqaudio.nn.fast_wavenet import FastWaveNet
+    from vqaudio.nn.fast_wavenet import FastWaveNet, matrix_kernel_gflops, multiply_adds_per_sample
 
     torch.set_num_threads(args.torch_threads)
     cfg = DecoderConfig(num_speakers=4)
@@ -159,6 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     results["compiled_multi_1"] = line(f"compiled, {args.streams} streams, 1 thread", n,
                                        noises[0].numel() / sr, wall, cpu, "(RTF per stream)")
 
+    # where the time goes: the matrix products alone against the whole loop, in GFLOP/s
+    macs = multiply_adds_per_sample(net)
+    print(f"matrix products alone vs the whole loop ({macs:,} multiply-adds per sample):")
+    kernels = {}
+    for streams in (1, 4):
+        kernels[streams] = matrix_kernel_gflops(cfg.residual_channels, cfg.gate_channels, streams)
+        print(f"  {cfg.residual_channels} -> {cfg.gate_channels} product alone, {streams} stream(s){'':<8} "
+              f"{kernels[streams]:7.1f} GFLOP/s")
+    for key, label, threads in (("compiled_1", "1 stream, 1 thread", 1),
+                                ("compiled_multi_1", f"{args.streams} streams, 1 thread", 1),
+                                ("compiled_multi", f"{args.streams} streams, {args.threads} threads", args.threads)):
+        flops = 2 * macs * results[key]["samples_per_second"] / threads / 1e9
+        results[key]["gflops_per_thread"] = flops
+        print(f"  whole loop, {label:<28} {flops:7.1f} GFLOP/s per thread")
+
     # 5. CUDA graphs
     use_cuda = torch.cuda.is_available() if args.cuda is None else args.cuda
     if use_cuda:
@@ -217,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'met' if ok else 'NOT met':<8} {name}")
     if args.json:
         payload = {"results": results, "ratios": ratios, "targets": targets, "load_after": load_after,
+                   "matrix_kernel_gflops": kernels, "multiply_adds_per_sample": macs,
                    "sample_rate": sr, "torch_threads": args.torch_threads}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)

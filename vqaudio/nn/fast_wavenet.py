@@ -59,6 +59,7 @@ P speaker embedding channels; ``X~`` is X rounded up to a multiple of 16.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -78,7 +79,16 @@ try:  # numba is a dependency, but the torch paths must keep working without it.
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
-__all__ = ["FastWaveNet", "FastWaveNetWeights", "export_weights", "numba_available", "partition_streams", "past_tap_blocks"]
+__all__ = [
+    "FastWaveNet",
+    "FastWaveNetWeights",
+    "export_weights",
+    "matrix_kernel_gflops",
+    "multiply_adds_per_sample",
+    "numba_available",
+    "partition_streams",
+    "past_tap_blocks",
+]
 
 #: float32 lanes per vector in the compiled matrix kernels.
 LANES = 16
@@ -444,6 +454,48 @@ class FastWaveNet:
         return samples, (logits_out if rec else None)
 
 
+def multiply_adds_per_sample(wavenet: WaveNet) -> int:
+    """Multiply-adds the compiled loop does per generated sample of one stream.
+
+    Per layer the dilated conv (``k R G``) and the fused residual/skip 1x1 conv
+    (``H (R + S)``), plus the output head (``S S + S Q``) and the local conditioning
+    projected once per frame (``L D G / hop_length``). Default decoder: 514,560.
+    """
+    c = wavenet.cfg
+    R, G, S, Q, D = c.residual_channels, c.gate_channels, c.skip_channels, c.quantization_channels, c.local_channels
+    L = len(c.dilations)
+    per_layer = c.kernel_size * R * G + (G // 2) * (R + S)
+    return L * per_layer + S * S + S * Q + L * D * G // wavenet.hop_length
+
+
+def matrix_kernel_gflops(inputs: int, outputs: int, streams: int, seconds: float = 0.3) -> float:
+    """GFLOP/s of the compiled loop's matrix product ``y = W x`` alone, for ``streams`` rows
+    and a ``[outputs, inputs]`` weight that stays in the L1/L2 cache (random values).
+
+    Compared with the whole generation loop's rate (:func:`multiply_adds_per_sample` times
+    samples per second), it shows how much of a step is spent outside the matrix products
+    (``tools/bench_generate.py`` prints both). Runs on the calling thread.
+
+    Raises:
+        RuntimeError: numba is not installed.
+    """
+    if numba is None:
+        raise RuntimeError("the compiled WaveNet needs numba (pip install numba)")
+    rng = np.random.default_rng(0)
+    W = _aligned(rng.standard_normal((_round_up(outputs) // PANEL, inputs, PANEL)).astype(np.float32))
+    X = _aligned(rng.standard_normal((streams, inputs)).astype(np.float32))
+    Y = _aligned_zeros((streams, _round_up(outputs)))
+    bias = _aligned_zeros((_round_up(outputs),))
+    _repeat_gemm(W, X, Y, bias, streams, 10)  # compile or load, warm the caches
+    reps, elapsed = 1000, 0.0
+    while elapsed < seconds:
+        reps *= 4
+        t0 = time.perf_counter()
+        _repeat_gemm(W, X, Y, bias, streams, reps)
+        elapsed = time.perf_counter() - t0
+    return 2.0 * inputs * outputs * streams * reps / elapsed / 1e9
+
+
 def _as_f32(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
@@ -621,6 +673,12 @@ if numba is not None:
             while o < N:
                 _k1x2(W, X, Y, bias, b, o)
                 o += 32
+
+    @_njit
+    def _repeat_gemm(W, X, Y, bias, n, reps):
+        """``_gemm`` ``reps`` times (for :func:`matrix_kernel_gflops`)."""
+        for _ in range(reps):
+            _gemm(W, X, Y, bias, n)
 
     _TANH_CLAMP = np.float32(7.90531110763549805)
 
