@@ -85,3 +85,20 @@ def test_find_audio_files(tmp_path, clip):
     assert [p.name for p in found] == ["1.wav", "2.FLAC"]
     with pytest.raises(FileNotFoundError, match="nope"):
         find_audio_files(tmp_path / "nope")
+
+
+def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):
+    from vqaudio._files import atomic_path, atomic_write_json
+
+    target = tmp_path / "sub" / "x.json"
+    atomic_write_json(target, {"a": 1})  # creates the folder
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == '{\n  "a": 1\n}\n'  # untouched
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.json"]  # no temporary left
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"a": object()})
+    assert target.read_text() == '{\n  "a": 1\n}\n'

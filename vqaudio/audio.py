@@ -7,12 +7,13 @@ resampling uses soxr (the library behind librosa's resampling); torchaudio is de
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+
+from vqaudio._files import atomic_path
 
 #: File extensions that :func:`find_audio_files` collects.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -124,15 +125,8 @@ def save_audio(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_r
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().float().cpu().numpy()
     wav = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".wav.tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, wav, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), wav, sample_rate, subtype="PCM_16", format="WAV")
     return path
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqaudio._files import atomic_path
 from vqaudio.audio import load_audio, save_audio
 from vqaudio.nn.prior import PriorTransformer
 
@@ -240,16 +240,9 @@ def generate(
 
 def save_codes(path: str | os.PathLike, codes: np.ndarray) -> Path:
     """Write ``codes`` ([T'] int64) as ``.npy`` atomically (temporary name, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.asarray(codes, dtype=np.int64))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
+        np.save(f, np.asarray(codes, dtype=np.int64))
+    return Path(path)
 
 
 def _next_index(out_dir: Path, speaker: str) -> int:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqaudio import __version__
+from vqaudio._files import atomic_path, atomic_write_text
 from vqaudio.audio import mu_law_decode, mu_law_encode
 from vqaudio.config import CHECKPOINT_FORMAT_VERSION, VQVAEConfig, config_from_dict, config_to_dict
 from vqaudio.nn.encoder import Encoder
@@ -401,9 +402,10 @@ class VQVAE(nn.Module):
             "config": config_to_dict(self.config),
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        _atomic_write(path / SPEAKERS_NAME, lambda tmp: Path(tmp).write_text(json.dumps(self.speakers, indent=1)))
-        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        atomic_write_text(path / SPEAKERS_NAME, json.dumps(self.speakers, indent=1))
+        atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2))
         self._checkpoint_id = file_sha256(path / WEIGHTS_NAME)[:16]
         return path
 
@@ -489,12 +491,3 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

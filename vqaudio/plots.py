@@ -8,13 +8,14 @@ or keeps figures in global state, so it works on headless machines and in worker
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from vqaudio._files import atomic_path
 
 
 def log_spectrogram(
@@ -166,13 +167,6 @@ def save_png(fig: Any, path: str | os.PathLike) -> Path:
 
     FigureCanvasAgg(fig)  # render with Agg whatever pyplot's backend is
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(str(tmp), format="png", dpi=100)
     return path

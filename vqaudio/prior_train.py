@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from vqaudio._files import atomic_write_json
 from vqaudio.config import config_from_dict, config_to_dict
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
 
@@ -368,14 +368,6 @@ def _param_groups(model: PriorTransformer, weight_decay: float) -> list[dict[str
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The most recent complete checkpoint folder under ``out_dir/checkpoints``, or None."""
     root = Path(out_dir) / CHECKPOINTS_DIR
@@ -495,7 +487,7 @@ def train_prior(
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_json(saved_path, {
+        atomic_write_json(saved_path, {
             "tokens_dir": str(tokens_dir),
             "tokens_checkpoint_id": meta.get("checkpoint_id"),
             "prior_config": config_to_dict(prior_config),
@@ -545,7 +537,7 @@ def train_prior(
             f"{stats.get('unigram_entropy_bits', float('nan')):.3f}), train loss {running_loss:.3f} nats"
         )
         if accelerator.is_main_process:
-            _atomic_json(out_dir / METRICS_NAME, summary())
+            atomic_write_json(out_dir / METRICS_NAME, summary())
         return record
 
     def save_checkpoint() -> None:
@@ -589,7 +581,7 @@ def train_prior(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir)
-        _atomic_json(out_dir / METRICS_NAME, final)
+        atomic_write_json(out_dir / METRICS_NAME, final)
     accelerator.print(
         f"validation cross-entropy {final['val_bits_per_code']:.3f} bits/code vs unigram entropy "
         f"{stats.get('unigram_entropy_bits', float('nan')):.3f} bits/code "

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from vqaudio._files import atomic_write_bytes
 from vqaudio._system import available_cores, retain_freed_memory
 from vqaudio.audio import AudioError, find_audio_files, open_audio
 from vqaudio.tokens import (
@@ -722,7 +723,7 @@ def _init_shards(out: Path, info: dict[str, Any]) -> None:
                 + "); choose another --out"
             )
         return
-    _atomic_write(run, json.dumps(info, indent=2).encode())
+    atomic_write_bytes(run, json.dumps(info, indent=2).encode())
 
 
 def _read_shards(shards: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
@@ -793,8 +794,8 @@ class _ShardWriter:
 
 def _write_shard(codes_path: Path, codes: bytes, index_path: Path, index: bytes) -> None:
     """Commit one shard: the codes file first, the index (which makes it count) last."""
-    _atomic_write(codes_path, codes)
-    _atomic_write(index_path, index)
+    atomic_write_bytes(codes_path, codes)
+    atomic_write_bytes(index_path, index)
 
 
 def _tokenize_files(
@@ -1222,7 +1223,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
         return 2
     if args.summary_json:
         data = {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "metadata")}
-        _atomic_write(Path(args.summary_json), json.dumps(data).encode())
+        atomic_write_bytes(Path(args.summary_json), json.dumps(data).encode())
     if args.merge and (args.rank or 0) == 0 and summary.metadata:
         print(f"{summary.describe()}\ntokens: {Path(args.out)} (format {args.format})")
     for path, reason in summary.failures[:10]:
@@ -1281,15 +1282,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vqaudio tokenize: error: {exc}", file=sys.stderr)
         return 2
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

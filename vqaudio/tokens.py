@@ -45,6 +45,7 @@ original codes -- and so the audio -- can be rebuilt. :func:`read_tokens` undoes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -54,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vqaudio._files import atomic_path, atomic_write_bytes, atomic_write_text
 
 #: Version of the token directory layout; bump on incompatible changes.
 TOKENS_FORMAT_VERSION = 1
@@ -228,9 +231,9 @@ def write_token_dir(
         files = _write_jsonl(out, rows, dedup)
     else:
         files = _write_parquet(out, rows, dedup)
-    _atomic_write_text(out / MANIFEST_NAME, "".join(_manifest_lines(stats.manifest)))
+    atomic_write_text(out / MANIFEST_NAME, "".join(_manifest_lines(stats.manifest)))
     failure_list = list(failures)
-    _atomic_write_text(
+    atomic_write_text(
         out / FAILURES_NAME,
         "path\treason\n" + "".join(f"{_tsv(p)}\t{_tsv(r)}\n" for p, r in failure_list),
     )
@@ -252,7 +255,7 @@ def write_token_dir(
         "num_failures": len(failure_list),
         "files": files + [MANIFEST_NAME, FAILURES_NAME],
     }
-    _atomic_write_text(out / METADATA_NAME, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / METADATA_NAME, json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -294,12 +297,11 @@ def _checked_rows(entries: Iterable[TokenEntry], k: int, offset: int, dedup: boo
 
 def _write_bin(out: Path, rows: Iterator[_Row], dtype: np.dtype, dedup: bool) -> list[str]:
     tok_path, rl_path = out / BIN_TOKENS_NAME, out / BIN_RUN_LENGTHS_NAME
-    tok_tmp, rl_tmp = _tmp_name(tok_path), _tmp_name(rl_path)
     idx_lines: list[str] = []
     lengths: list[int] = []
     position = 0
-    try:
-        with open(tok_tmp, "wb") as ftok, (open(rl_tmp, "wb") if dedup else _NullFile()) as frl:
+    with atomic_path(tok_path) as tok_tmp, (atomic_path(rl_path) if dedup else contextlib.nullcontext()) as rl_tmp:
+        with open(tok_tmp, "wb") as ftok, (open(rl_tmp, "wb") if dedup else contextlib.nullcontext()) as frl:
             for r in rows:
                 ftok.write(r.tokens.astype(dtype.newbyteorder("<")).tobytes())
                 if dedup:
@@ -311,16 +313,10 @@ def _write_bin(out: Path, rows: Iterator[_Row], dtype: np.dtype, dedup: bool) ->
                 }) + "\n")
                 lengths.append(int(r.tokens.size))
                 position += int(r.tokens.size)
-        os.replace(tok_tmp, tok_path)
-        if dedup:
-            os.replace(rl_tmp, rl_path)
-        else:
-            rl_path.unlink(missing_ok=True)
-    finally:
-        tok_tmp.unlink(missing_ok=True)
-        rl_tmp.unlink(missing_ok=True)
-    _atomic_write_bytes(out / BIN_IDX_NAME, megatron_index_bytes(lengths, dtype))
-    _atomic_write_text(out / BIN_INDEX_NAME, "".join(idx_lines))
+    if not dedup:
+        rl_path.unlink(missing_ok=True)
+    atomic_write_bytes(out / BIN_IDX_NAME, megatron_index_bytes(lengths, dtype))
+    atomic_write_text(out / BIN_INDEX_NAME, "".join(idx_lines))
     return [BIN_TOKENS_NAME, BIN_IDX_NAME, BIN_INDEX_NAME] + ([BIN_RUN_LENGTHS_NAME] if dedup else [])
 
 
@@ -366,19 +362,13 @@ def read_megatron_index(path: str | os.PathLike) -> tuple[np.dtype, np.ndarray, 
 
 
 def _write_jsonl(out: Path, rows: Iterator[_Row], dedup: bool) -> list[str]:
-    path = out / JSONL_NAME
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                obj: dict[str, Any] = {"path": r.path, "speaker": r.speaker, "duration": r.duration,
-                                       "codes": r.tokens.tolist()}
-                if dedup:
-                    obj["run_lengths"] = r.run_lengths.tolist()
-                f.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out / JSONL_NAME) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            obj: dict[str, Any] = {"path": r.path, "speaker": r.speaker, "duration": r.duration,
+                                   "codes": r.tokens.tolist()}
+            if dedup:
+                obj["run_lengths"] = r.run_lengths.tolist()
+            f.write(json.dumps(obj, separators=(",", ":")) + "\n")
     return [JSONL_NAME]
 
 
@@ -404,9 +394,6 @@ def _write_parquet(out: Path, rows: Iterator[_Row], dedup: bool) -> list[str]:
     if dedup:
         fields.append(pa.field("run_lengths", pa.list_(pa.int64())))
     schema = pa.schema(fields)
-    path = out / PARQUET_NAME
-    tmp = _tmp_name(path)
-
     def flush(writer, batch: list[_Row]) -> None:
         cols: dict[str, Any] = {
             "path": [r.path for r in batch],
@@ -418,19 +405,15 @@ def _write_parquet(out: Path, rows: Iterator[_Row], dedup: bool) -> list[str]:
             cols["run_lengths"] = [r.run_lengths for r in batch]
         writer.write_table(pa.Table.from_pydict(cols, schema=schema))
 
-    try:
-        with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
-            batch: list[_Row] = []
-            for r in rows:
-                batch.append(r)
-                if len(batch) >= _PARQUET_ROWS_PER_GROUP:
-                    flush(writer, batch)
-                    batch = []
-            if batch:
+    with atomic_path(out / PARQUET_NAME) as tmp, pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
+        batch: list[_Row] = []
+        for r in rows:
+            batch.append(r)
+            if len(batch) >= _PARQUET_ROWS_PER_GROUP:
                 flush(writer, batch)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+                batch = []
+        if batch:
+            flush(writer, batch)
     return [PARQUET_NAME]
 
 
@@ -550,34 +533,6 @@ def read_tokens(tokens_dir: str | os.PathLike) -> TokenSet:
 
 
 # ----- small helpers --------------------------------------------------------------------------
-
-
-class _NullFile:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def write(self, data: bytes) -> int:
-        return len(data)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp_name(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _vqaudio_version() -> str:

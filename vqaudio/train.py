@@ -78,6 +78,7 @@ from accelerate.tracking import GeneralTracker
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from vqaudio._files import atomic_write_json, atomic_write_text
 from vqaudio.config import VQVAEConfig, config_from_dict, config_to_dict
 from vqaudio.plots import plot_training_curves
 
@@ -508,11 +509,11 @@ def train(
     # --- run directory (fresh runs)
     if main and not resuming:
         run.mkdir(parents=True, exist_ok=True)
-        _write_json(run / TRAIN_CONFIG_NAME, {"format_version": RUN_FORMAT_VERSION,
+        atomic_write_json(run / TRAIN_CONFIG_NAME, {"format_version": RUN_FORMAT_VERSION,
                                               "config": config_to_dict(cfg)})
-        _write_json(run / MODEL_CONFIG_NAME, config_to_dict(model_config))
-        _write_json(run / SPEAKERS_NAME, speakers)
-        _write_json(run / DATA_NAME, {
+        atomic_write_json(run / MODEL_CONFIG_NAME, config_to_dict(model_config))
+        atomic_write_json(run / SPEAKERS_NAME, speakers)
+        atomic_write_json(run / DATA_NAME, {
             "data": [str(p) for p in data] if isinstance(data, (list, tuple)) else str(
                 corpus.root if isinstance(data, Corpus) else data),
             "layout": corpus.layout, "mic": mic, "split_method": split_method,
@@ -1023,15 +1024,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
     if len(keep) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _jsonable(value: Any) -> Any:

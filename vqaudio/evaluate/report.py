@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vqaudio._files import atomic_write_text
 from vqaudio.plots import save_png
 
 #: Columns of the reconstruction table: (key in the system's scores, header, format, better).
@@ -68,18 +68,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -168,8 +156,8 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any]) -> tuple[Pa
     out_dir = Path(out_dir)
     clean = _clean(report)
     js, md = out_dir / "report.json", out_dir / "report.md"
-    _atomic_write_text(js, json.dumps(clean, indent=2) + "\n")
-    _atomic_write_text(md, render_markdown(clean))
+    atomic_write_text(js, json.dumps(clean, indent=2) + "\n")
+    atomic_write_text(md, render_markdown(clean))
     return js, md
 
 

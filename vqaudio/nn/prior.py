@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqaudio._files import atomic_path, atomic_write_json
 from vqaudio.config import CHECKPOINT_FORMAT_VERSION, config_from_dict, config_to_dict
 
 #: ``model_type`` written in a prior's ``config.json``.
@@ -577,9 +577,10 @@ class PriorTransformer(nn.Module):
             "config": config_to_dict(self.config),
             "metadata": self.metadata,
         }
-        _atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic_write(directory / "speakers.json", lambda p: p.write_text(json.dumps(self.speakers, indent=2) + "\n"))
-        _atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(header, indent=2) + "\n"))
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        atomic_write_json(directory / "speakers.json", self.speakers)
+        atomic_write_json(directory / "config.json", header)
         return directory
 
     @classmethod
@@ -632,18 +633,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PriorCheckpointError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = [
