@@ -168,7 +168,8 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.metadata == model.metadata
     codes, speaker = torch.randint(0, 32, (2, 9)), torch.tensor([0, 2])
     torch.testing.assert_close(loaded(codes, speaker), model(codes, speaker))
-    assert not list((tmp_path / "prior").glob("*.tmp")), "temporary files left behind"
+    # exactly the three files: no temporary (.NAME.tmp...) left behind
+    assert sorted(p.name for p in (tmp_path / "prior").iterdir()) == ["config.json", "model.safetensors", "speakers.json"]
 
 
 def test_loading_a_non_prior_or_missing_checkpoint_names_the_file(tmp_path):

@@ -46,10 +46,10 @@ from torch.utils.data import DataLoader, Dataset
 from vqaudio._files import atomic_write_json
 from vqaudio.config import config_from_dict, config_to_dict
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
+from vqaudio.train import CHECKPOINTS_DIR, latest_checkpoint, save_checkpoint as save_training_state
 
 TRAIN_CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.json"
-CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
@@ -368,15 +368,6 @@ def _param_groups(model: PriorTransformer, weight_decay: float) -> list[dict[str
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The most recent complete checkpoint folder under ``out_dir/checkpoints``, or None."""
-    root = Path(out_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return None
-    done = [d for d in root.glob("step_*") if (d / TRAINER_STATE_NAME).is_file()]
-    return max(done, key=lambda d: int(d.name.split("_")[1]), default=None)
-
-
 def train_prior(
     tokens_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -541,8 +532,6 @@ def train_prior(
         return record
 
     def save_checkpoint() -> None:
-        from vqaudio.train import save_checkpoint as save_training_state
-
         state = {"step": step, "running_loss": running_loss, "history": history}
         save_training_state(accelerator, out_dir, step, train_config.keep_checkpoints,
                             extra_files={TRAINER_STATE_NAME: state}, digits=8)

@@ -588,10 +588,10 @@ def train(
                 continue
             state.step += 1
             bar.update(1)
-            if show:
-                bar.set_postfix(window.postfix(), refresh=False)
 
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                if show:  # on log steps only: reading the window's sums waits for the device
+                    bar.set_postfix(window.postfix(), refresh=False)
                 tick()
                 now = time.perf_counter()
                 last_train = window.reduce(accelerator, now - window_start, sample_rate)
