@@ -314,6 +314,7 @@ def test_rerun_in_another_format_reuses_the_shards(tmp_path, ckpt, corpus):
     assert (tmp_path / "tok" / "tokens.jsonl").is_file() and not (tmp_path / "tok" / "tokens.bin").exists()
     after = read_tokens(tmp_path / "tok")
     assert after.metadata["format"] == "jsonl" and after.metadata["offset"] == 7
+    assert len(after) == len(before) == 8
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a.codes, b.codes)
 

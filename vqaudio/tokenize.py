@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vqaudio._files import atomic_write_bytes
 from vqaudio._system import available_cores, retain_freed_memory
-from vqaudio.audio import AudioError, find_audio_files, open_audio
+from vqaudio.audio import AudioError, find_audio_files, open_audio, to_mono
 from vqaudio.tokens import (
     FORMATS,
     METADATA_NAME,
@@ -166,7 +166,7 @@ def stream_audio(path: str | os.PathLike, sample_rate: int, block_frames: int = 
             if not np.isfinite(data).all():
                 raise AudioError(path, "audio holds NaN or Inf values")
             total += data.shape[0]
-            mono = data[:, 0].copy() if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+            mono = to_mono(data)  # as load_audio downmixes
             yield resampler.resample_chunk(mono, last=False) if resampler is not None else mono
         if total == 0:
             raise AudioError(path, "file holds no audio samples")
@@ -714,7 +714,7 @@ def _init_shards(out: Path, info: dict[str, Any]) -> None:
     run = shards / RUN_NAME
     if run.is_file():
         old = json.loads(run.read_text())
-        keys = ("checkpoint_id", "sample_rate", "hop_length", "codebook_size", "precision")
+        keys = ("shard_format_version", "checkpoint_id", "sample_rate", "hop_length", "codebook_size", "precision")
         diff = [k for k in keys if old.get(k) != info.get(k)]
         if diff:
             raise ValueError(
