@@ -28,6 +28,13 @@ for the parallel backend and pulls in an OpenMP runtime beside PyTorch's). Withi
 every weight matrix is read once per step for all of the group's running streams, so
 throughput grows faster than the thread count.
 
+No activations are copied between layers: a group's ring buffers are one array
+``[queue_rows, streams, R]`` whose rows are the matrix kernels' inputs as they stand. The input
+embedding writes layer 0's row of the step, each layer's residual output goes straight into
+the next layer's row, and the past taps are read from earlier rows in place (a layer's buffer
+has ``(k - 1) d + n`` rows, so the rows a block of ``n`` steps reads are contiguous and never
+the ones it writes).
+
 Past taps in blocks: a layer of dilation ``d`` reads, during ``n <= d`` consecutive steps,
 only inputs from before the first of them, so its past-tap products (and the conditioning)
 for those steps are computed together at the block's start, as one matrix product with
@@ -39,13 +46,14 @@ Speed: one weight-matrix-times-activations product per layer and stage is done b
 register-blocked kernels written in LLVM IR (``_make_microkernel``): 16-float vectors of
 output accumulators stay in registers while the input index runs, so there is no horizontal
 reduction and each weight vector loaded serves up to four streams. Weights are float32,
-stored input-major (``[K, N]``, the transpose of PyTorch's ``[N, K]``) with N padded to a
-multiple of 16. tanh, sigmoid and exp use polynomial/rational approximations accurate to a
-few float32 ulps that vectorize. One stream is bound by streaming about 1.6 MB of weights
-from the L3 cache each sample (2 MB in all; 1 MB of L2 per core holds half). With four
-streams per thread the matrix kernels run at the FMA units' peak (about 110 GFLOP/s per
-Zen 4 core, measured alone), and a whole step at about 70% of it: the per-stream work that
-batching does not share (gates, sampling: about 15%) and weight reads from L3 take the rest.
+stored input-major in panels of 32 output columns (the transpose of PyTorch's ``[N, K]``,
+see :class:`FastWaveNetWeights`). tanh, sigmoid and exp use polynomial/rational
+approximations accurate to a few float32 ulps that vectorize. One stream is bound by
+streaming about 1.6 MB of weights from the L3 cache each sample (2 MB in all; 1 MB of L2 per
+core holds half). With four streams per thread the matrix kernels run at the FMA units' peak
+(about 110 GFLOP/s per Zen 4 core, measured alone), and a whole step at about 80% of it; a
+profile (perf) puts about 84% of a step in the matrix kernels, 6% in the gates, 3% in
+sampling; weight reads from L3 at the start of each product take most of the rest.
 The kernels prefetch each weight panel ``PREFETCH_ROWS`` rows ahead of the row in use; with
 two threads streaming weights from the shared L3 this gave about 5% more throughput.
 Compiled code is cached on disk (``cache=True``): only the first run in an environment pays
@@ -53,7 +61,7 @@ the compile time (tens of seconds).
 
 Shapes use B streams, T samples, T' = T // hop_length frames, L layers, R residual channels,
 G gate channels (H = G / 2), S skip channels, Q mu-law values, D local conditioning channels,
-P speaker embedding channels; ``X~`` is X rounded up to a multiple of 16.
+P speaker embedding channels; ``X~`` is X rounded up to a multiple of 32.
 """
 
 from __future__ import annotations
@@ -154,8 +162,8 @@ class FastWaveNetWeights:
     Attributes:
         embed: [Q, R] input embedding.
         conv_now: [L, R, G~] dilated conv, the tap on the layer's current input.
-        conv_past: [L, (k-1) R, G~] its other taps: row ``(j-1) R + i`` multiplies input
-            channel ``i`` of the layer's input ``j * dilation`` samples back.
+        conv_past: [L, k-1, R, G~] its other taps: ``conv_past[l, j-1]`` multiplies the
+            layer's input ``j * dilation`` samples back.
         conv_bias: [L, G~].
         cond_local: [L, D, G~] projection of the local conditioning (the code vectors).
         cond_speaker: [L, P, G~] projection of the speaker embedding (P may be 0), not packed
@@ -165,8 +173,14 @@ class FastWaveNetWeights:
         head1, head1_bias, head2, head2_bias: [S, S~], [S~], [S, Q~], [Q~] output head.
         speaker_embedding: [num_speakers, P].
         dilations: [L] int64.
+        past_tap_block: [L] int64, steps whose past taps are computed together
+            (:func:`past_tap_blocks`).
+        queue_length: [L] int64, rows of each layer's ring buffer:
+            ``(kernel_size - 1) * dilation + past_tap_block``, so that the rows a block of
+            steps reads and the rows it writes never overlap, and a block's rows of one tap
+            are contiguous.
         queue_offset: [L] int64, first row of each layer's ring buffer in the queue array
-            (``(kernel_size - 1) * dilation`` rows per layer, ``queue_rows`` in all).
+            (``queue_rows`` rows in all).
         kernel_size, hop_length, queue_rows, residual_channels, skip_channels,
         quantization_channels: ints.
     """
@@ -185,6 +199,8 @@ class FastWaveNetWeights:
     head2_bias: np.ndarray
     speaker_embedding: np.ndarray
     dilations: np.ndarray
+    past_tap_block: np.ndarray
+    queue_length: np.ndarray
     queue_offset: np.ndarray
     kernel_size: int
     hop_length: int
@@ -230,7 +246,7 @@ def export_weights(wavenet: WaveNet) -> FastWaveNetWeights:
     for layer in wavenet.layers:
         w = layer.conv.weight.detach()  # [G, R, k]; tap k-1 multiplies the current input
         conv_now.append(w[:, :, k - 1])  # [G, R]
-        conv_past.append(torch.cat([w[:, :, k - 1 - j] for j in range(1, k)], dim=1))  # [G, (k-1) R]
+        conv_past.append(torch.stack([w[:, :, k - 1 - j] for j in range(1, k)]))  # [k-1, G, R]
         conv_bias.append(layer.conv.bias.detach())
         c = layer.cond.weight.detach()[:, :, 0]  # [G, D + P]
         cond_local.append(c[:, :D])
@@ -238,7 +254,8 @@ def export_weights(wavenet: WaveNet) -> FastWaveNetWeights:
         out.append(layer.out.weight.detach()[:, :, 0])  # [R + S, H]
         out_bias.append(layer.out.bias.detach())
     dilations = np.array(cfg.dilations, dtype=np.int64)
-    rows = (k - 1) * dilations
+    blocks = past_tap_blocks(dilations, wavenet.hop_length)
+    rows = (k - 1) * dilations + blocks
     offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
     if wavenet.speaker_embedding is not None:
         spk = np.ascontiguousarray(wavenet.speaker_embedding.weight.detach().to("cpu", torch.float32).numpy())
@@ -260,6 +277,8 @@ def export_weights(wavenet: WaveNet) -> FastWaveNetWeights:
         head2_bias=vec(h2.bias),
         speaker_embedding=spk,
         dilations=dilations,
+        past_tap_block=blocks,
+        queue_length=rows,
         queue_offset=offsets,
         kernel_size=k,
         hop_length=wavenet.hop_length,
@@ -394,12 +413,12 @@ class FastWaveNet:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         order, group_ptr = partition_streams(lengths, threads)
         groups = [order[group_ptr[g] : group_ptr[g + 1]] for g in range(len(group_ptr) - 1)]
-        queues = _aligned_zeros((B, W.queue_rows, W.residual_channels))
+        # per group, its streams' ring buffers interleaved: row r is [streams, R]
+        queues = [_aligned_zeros((W.queue_rows, len(m), W.residual_channels)) for m in groups]
         prev = np.full(B, SILENCE, np.int64)
         out = np.zeros((B, T), np.int64)
         temperature32 = np.float32(temperature)
         step = max(1, int(chunk_frames)) * hop
-        blocks = past_tap_blocks(W.dilations, hop)
         done = np.zeros(len(groups), np.int64)  # samples generated per group, for the progress bar
         stop = []  # set by the caller's thread on KeyboardInterrupt; checked between chunks
 
@@ -414,9 +433,9 @@ class FastWaveNet:
                     _run_group(
                         W.embed, W.conv_now, W.conv_past, W.cond_local, W.out, W.out_bias,
                         W.head1, W.head1_bias, W.head2, W.head2_bias,
-                        W.dilations, W.queue_offset, W.kernel_size, hop, blocks, W.skip_channels, Q,
-                        local_arr, spk_bias, lengths, noise_arr, temperature32,
-                        members, queues, prev, out, logits_out, t0, t1,
+                        W.dilations, W.past_tap_block, W.queue_length, W.queue_offset, W.kernel_size, hop,
+                        W.skip_channels, Q, local_arr, spk_bias, lengths, noise_arr, temperature32,
+                        members, queues[g], prev, out, logits_out, t0, t1,
                     )
                     done[g] += int(np.clip(lengths[members], t0, t1).sum() - t0 * len(members))
             except BaseException:
@@ -686,8 +705,7 @@ if numba is not None:
     def _tanh_ratio(x):
         """``(p, q)`` with ``tanh(x) = p / q``: Eigen's float32 rational approximation (a few
         ulps); q > 0. Returned unevaluated so that callers can share one division."""
-        x = _TANH_CLAMP if x > _TANH_CLAMP else x
-        x = -_TANH_CLAMP if x < -_TANH_CLAMP else x
+        x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
         x2 = x * x
         p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
         p = x2 * p + np.float32(-8.60467152213735e-11)
@@ -712,15 +730,18 @@ if numba is not None:
         (``torch.searchsorted`` in :func:`vqaudio.nn.wavenet.sample_from_logits`).
         ``e`` [>=Q] float32 and ``ebits`` [>=Q] int32 are scratch. exp is Cephes' expf
         polynomial with the power of two built in the exponent bits (vectorizes).
+        Each step is arranged to vectorize or to avoid long dependency chains: the maximum is a
+        reduction, then the argmax (first index of the maximum, as ``torch.argmax``) a search;
+        the cumulative sum is searched 8 values at a time, then value by value.
         """
-        best = 0
         m = logits[0]
         for i in range(1, Q):
-            if logits[i] > m:
-                m = logits[i]
-                best = i
+            m = max(m, logits[i])
         if temperature == 0:
-            return best
+            for i in range(Q):
+                if logits[i] == m:
+                    return i
+            return 0
         scale = e.view(np.float32)  # e is float32 already; keeps the types explicit
         pow2 = ebits.view(np.float32)
         for i in range(Q):
@@ -742,10 +763,20 @@ if numba is not None:
             total += scale[i]
         threshold = u * total
         c = 0.0
-        for i in range(Q):
+        i = 0
+        while i + 8 <= Q:  # chunk sums do not depend on each other: no serial chain of adds
+            chunk = 0.0
+            for j in range(i, i + 8):
+                chunk += scale[j]
+            if c + chunk >= threshold:
+                break
+            c += chunk
+            i += 8
+        while i < Q:
             c += scale[i]
             if c >= threshold:
                 return i
+            i += 1
         return Q - 1
 
     @_njit
@@ -759,6 +790,16 @@ if numba is not None:
         return buf[start : start + n].reshape(shape)
 
     @_njit
+    def _copy(dst, dst_offset, src, src_offset, n):
+        """``dst[dst_offset : dst_offset + n] = src[src_offset : src_offset + n]`` for 1-D
+        arrays: a plain loop that LLVM vectorizes (numba's slice assignment copies one
+        element at a time, as it must allow broadcasting)."""
+        d = dst[dst_offset : dst_offset + n]  # slices, so that the loop index is >= 0 and no
+        s = src[src_offset : src_offset + n]  # negative-index wraparound blocks vectorizing
+        for i in range(n):
+            d[i] = s[i]
+
+    @_njit
     def _gate(a, g, n):
         """``g[b] = tanh(a[b, :H]) * sigmoid(a[b, H:2H])`` for ``b < n`` (H = g.shape[1])."""
         H = g.shape[1]
@@ -770,14 +811,14 @@ if numba is not None:
                 g[b, i] = p1 * (q2 + p2) / (np.float32(2.0) * q1 * q2)
 
     @_njit
-    def _residual_and_skip(h, o, skip, n):
-        """``h = (h + o[:, :R]) / sqrt(2)``, ``skip += o[:, R:R+S]`` for streams ``b < n``."""
+    def _residual_and_skip(h, h_next, o, skip, n):
+        """``h_next = (h + o[:, :R]) / sqrt(2)``, ``skip += o[:, R:R+S]`` for streams ``b < n``."""
         R = h.shape[1]
         S = skip.shape[1]
         sqrt_half = np.float32(math.sqrt(0.5))
         for b in range(n):
             for i in range(R):
-                h[b, i] = (h[b, i] + o[b, i]) * sqrt_half
+                h_next[b, i] = (h[b, i] + o[b, i]) * sqrt_half
             for i in range(S):
                 skip[b, i] += o[b, R + i]
 
@@ -788,32 +829,35 @@ if numba is not None:
                 x[b, i] = max(x[b, i], np.float32(0.0))
 
     @_njit
-    def _prefetch_queues(queues, members, n, first, rows, pos, d, k):
-        """Prefetch the ring-buffer rows one layer reads (``pos - j d``, for ``k`` > 1) and
-        writes (``pos``)."""
-        R = queues.shape[2]
-        stream_size = queues.shape[1] * R
-        for b in range(n):
-            base = members[b] * stream_size + first * R
-            for c in range(0, R, 16):
-                _prefetch(queues, base + pos * R + c, True)
-            for j in range(1, k):
-                r = pos - j * d
-                if r < 0:
-                    r += rows
-                for c in range(0, R, 16):
-                    _prefetch(queues, base + r * R + c, False)
+    def _prefetch_layer(queue, first, length, pos, d, taps):
+        """Prefetch the ring-buffer rows (all streams) one layer writes (``pos``) and reads
+        (``pos - j d`` for ``j = 1 .. taps``)."""
+        size = queue.shape[1] * queue.shape[2]
+        base = (first + pos) * size
+        for c in range(0, size, 16):
+            _prefetch(queue, base + c, True)
+        for j in range(1, taps + 1):
+            r = pos - j * d
+            if r < 0:
+                r += length
+            base = (first + r) * size
+            for c in range(0, size, 16):
+                _prefetch(queue, base + c, False)
 
     @_njit
     def _run_group(
         embed, conv_now, conv_past, cond_local, out_w, out_b, head1, head1_b, head2, head2_b,
-        dilations, queue_offset, k, hop, blocks, S, Q,
+        dilations, blocks, queue_length, queue_offset, k, hop, S, Q,
         local, spk_bias, lengths, noise, temperature,
-        members, queues, prev, out, logits_out, t0, t1,
+        members, queue, prev, out, logits_out, t0, t1,
     ):
         """Advance the streams ``members`` (sorted by decreasing length) from sample ``t0`` to
         ``t1`` (``t0`` a multiple of ``hop``); every weight matrix is read once per step for all
         of them.
+
+        Each layer's input lives in its ring buffer: the layer below (or the input embedding)
+        writes it there, and the buffer's rows are the matrix kernels' inputs as they are (row
+        ``r`` of ``queue`` holds all of the group's streams), so no activations are copied.
 
         Past taps in blocks: layer l with ``n = blocks[l] <= dilation`` reads, at steps
         ``t .. t + n - 1``, inputs from before ``t`` only, so at each multiple of ``n`` its
@@ -823,15 +867,15 @@ if numba is not None:
 
         Weights as in :class:`FastWaveNetWeights`; ``blocks`` [L] divide ``hop``. Per stream:
         ``local`` [B, T', D], ``spk_bias`` [B, L, G~] (speaker projection + conv bias),
-        ``lengths`` [B] samples, ``noise`` [B, T]. State carried between calls: ``queues``
-        [B, queue_rows, R] (the layers' ring buffers; layer l's input at step t is row
-        ``queue_offset[l] + t % rows_l``) and ``prev`` [B] (the last sample). Writes ``out``
-        [B, T] int64 and the first rows of ``logits_out`` [B, record, Q].
+        ``lengths`` [B] samples, ``noise`` [B, T]. State carried between calls: ``queue``
+        [queue_rows, len(members), R] (the layers' ring buffers; layer l's input at step t is
+        row ``queue_offset[l] + t % queue_length[l]``, member ``b`` at ``[row, b]``) and
+        ``prev`` [B] (the last sample). Writes ``out`` [B, T] int64 and the first rows of
+        ``logits_out`` [B, record, Q].
         """
         L = conv_now.shape[0]
         R = conv_now.shape[2]
         Gp = conv_now.shape[1] * PANEL
-        KP = conv_past.shape[2]
         H = out_w.shape[2]
         RSp = out_w.shape[1] * PANEL
         Sp = head1.shape[0] * PANEL
@@ -839,8 +883,7 @@ if numba is not None:
         D = local.shape[2]
         record = logits_out.shape[1]
         nb = members.shape[0]
-        h = _zeros((nb, R))
-        xp = _zeros((nb, KP))
+        h_last = _zeros((nb, R))  # the last layer's residual output (unused)
         a = _zeros((nb, Gp))
         g = _zeros((nb, H))
         o = _zeros((nb, RSp))
@@ -850,12 +893,10 @@ if numba is not None:
         cond = _zeros((L, nb, Gp))
         zl = _zeros((nb, D))
         most = blocks.max()
-        xb = _zeros((most * nb, KP))  # past inputs of one layer for a block: row s nb + b
-        a_blk = _zeros((L, most, nb, Gp))  # past-tap products + conditioning per block step
+        a_blk = _zeros((L, most * nb, Gp))  # past-tap products + conditioning per block step
         e = _zeros((Qp,))
         ebits = np.zeros(Qp, np.int32)
-        rows = (k - 1) * dilations
-        pos = t0 % rows  # ring-buffer row of the current step, per layer
+        pos = t0 % queue_length  # ring-buffer row of the current step, per layer
         nact = nb
         for t in range(t0, t1):
             while nact > 0 and lengths[members[nact - 1]] <= t:
@@ -865,59 +906,52 @@ if numba is not None:
             if t % hop == 0 or t == t0:  # conditioning: once per code frame
                 frame = t // hop
                 for b in range(nact):
-                    zl[b, :] = local[members[b], frame, :]
+                    _copy(zl[b], 0, local[members[b], frame], 0, D)
                 for l in range(L):
                     for b in range(nact):
-                        cond[l, b, :] = spk_bias[members[b], l, :]
+                        _copy(cond[l, b], 0, spk_bias[members[b], l], 0, Gp)
                     _gemm(cond_local[l], zl, cond[l], cond[l], nact)
             for l in range(L):  # past taps of the blocked layers, at each block's first step
                 n = blocks[l]
                 if n == 1 or t % n != 0:
                     continue
-                d = dilations[l]
-                first = queue_offset[l]
-                for s in range(n):
-                    for b in range(nact):
-                        xrow = s * nb + b
-                        for j in range(1, k):  # step t + s reads the input j * d back
-                            r = pos[l] + s - j * d
-                            if r < 0:
-                                r += rows[l]
-                            xb[xrow, (j - 1) * R : j * R] = queues[members[b], first + r, :]
-                # row s nb + b takes bias row b: stream b's conditioning
-                _gemm(conv_past[l], xb, a_blk[l].reshape((most * nb, Gp)), cond[l], n * nb)
+                for j in range(1, k):  # steps t .. t + n - 1 read rows pos - j d .. + n - 1
+                    r = pos[l] - j * dilations[l]
+                    if r < 0:
+                        r += queue_length[l]
+                    first = queue_offset[l] + r
+                    x = queue[first : first + n].reshape((n * nb, R))
+                    # row s nb + b: step t + s, stream b (bias row b: its conditioning)
+                    _gemm(conv_past[l, j - 1], x, a_blk[l], cond[l] if j == 1 else a_blk[l], n * nb)
+            row = queue[queue_offset[0] + pos[0]]
             for b in range(nact):
-                h[b, :] = embed[prev[members[b]], :]
-                skip[b, :] = 0.0
+                _copy(row[b], 0, embed[prev[members[b]]], 0, R)
+                for i in range(S):
+                    skip[b, i] = 0.0
             for l in range(min(2, L)):
-                d = dilations[l]
-                _prefetch_queues(queues, members, nact, queue_offset[l], rows[l], pos[l], d, 1 if blocks[l] > 1 else k)
+                _prefetch_layer(queue, queue_offset[l], queue_length[l], pos[l], dilations[l], 0 if blocks[l] > 1 else k - 1)
             for l in range(L):
                 if l + 2 < L:  # the ring-buffer rows two layers ahead, while this layer computes
-                    d = dilations[l + 2]
-                    _prefetch_queues(queues, members, nact, queue_offset[l + 2], rows[l + 2], pos[l + 2], d, 1 if blocks[l + 2] > 1 else k)
-                d = dilations[l]
-                first = queue_offset[l]
+                    m = l + 2
+                    _prefetch_layer(queue, queue_offset[m], queue_length[m], pos[m], dilations[m], 0 if blocks[m] > 1 else k - 1)
                 p = pos[l]
-                if blocks[l] > 1:
-                    for b in range(nact):
-                        queues[members[b], first + p, :] = h[b, :]
-                    _gemm(conv_now[l], h, a, a_blk[l, t % blocks[l]], nact)
+                h = queue[queue_offset[l] + p]  # [nb, R]: this layer's input
+                n = blocks[l]
+                if n > 1:
+                    s = t % n
+                    _gemm(conv_now[l], h, a, a_blk[l, s * nb : (s + 1) * nb], nact)
                 else:
-                    for b in range(nact):
-                        s = members[b]
-                        for j in range(1, k):  # the layer's inputs j * d samples back
-                            r = p - j * d
-                            if r < 0:
-                                r += rows[l]
-                            xp[b, (j - 1) * R : j * R] = queues[s, first + r, :]
-                        queues[s, first + p, :] = h[b, :]
-                    _gemm(conv_past[l], xp, a, cond[l], nact)
+                    for j in range(1, k):  # the layer's inputs j * d samples back
+                        r = p - j * dilations[l]
+                        if r < 0:
+                            r += queue_length[l]
+                        _gemm(conv_past[l, j - 1], queue[queue_offset[l] + r], a, cond[l] if j == 1 else a, nact)
                     _gemm(conv_now[l], h, a, a, nact)
-                pos[l] = 0 if p + 1 == rows[l] else p + 1
+                pos[l] = 0 if p + 1 == queue_length[l] else p + 1
                 _gate(a, g, nact)
                 _gemm(out_w[l], g, o, out_b[l], nact)
-                _residual_and_skip(h, o, skip, nact)
+                h_next = queue[queue_offset[l + 1] + pos[l + 1]] if l + 1 < L else h_last
+                _residual_and_skip(h, h_next, o, skip, nact)
             _relu(skip, nact)
             _gemm(head1, skip, z1, head1_b, nact)
             _relu(z1, nact)
