@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from vqaudio.config import (
 )
 from vqaudio.model import CheckpointError, UnknownSpeakerError, VQVAE
 from vqaudio.nn.encoder import Encoder, encoder_receptive_field
-from vqaudio.nn.quantizer import VectorQuantizer
+from vqaudio.nn.quantizer import VectorQuantizer, code_entropy
 from vqaudio.nn.wavenet import SILENCE, CausalConv1d, WaveNet, sample_from_logits
 
 
@@ -139,8 +140,18 @@ def test_quantizer_decode_encode_matches_forward_in_eval():
     torch.testing.assert_close(out.codes, codes)
     torch.testing.assert_close(vq.decode(codes), out.quantized)
     assert 1 <= out.perplexity <= 16
+    # the batch perplexity is exp of the entropy of the batch's code histogram
+    counts = torch.bincount(codes.reshape(-1), minlength=16)
+    assert float(out.perplexity) == pytest.approx(math.exp(code_entropy(counts)), rel=1e-5)
     with pytest.raises(ValueError, match="codes must lie"):
         vq.decode(torch.tensor([[16]]))
+
+
+def test_code_entropy():
+    assert code_entropy([5, 5, 5, 5]) == pytest.approx(math.log(4))
+    assert code_entropy(torch.tensor([0, 3, 0, 3, 0])) == pytest.approx(math.log(2))  # zeros ignored
+    assert code_entropy([0, 7, 0]) == 0.0
+    assert math.isnan(code_entropy([0, 0]))
 
 
 @pytest.mark.parametrize("dilation", [1, 4])

@@ -12,15 +12,8 @@ import pytest
 import torch
 
 from vqaudio.audio import load_audio
-from vqaudio.nn.prior import (
-    IGNORE_INDEX,
-    KVCache,
-    PriorCheckpointError,
-    PriorConfig,
-    PriorTransformer,
-    UnknownPriorSpeakerError,
-    filter_logits,
-)
+from vqaudio.checkpoint import CheckpointError, UnknownSpeakerError
+from vqaudio.nn.prior import IGNORE_INDEX, KVCache, PriorConfig, PriorTransformer, filter_logits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,12 +166,20 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_loading_a_non_prior_or_missing_checkpoint_names_the_file(tmp_path):
-    with pytest.raises(PriorCheckpointError, match="not a directory"):
+    with pytest.raises(CheckpointError, match="missing: no such checkpoint directory"):
         PriorTransformer.from_pretrained(tmp_path / "missing")
-    (tmp_path / "vqvae").mkdir()
+    tiny_prior().save_pretrained(tmp_path / "vqvae")
     (tmp_path / "vqvae" / "config.json").write_text(json.dumps({"format_version": 1, "model_type": "vqvae", "config": {}}))
-    with pytest.raises(PriorCheckpointError, match=r"config.json: model_type is 'vqvae'"):
+    with pytest.raises(CheckpointError, match=r"config.json: model_type is 'vqvae', expected 'prior'"):
         PriorTransformer.from_pretrained(tmp_path / "vqvae")
+    tiny_prior().save_pretrained(tmp_path / "newer")
+    header = json.loads((tmp_path / "newer" / "config.json").read_text())
+    (tmp_path / "newer" / "config.json").write_text(json.dumps({**header, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="upgrade vqaudio"):
+        PriorTransformer.from_pretrained(tmp_path / "newer")
+    (tmp_path / "newer" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        PriorTransformer.from_pretrained(tmp_path / "newer")
 
 
 def test_unknown_speaker_lists_the_known_ones():
@@ -186,7 +187,7 @@ def test_unknown_speaker_lists_the_known_ones():
     assert model.speaker_id("spk2") == 2
     with pytest.raises(KeyError) as info:
         model.speaker_id("nobody")
-    assert isinstance(info.value, UnknownPriorSpeakerError)
+    assert isinstance(info.value, UnknownSpeakerError)
     assert "spk0, spk1, spk2" in str(info.value)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from vqaudio import __version__
+from vqaudio.config import DECODE_METHODS
 
 #: subcommand -> (module, name used in add_*_arguments / run_*, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -33,7 +35,7 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature of the WaveNet decoder (0: most likely sample)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
-    parser.add_argument("--method", default="auto", choices=("auto", "numba", "torch", "cuda"),
+    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
                         help="decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -107,21 +109,28 @@ def main(argv: list[str] | None = None) -> int:
     printed as one line naming the problem, with exit status 2; ``VQAUDIO_DEBUG=1`` shows
     the traceback instead.
     """
+    args = build_parser().parse_args(argv)
+    return run_command(args.command, args._run, args)
+
+
+def run_command(command: str, run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run one subcommand as :func:`main` does (also for ``python -m vqaudio.tokenize``): its
+    exit status; expected errors as one line (status 2), Ctrl-C as status 130, and the
+    torch.distributed process group shut down at the end under a launcher."""
     import os
 
     from vqaudio.audio import AudioError
-    from vqaudio.model import CheckpointError, UnknownSpeakerError
+    from vqaudio.checkpoint import CheckpointError, UnknownSpeakerError
 
-    args = build_parser().parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        return int(run(args) or 0)
     except (AudioError, CheckpointError, UnknownSpeakerError, FileExistsError, FileNotFoundError, ValueError) as exc:
         if os.environ.get("VQAUDIO_DEBUG"):
             raise
-        print(f"vqaudio {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vqaudio {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vqaudio {args.command}: interrupted", file=sys.stderr)
+        print(f"vqaudio {command}: interrupted", file=sys.stderr)
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # launched by torchrun / accelerate launch

@@ -15,6 +15,10 @@ from typing import Any, TypeVar
 #: Version of the on-disk checkpoint layout; bump on incompatible changes.
 CHECKPOINT_FORMAT_VERSION = 1
 
+#: WaveNet decoding implementations (:meth:`vqaudio.model.VQVAE.decode`): ``"auto"`` picks the
+#: fastest available (``"cuda"`` on a GPU, else the compiled ``"numba"`` loop, else ``"torch"``).
+DECODE_METHODS = ("auto", "numba", "torch", "cuda")
+
 T = TypeVar("T")
 
 

@@ -23,6 +23,7 @@ import torch
 
 from vqaudio._files import atomic_path
 from vqaudio.audio import load_audio, save_audio
+from vqaudio.config import DECODE_METHODS
 from vqaudio.nn.prior import PriorTransformer
 
 
@@ -276,7 +277,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WaveNet decoder sampling temperature (default 1; 0 is greedy)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--method", default="auto", choices=("auto", "numba", "torch", "cuda"),
+    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
                         help="WaveNet decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
     parser.add_argument("--overwrite", action="store_true", help="number files from 000, replacing existing ones")
     parser.add_argument("--allow-mismatch", action="store_true",

@@ -1,16 +1,13 @@
 """The VQ-VAE for audio: encoder -> vector quantizer -> WaveNet decoder (van den Oord et al. 2017).
 
-Checkpoints are directories written by :meth:`VQVAE.save_pretrained`:
-
-- ``config.json``: ``{"format_version", "model_type": "vqvae", "vqaudio_version", "config"}``
-- ``model.safetensors``: the weights and quantizer buffers
-- ``speakers.json``: the speaker table, a list of names in id order
+Checkpoints are directories written by :meth:`VQVAE.save_pretrained` in the format of
+:mod:`vqaudio.checkpoint` (``config.json`` with ``"model_type": "vqvae"``, ``model.safetensors``
+with the weights and quantizer buffers, ``speakers.json``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -19,41 +16,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vqaudio import __version__
-from vqaudio._files import atomic_path, atomic_write_text
 from vqaudio.audio import mu_law_decode, mu_law_encode
-from vqaudio.config import CHECKPOINT_FORMAT_VERSION, VQVAEConfig, config_from_dict, config_to_dict
+from vqaudio.checkpoint import (  # the errors are part of this module's API too
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    UnknownSpeakerError,
+    read_model_files,
+    speaker_index,
+    write_model_files,
+)
+from vqaudio.config import DECODE_METHODS, VQVAEConfig
 from vqaudio.nn.encoder import Encoder
 from vqaudio.nn.quantizer import QuantizerOutput, VectorQuantizer
 from vqaudio.nn.wavenet import SILENCE, WaveNet
 
-#: Decoding implementations accepted by :meth:`VQVAE.decode` (``"auto"`` picks the fastest).
-DECODE_METHODS = ("auto", "numba", "torch", "cuda")
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-SPEAKERS_NAME = "speakers.json"
-
 #: Folder of checkpoints shipped inside the package, loadable by name (``"fsdd-8k"``).
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-
-
-class UnknownSpeakerError(KeyError):
-    """A speaker name that is not in the model's speaker table; the message lists the known ones."""
-
-    def __init__(self, name: str, known: list[str]):
-        self.name, self.known = name, list(known)
-        super().__init__(name)
-
-    def __str__(self) -> str:
-        return f"unknown speaker {self.name!r}; known speakers: {', '.join(self.known)}"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that is missing, incomplete or of another kind."""
 
 
 @dataclass
@@ -146,10 +127,7 @@ class VQVAE(nn.Module):
         Raises:
             UnknownSpeakerError: ``name`` is not in the table (the message lists the known ones).
         """
-        try:
-            return self.speakers.index(name)
-        except ValueError:
-            raise UnknownSpeakerError(name, self.speakers) from None
+        return speaker_index(self.speakers, name)
 
     # ----- training -----------------------------------------------------------------
 
@@ -230,7 +208,7 @@ class VQVAE(nn.Module):
             temperature: sampling temperature (1 samples the model's distribution; 0 is greedy).
             generator: random generator for reproducible sampling; the noise is drawn on its
                 device as ``torch.rand(B, T' * 64)``.
-            method: one of :data:`DECODE_METHODS`: ``"auto"`` (the fastest available:
+            method: one of :data:`vqaudio.config.DECODE_METHODS`: ``"auto"`` (the fastest available:
                 ``"cuda"`` when the model is on a CUDA device, else ``"numba"``, else
                 ``"torch"``), ``"numba"`` (compiled CPU loop, streams in parallel on
                 ``num_threads`` threads), ``"torch"`` (PyTorch on the model's device, one
@@ -393,19 +371,7 @@ class VQVAE(nn.Module):
         Each file is written to a temporary name and renamed, so an interrupted save never
         leaves a truncated file. Returns the directory.
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "model_type": "vqvae",
-            "vqaudio_version": __version__,
-            "config": config_to_dict(self.config),
-        }
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        atomic_write_text(path / SPEAKERS_NAME, json.dumps(self.speakers, indent=1))
-        atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2))
+        path = write_model_files(path, "vqvae", self.config, self.state_dict(), self.speakers)
         self._checkpoint_id = file_sha256(path / WEIGHTS_NAME)[:16]
         return path
 
@@ -422,12 +388,9 @@ class VQVAE(nn.Module):
             CheckpointError: the directory is missing, incomplete, or not a VQ-VAE checkpoint.
         """
         path = resolve_checkpoint(path)
-        meta = read_checkpoint_meta(path, "vqvae")
-        config = config_from_dict(VQVAEConfig, meta["config"])
-        speakers = json.loads((path / SPEAKERS_NAME).read_text())
-        model = cls(config, speakers)
-        state = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        files = read_model_files(path, "vqvae", VQVAEConfig, map_location)
+        model = cls(files.config, files.speakers)
+        missing, unexpected = model.load_state_dict(files.state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
         model._checkpoint_id = file_sha256(path / WEIGHTS_NAME)[:16]
@@ -458,30 +421,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if p.exists():
         raise CheckpointError(f"{p}: not a checkpoint directory (no {CONFIG_NAME}){hint}")
     raise CheckpointError(f"{p}: no such checkpoint directory{hint}")
-
-
-def read_checkpoint_meta(path: Path, model_type: str) -> dict:
-    """Read and check ``config.json`` of a checkpoint of kind ``model_type``.
-
-    Raises:
-        CheckpointError: a file is missing, unreadable, of another model type, or of a newer
-            format version.
-    """
-    for name in (CONFIG_NAME, WEIGHTS_NAME, SPEAKERS_NAME):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: incomplete checkpoint, {name} is missing")
-    try:
-        meta = json.loads((path / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path / CONFIG_NAME}: not valid JSON ({exc})") from None
-    if meta.get("model_type") != model_type:
-        raise CheckpointError(f"{path}: a {meta.get('model_type')!r} checkpoint, expected {model_type!r}")
-    if meta.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {meta['format_version']} is newer than this vqaudio "
-            f"understands ({CHECKPOINT_FORMAT_VERSION}); upgrade vqaudio"
-        )
-    return meta
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from vqaudio._files import atomic_write_json
 from vqaudio.config import config_from_dict, config_to_dict
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
+from vqaudio.nn.quantizer import code_entropy
 from vqaudio.train import CHECKPOINTS_DIR, latest_checkpoint, save_checkpoint as save_training_state
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -235,13 +236,9 @@ class ValidationChunks(Dataset):
 
 
 def entropy_bits(counts: np.ndarray) -> float:
-    """Plug-in entropy in bits of the distribution with the given counts (zeros allowed)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    if total <= 0:
-        return float("nan")
-    p = counts[counts > 0] / total
-    return max(0.0, float(-(p * np.log2(p)).sum()))
+    """Plug-in entropy in bits of the distribution with the given counts (zeros allowed;
+    NaN when all are zero)."""
+    return code_entropy(counts) / math.log(2)
 
 
 def unigram_statistics(

@@ -1271,18 +1271,14 @@ def run_detokenize(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vqaudio.tokenize`` / ``accelerate launch -m vqaudio.tokenize``: same as ``vqaudio tokenize``."""
-    parser = argparse.ArgumentParser(prog="python -m vqaudio.tokenize", description=__doc__.split("\n")[0])
-    add_tokenize_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_tokenize(args)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as exc:
-        if os.environ.get("VQAUDIO_DEBUG"):
-            raise
-        print(f"vqaudio tokenize: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m vqaudio.tokenize`` / ``accelerate launch -m vqaudio.tokenize``: the same as
+    ``vqaudio tokenize`` (error messages, exit statuses and process-group shutdown of
+    :func:`vqaudio.cli.run_command`), without importing the other commands."""
+    from vqaudio.cli import run_command
 
+    parser = argparse.ArgumentParser(prog="vqaudio tokenize", description=__doc__.split("\n")[0])
+    add_tokenize_arguments(parser)
+    return run_command("tokenize", run_tokenize, parser.parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

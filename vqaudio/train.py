@@ -80,6 +80,7 @@ from tqdm.auto import tqdm
 
 from vqaudio._files import atomic_write_json, atomic_write_text
 from vqaudio.config import VQVAEConfig, config_from_dict, config_to_dict
+from vqaudio.nn.quantizer import code_entropy
 from vqaudio.plots import plot_training_curves
 
 if TYPE_CHECKING:
@@ -685,8 +686,7 @@ class _MetricWindow:
         n = len(self.KEYS)
         batches = max(float(packed[n + 2]), 1.0)
         means = dict(zip(self.KEYS, (packed[:n] / batches).tolist()))
-        used = counts[counts > 0]
-        probs = used / used.sum() if used.numel() else used
+        used = int((counts > 0).sum())
         record = {
             "train/loss": means["loss"],
             "train/reconstruction_loss": means["reconstruction_loss"],
@@ -695,8 +695,8 @@ class _MetricWindow:
             "train/codebook_loss": means["codebook_loss"],
             "train/perplexity": means["perplexity"],
             "train/codes_in_use": means["codes_in_use"],
-            "train/codes_in_use_window": int(used.numel()),
-            "train/perplexity_window": float(torch.exp(-(probs * probs.log()).sum())) if used.numel() else 0.0,
+            "train/codes_in_use_window": used,
+            "train/perplexity_window": math.exp(code_entropy(counts)) if used else 0.0,
             "train/segments_per_second": self.segments / max(seconds, 1e-9),
             "train/samples_per_second": self.samples / max(seconds, 1e-9),
             "train/realtime_factor": self.samples / sample_rate / max(seconds, 1e-9),
@@ -741,16 +741,14 @@ def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size:
             totals[k] += float(getattr(out, k)) * b
         counts += torch.bincount(out.codes.reshape(-1).cpu(), minlength=counts.numel()).double()
         n += b
-    used = counts[counts > 0]
-    probs = used / used.sum()
     rec = totals["reconstruction_loss"] / n
     return {
         "valid/loss": round(totals["loss"] / n, 6),
         "valid/reconstruction_loss": round(rec, 6),
         "valid/bits_per_sample": round(rec / math.log(2), 6),
         "valid/commitment_loss": round(totals["commitment_loss"] / n, 6),
-        "valid/perplexity": round(float(torch.exp(-(probs * probs.log()).sum())), 4),
-        "valid/codes_in_use": int(used.numel()),
+        "valid/perplexity": round(math.exp(code_entropy(counts)), 4),
+        "valid/codes_in_use": int((counts > 0).sum()),
         "valid/segments": n,
     }
 
@@ -1071,12 +1069,21 @@ def shutdown_distributed() -> None:
     Under ``torchrun`` / ``accelerate launch`` a gloo process group left alive at exit aborts
     its process ("terminate called without an active exception", exit -6), failing a run
     that had finished. Entry points call this once, after their last stage.
+
+    A garbage collection comes first: the finished run's ``Accelerator`` and DDP model sit in
+    reference cycles, and their communication state (DDP's reducer, gloo work objects) would
+    otherwise be freed only during interpreter finalization, where releasing a tensor's Python
+    reference from a gloo thread aborts the process as well (it did in about one of six CI runs).
     """
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig | None = None) -> None:

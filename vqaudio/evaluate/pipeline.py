@@ -51,6 +51,7 @@ from vqaudio.evaluate import metrics as M
 from vqaudio.evaluate.baselines import DEFAULT_BASELINES, Baseline, baseline_available, make_baseline
 from vqaudio.evaluate.judges import DigitDetector, Recognizer, SpeakerCentroids, SpeakerJudge, word_error_rate
 from vqaudio.evaluate.optional import require
+from vqaudio.nn.quantizer import code_entropy
 
 #: Parts of the evaluation that can be skipped (``skip=``).
 SKIPPABLE = ("pesq", "stoi", "visqol", "mcd", "speaker", "asr", "conversion", "generation", "plots")
@@ -551,9 +552,7 @@ def codebook_statistics(codes: Sequence[np.ndarray], codebook_size: int) -> dict
     """
     counts = np.bincount(np.concatenate([np.asarray(c, np.int64) for c in codes]) if codes else np.zeros(0, np.int64),
                          minlength=codebook_size)
-    total = counts.sum()
-    p = counts[counts > 0] / max(total, 1)
-    entropy = max(0.0, float(-(p * np.log(p)).sum())) if total else 0.0
+    entropy = code_entropy(counts) if counts.sum() else 0.0
     return {
         "codes_in_use": int((counts > 0).sum()),
         "codebook_usage": float((counts > 0).sum() / codebook_size),

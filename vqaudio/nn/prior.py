@@ -25,7 +25,6 @@ position of attention per layer instead of a pass over the whole prefix.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -36,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqaudio._files import atomic_path, atomic_write_json
-from vqaudio.config import CHECKPOINT_FORMAT_VERSION, config_from_dict, config_to_dict
+from vqaudio.checkpoint import CheckpointError, read_model_files, speaker_index, write_model_files
 
 #: ``model_type`` written in a prior's ``config.json``.
 PRIOR_MODEL_TYPE = "prior"
@@ -98,22 +96,6 @@ class PriorConfig:
     def head_dim(self) -> int:
         """Width of one attention head: ``d_model // n_heads``."""
         return self.d_model // self.n_heads
-
-
-class PriorCheckpointError(ValueError):
-    """A prior checkpoint directory that cannot be loaded; the message names the file."""
-
-
-class UnknownPriorSpeakerError(KeyError):
-    """A speaker name that is not in the prior's speaker table; the message lists the known ones."""
-
-    def __init__(self, name: str, known: list[str]):
-        self.name = name
-        self.known = list(known)
-        super().__init__(f"unknown speaker {name!r}; known speakers: {', '.join(self.known)}")
-
-    def __str__(self) -> str:  # KeyError's str() would add quotes around the whole message
-        return self.args[0]
 
 
 @dataclass
@@ -352,13 +334,10 @@ class PriorTransformer(nn.Module):
         """Row of ``name`` in the speaker table.
 
         Raises:
-            UnknownPriorSpeakerError (a KeyError): the name is not in the table; the message
-                lists the known speakers.
+            vqaudio.checkpoint.UnknownSpeakerError (a KeyError): the name is not in the table;
+                the message lists the known speakers.
         """
-        try:
-            return self.speakers.index(name)
-        except ValueError:
-            raise UnknownPriorSpeakerError(name, self.speakers) from None
+        return speaker_index(self.speakers, name)
 
     @property
     def num_parameters(self) -> int:
@@ -555,93 +534,32 @@ class PriorTransformer(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and ``speakers.json`` into ``directory``.
-
-        ``config.json`` is ``{"format_version", "model_type": "prior", "vqaudio_version",
-        "config": asdict(config), "metadata"}``. Each file is written under a temporary name and renamed, so a reader
-        never sees a half-written file.
-
-        Returns the directory.
-        """
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        from vqaudio import __version__
-
-        header = {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "model_type": PRIOR_MODEL_TYPE,
-            "vqaudio_version": __version__,
-            "config": config_to_dict(self.config),
-            "metadata": self.metadata,
-        }
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        atomic_write_json(directory / "speakers.json", self.speakers)
-        atomic_write_json(directory / "config.json", header)
-        return directory
+        """Write the checkpoint directory (:mod:`vqaudio.checkpoint`; ``config.json`` has
+        ``"model_type": "prior"`` and the model's ``metadata``); returns it."""
+        return write_model_files(directory, PRIOR_MODEL_TYPE, self.config, self.state_dict(), self.speakers, self.metadata)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> PriorTransformer:
         """Load a prior written by :meth:`save_pretrained` (in eval mode).
 
         Raises:
-            PriorCheckpointError: a file is missing or malformed, the checkpoint is not a
-                prior, or its format version is newer than this code.
+            vqaudio.checkpoint.CheckpointError: a file is missing or malformed, the checkpoint
+                is not a prior, or its format version is newer than this code.
         """
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise PriorCheckpointError(f"{directory}: not a directory (expected a prior checkpoint folder)")
-        config_path = directory / "config.json"
-        header = _read_json(config_path)
-        if not isinstance(header, dict) or header.get("model_type") != PRIOR_MODEL_TYPE:
-            kind = header.get("model_type") if isinstance(header, dict) else None
-            raise PriorCheckpointError(f"{config_path}: model_type is {kind!r}, not {PRIOR_MODEL_TYPE!r} (is this a prior?)")
-        version = header.get("format_version")
-        if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
-            raise PriorCheckpointError(
-                f"{config_path}: format_version {version!r} is not supported (this vqaudio reads <= {CHECKPOINT_FORMAT_VERSION})"
-            )
+        files = read_model_files(directory, PRIOR_MODEL_TYPE, PriorConfig, map_location)
+        model = cls(files.config, files.speakers, metadata=files.meta.get("metadata") or {})
         try:
-            config = config_from_dict(PriorConfig, header["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PriorCheckpointError(f"{config_path}: bad prior config ({exc})") from None
-        speakers_path = directory / "speakers.json"
-        speakers = _read_json(speakers_path)
-        if not isinstance(speakers, list) or not all(isinstance(s, str) for s in speakers):
-            raise PriorCheckpointError(f"{speakers_path}: expected a JSON list of speaker names")
-        weights_path = directory / "model.safetensors"
-        if not weights_path.is_file():
-            raise PriorCheckpointError(f"{weights_path}: file not found")
-        try:
-            model = cls(config, speakers, metadata=header.get("metadata") or {})
-            state = load_file(str(weights_path), device=str(map_location))
-            model.load_state_dict(state)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise PriorCheckpointError(f"{weights_path}: cannot load the weights ({exc})") from None
+            model.load_state_dict(files.state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{directory}: the weights do not match the config ({exc})") from None
         return model.to(map_location).eval()
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise PriorCheckpointError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PriorCheckpointError(f"{path}: not valid JSON ({exc})") from None
 
 
 __all__ = [
     "IGNORE_INDEX",
     "KVCache",
-    "PriorCheckpointError",
     "PriorConfig",
     "PriorTransformer",
-    "UnknownPriorSpeakerError",
     "apply_rotary",
     "filter_logits",
     "rotary_tables",

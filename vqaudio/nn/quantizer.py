@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -36,6 +38,28 @@ class QuantizerOutput:
     commitment_loss: torch.Tensor
     perplexity: torch.Tensor
     codes_in_use: torch.Tensor
+
+
+def code_entropy(counts: np.ndarray | torch.Tensor) -> float:
+    """Plug-in entropy, in nats, of the code distribution with the given counts.
+
+    ``exp`` of it is the codebook perplexity (1 .. K; Sec. 4 of the VQ-VAE paper reports it),
+    and divided by ``ln 2`` it is bits per code.
+
+    Args:
+        counts: [K] non-negative counts (any numeric dtype; zeros allowed).
+
+    Returns:
+        The entropy in nats (>= 0); NaN when every count is zero.
+    """
+    if isinstance(counts, torch.Tensor):
+        counts = counts.detach().cpu().double().numpy()
+    counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+    total = counts.sum()
+    if total <= 0:
+        return math.nan
+    p = counts[counts > 0] / total
+    return max(0.0, float(-(p * np.log(p)).sum()))
 
 
 def _distributed() -> bool:
