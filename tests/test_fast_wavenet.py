@@ -195,6 +195,7 @@ def test_partition_streams_balances_total_length():
 def test_past_tap_blocks():
     assert past_tap_blocks([1, 2, 4, 8, 16, 512], 64).tolist() == [1, 2, 4, 8, 8, 8]
     assert past_tap_blocks([1, 2, 4, 8, 16], 12).tolist() == [1, 2, 4, 4, 4]  # must divide the hop
+    assert past_tap_blocks([3, 6, 12, 24], 64).tolist() == [1, 2, 4, 8]  # and the dilation
 
 
 def test_multiply_adds_per_sample_counts_the_weights_used_per_sample():

@@ -111,14 +111,16 @@ PREFETCH_ROWS = 16
 
 def past_tap_blocks(dilations: Sequence[int], hop_length: int, most: int = PAST_TAP_BLOCK) -> np.ndarray:
     """Per layer, how many steps' past-tap products are computed at once: the largest power of
-    two that is at most ``min(dilation, most)`` and divides ``hop_length`` (1: every step).
+    two that is at most ``min(dilation, most)`` and divides both ``hop_length`` and the
+    dilation (1: every step). Dividing the dilation keeps a block's rows of the layer's ring
+    buffer contiguous (see :class:`FastWaveNetWeights`, ``queue_length``).
 
-    Example: dilations ``1, 2, 4, 8, 16`` with hop 64 -> ``1, 2, 4, 8, 8``.
+    Example: dilations ``1, 2, 4, 8, 16`` with hop 64 -> ``1, 2, 4, 8, 8``; dilation 6 -> 2.
     """
     out = []
     for d in dilations:
         n = 1
-        while n * 2 <= min(int(d), most) and hop_length % (n * 2) == 0:
+        while n * 2 <= min(int(d), most) and hop_length % (n * 2) == 0 and int(d) % (n * 2) == 0:
             n *= 2
         out.append(n)
     return np.array(out, dtype=np.int64)
