@@ -22,15 +22,15 @@ finished stages are skipped (training resumes), so an interrupted quickstart can
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from vqaudio.data import CorpusError, Utterance, discover_corpus, split_corpus
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "fsdd" / "recordings"
-FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)$")
 
 
 def run(args: list[str]) -> None:
@@ -41,16 +41,14 @@ def run(args: list[str]) -> None:
         sys.exit(f"quickstart: `vqaudio {args[0]}` failed with status {status}")
 
 
-def split_sample(sample: Path) -> tuple[list[Path], list[Path]]:
-    """(training clips, held-out clips) of the FSDD sample by its official split (takes 0-4 held out)."""
-    train, heldout = [], []
-    for path in sorted(sample.glob("*.wav")):
-        m = FSDD_NAME.match(path.stem)
-        if m:
-            (heldout if int(m.group(3)) < 5 else train).append(path)
-    if not train or not heldout:
-        sys.exit(f"quickstart: no FSDD clips found in {sample}")
-    return train, heldout
+def split_sample(sample: Path) -> tuple[list[Utterance], list[Utterance]]:
+    """(training clips, held-out clips) of the FSDD sample by its official split (takes 0-4
+    held out: :func:`vqaudio.data.split_corpus`)."""
+    try:
+        train, heldout = split_corpus(discover_corpus(sample), method="official")
+    except CorpusError as exc:
+        sys.exit(f"quickstart: {exc}")
+    return list(train), list(heldout)
 
 
 def write_list(path: Path, files: list[Path]) -> str:
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. codes of the held-out clips
     tokens_heldout = out / "tokens" / "heldout"
-    run(["tokenize", write_list(out / "lists" / "heldout.txt", heldout), "--checkpoint", checkpoint, "--out", str(tokens_heldout),
+    run(["tokenize", write_list(out / "lists" / "heldout.txt", [u.path for u in heldout]), "--checkpoint", checkpoint, "--out", str(tokens_heldout),
          "--format", "jsonl"])
 
     # 3. one held-out clip per speaker: reconstruction and conversion to the next speaker
@@ -91,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     speakers = VQVAE.from_pretrained(checkpoint).speakers
     first_clip = {}
-    for path in heldout:
-        first_clip.setdefault(FSDD_NAME.match(path.stem).group(2), path)
+    for u in heldout:
+        first_clip.setdefault(u.speaker, u.path)
     for i, speaker in enumerate(speakers):
         clip = first_clip.get(speaker)
         if clip is None:
@@ -108,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     # 4. a prior over the training clips' codes
     tokens_train = out / "tokens" / "train"
     prior = out / "prior"
-    run(["tokenize", write_list(out / "lists" / "train.txt", train_files), "--checkpoint", checkpoint, "--out", str(tokens_train)])
+    run(["tokenize", write_list(out / "lists" / "train.txt", [u.path for u in train_files]), "--checkpoint", checkpoint, "--out", str(tokens_train)])
     run(["train-prior", str(tokens_train), "--out", str(prior), "--resume", "--steps", str(args.prior_steps),
          "--d-model", "128", "--layers", "4", "--heads", "4", "--eval-every", str(args.prior_steps),
          "--save-every", str(args.prior_steps)])
