@@ -39,7 +39,7 @@ Past taps in blocks: a layer of dilation ``d`` reads, during ``n <= d`` consecut
 only inputs from before the first of them, so its past-tap products (and the conditioning)
 for those steps are computed together at the block's start, as one matrix product with
 ``n`` rows per stream (``n`` = the largest power of two <= min(d, 8) that divides the hop
-length); per step only the current tap remains. With the default dilations this reads about
+length and ``d``); per step only the current tap remains. With the default dilations this reads about
 a quarter fewer weight bytes per sample.
 
 Speed: one weight-matrix-times-activations product per layer and stage is done by small
