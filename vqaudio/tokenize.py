@@ -1280,5 +1280,6 @@ def main(argv: list[str] | None = None) -> int:
     add_tokenize_arguments(parser)
     return run_command("tokenize", run_tokenize, parser.parse_args(argv))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1070,10 +1070,11 @@ def shutdown_distributed() -> None:
     its process ("terminate called without an active exception", exit -6), failing a run
     that had finished. Entry points call this once, after their last stage.
 
-    A garbage collection comes first: the finished run's ``Accelerator`` and DDP model sit in
-    reference cycles, and their communication state (DDP's reducer, gloo work objects) would
-    otherwise be freed only during interpreter finalization, where releasing a tensor's Python
-    reference from a gloo thread aborts the process as well (it did in about one of six CI runs).
+    Garbage is collected around it: the finished run's ``Accelerator`` and DDP model sit in
+    reference cycles, so their communication state (DDP's reducer, gloo work objects) would
+    otherwise be freed during interpreter finalization, where releasing a tensor's Python
+    reference from a gloo thread can abort the process too. That is the likely cause of a rare
+    abort seen after the group had been destroyed (one CI run in about six, before this).
     """
     import gc
 
