@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -25,9 +25,6 @@ from vqaudio.config import CHECKPOINT_FORMAT_VERSION, config_from_dict, config_t
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 SPEAKERS_NAME = "speakers.json"
-
-C = TypeVar("C")
-
 
 class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete, malformed or of another kind; the
@@ -81,6 +78,18 @@ def write_model_files(
 
     Each file goes to a temporary name and is renamed, ``config.json`` last, so an interrupted
     save never leaves a truncated file.
+
+    Args:
+        path: the checkpoint directory.
+        model_type: ``"vqvae"`` or ``"prior"``, checked by :func:`read_model_files`.
+        config: the model's frozen config dataclass.
+        state: the model's ``state_dict()`` (tensors are copied to the CPU).
+        speakers: speaker names in id order.
+        metadata: optional JSON-serializable model-specific information.
+
+    Raises:
+        OSError: the directory or a file cannot be written.
+        TypeError: ``metadata`` is not JSON-serializable.
     """
     from safetensors.torch import save_file
 
@@ -105,9 +114,10 @@ def write_model_files(
 
 
 def read_model_files(
-    path: str | os.PathLike, model_type: str, config_class: type[C], map_location: str | torch.device = "cpu"
+    path: str | os.PathLike, model_type: str, config_class: type, map_location: str | torch.device = "cpu"
 ) -> ModelFiles:
-    """Read and check a checkpoint directory of kind ``model_type``.
+    """Read and check a checkpoint directory of kind ``model_type``; its ``config`` is parsed
+    into ``config_class`` and the weights are loaded onto ``map_location``.
 
     Raises:
         CheckpointError: the directory or one of its files is missing or malformed, the

@@ -55,9 +55,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vqaudio._files import atomic_write_bytes
+from vqaudio._files import atomic_write_bytes, atomic_write_json
 from vqaudio._system import available_cores, retain_freed_memory
 from vqaudio.audio import AudioError, find_audio_files, open_audio, to_mono
+from vqaudio.config import DECODE_METHODS
 from vqaudio.tokens import (
     FORMATS,
     METADATA_NAME,
@@ -723,7 +724,7 @@ def _init_shards(out: Path, info: dict[str, Any]) -> None:
                 + "); choose another --out"
             )
         return
-    atomic_write_bytes(run, json.dumps(info, indent=2).encode())
+    atomic_write_json(run, info)
 
 
 def _read_shards(shards: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
@@ -1223,7 +1224,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
         return 2
     if args.summary_json:
         data = {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "metadata")}
-        atomic_write_bytes(Path(args.summary_json), json.dumps(data).encode())
+        atomic_write_json(args.summary_json, data, indent=None)
     if args.merge and (args.rank or 0) == 0 and summary.metadata:
         print(f"{summary.describe()}\ntokens: {Path(args.out)} (format {args.format})")
     for path, reason in summary.failures[:10]:
@@ -1251,7 +1252,8 @@ def add_detokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="decoder sampling temperature")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     parser.add_argument("--limit", type=int, help="decode only the first N files")
-    parser.add_argument("--method", default="auto", help="decoder implementation (default: fastest available)")
+    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
+                        help="decoder implementation (default auto: the fastest available)")
     parser.add_argument("--batch-size", type=int,
                         help="files decoded together (default: 4 per CPU core, 64 on a GPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing WAV files")

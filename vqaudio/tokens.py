@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from vqaudio._files import atomic_path, atomic_write_bytes, atomic_write_text
+from vqaudio._files import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: Version of the token directory layout; bump on incompatible changes.
 TOKENS_FORMAT_VERSION = 1
@@ -255,7 +255,7 @@ def write_token_dir(
         "num_failures": len(failure_list),
         "files": files + [MANIFEST_NAME, FAILURES_NAME],
     }
-    atomic_write_text(out / METADATA_NAME, json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(out / METADATA_NAME, meta)
     return meta
 
 
@@ -394,6 +394,7 @@ def _write_parquet(out: Path, rows: Iterator[_Row], dedup: bool) -> list[str]:
     if dedup:
         fields.append(pa.field("run_lengths", pa.list_(pa.int64())))
     schema = pa.schema(fields)
+
     def flush(writer, batch: list[_Row]) -> None:
         cols: dict[str, Any] = {
             "path": [r.path for r in batch],

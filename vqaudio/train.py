@@ -511,7 +511,7 @@ def train(
     if main and not resuming:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run / TRAIN_CONFIG_NAME, {"format_version": RUN_FORMAT_VERSION,
-                                              "config": config_to_dict(cfg)})
+                                                    "config": config_to_dict(cfg)})
         atomic_write_json(run / MODEL_CONFIG_NAME, config_to_dict(model_config))
         atomic_write_json(run / SPEAKERS_NAME, speakers)
         atomic_write_json(run / DATA_NAME, {
@@ -1023,8 +1023,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
     if len(keep) != len(lines):
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-
 
 
 def _jsonable(value: Any) -> Any:

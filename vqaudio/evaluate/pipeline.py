@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from vqaudio._files import atomic_write_text
+from vqaudio._files import atomic_write_json
 from vqaudio.audio import load_audio, read_audio, save_audio
 from vqaudio.evaluate import metrics as M
 from vqaudio.evaluate.baselines import DEFAULT_BASELINES, Baseline, baseline_available, make_baseline
@@ -850,7 +850,7 @@ def _prepare_out_dir(out_dir: Path, model, temperature: float, seed: int, overwr
                 shutil.rmtree(out_dir / "audio", ignore_errors=True)
         elif any(out_dir.iterdir()) and not overwrite:
             raise ValueError(f"{out_dir}: exists and is not empty; pass --overwrite or choose another --out")
-    atomic_write_text(state_file, json.dumps(state, indent=1))
+    atomic_write_json(state_file, state, indent=1)
 
 
 def _generate_and_judge(model, sampler: CodeSampler, ref: _References, out_dir: Path, per_speaker: int, seconds: float | None,

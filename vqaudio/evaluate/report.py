@@ -7,7 +7,6 @@ name and renamed.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vqaudio._files import atomic_write_text
+from vqaudio._files import atomic_write_json, atomic_write_text
 from vqaudio.plots import save_png
 
 #: Columns of the reconstruction table: (key in the system's scores, header, format, better).
@@ -156,7 +155,7 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any]) -> tuple[Pa
     out_dir = Path(out_dir)
     clean = _clean(report)
     js, md = out_dir / "report.json", out_dir / "report.md"
-    atomic_write_text(js, json.dumps(clean, indent=2) + "\n")
+    atomic_write_json(js, clean)
     atomic_write_text(md, render_markdown(clean))
     return js, md
 
