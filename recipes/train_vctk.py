@@ -9,7 +9,9 @@ Several GPUs (one process each; ``--batch-size`` is per process)::
 
     accelerate launch --num_processes 4 recipes/train_vctk.py --data-dir /data/VCTK-Corpus-0.92 --out runs/vctk
 
-Resume after an interruption: run the same command with ``--resume``.
+Resume after an interruption: run the same command with ``--resume``. ``--max-minutes M`` is
+one wall-time budget for the whole recipe: the stage running when it is spent stops with a
+checkpoint, and the same command with ``--resume`` continues from there.
 
 The recipe runs stages in order, each in its own folder of ``--out``:
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,8 +53,8 @@ from vqaudio.train import (
     add_model_arguments,
     add_run_arguments,
     add_train_config_arguments,
-    run_train,
     shutdown_distributed,
+    train_from_args,
 )
 
 VCTK_URL = "https://datashare.ed.ac.uk/handle/10283/3443"
@@ -113,7 +116,9 @@ def stage_vqvae(args: argparse.Namespace) -> Path:
     stage_args = argparse.Namespace(**vars(args))
     stage_args.data = args.data_dir
     stage_args.out = str(run_dir)
-    run_train(stage_args)
+    stopped = train_from_args(stage_args).stopped
+    if stopped != "max_steps":
+        raise StageStopped("vqvae", stopped)
     return run_dir
 
 
@@ -141,9 +146,17 @@ def stage_prior(args: argparse.Namespace) -> Path:
 
     prior_dir = Path(args.out) / "prior"
     prior_config, train_config = prior_configs_from_recipe_args(args)
-    train_prior(Path(args.out) / "tokens", prior_dir, prior_config, train_config,
-                resume=bool(args.resume), progress=not getattr(args, "quiet", False))
+    final = train_prior(Path(args.out) / "tokens", prior_dir, prior_config, train_config,
+                        resume=bool(args.resume), progress=not getattr(args, "quiet", False),
+                        max_minutes=args.max_minutes)
+    if final["step"] < train_config.steps:
+        raise StageStopped("prior", "max_minutes")
     return prior_dir
+
+
+class StageStopped(Exception):
+    """A training stage stopped before its last step, with a checkpoint (``args``: the stage
+    and why: ``"max_minutes"`` or ``"signal"``); the recipe stops there."""
 
 
 #: Stages in the order they run.
@@ -170,9 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     from vqaudio.data import CorpusError
     from vqaudio.model import CheckpointError
 
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
     try:
         for name in stages:
+            if deadline is not None:  # --max-minutes is one budget for the whole recipe
+                args.max_minutes = (deadline - time.monotonic()) / 60
+                if args.max_minutes <= 0:
+                    raise StageStopped(name, "max_minutes")
             STAGES[name](args)
+    except StageStopped as stop:
+        stage, why = stop.args
+        what = "--max-minutes reached" if why == "max_minutes" else "stopped by a signal"
+        print(f"train_vctk.py: {what} in stage {stage}; run again with --resume to continue", file=sys.stderr)
+        return 0
     except (CorpusError, AudioError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as exc:
         if os.environ.get("VQAUDIO_DEBUG"):
             raise

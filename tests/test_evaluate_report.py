@@ -4,6 +4,7 @@ randomly initialised checkpoint: the report, plots, resume, clip selection, and 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -94,6 +95,9 @@ def test_full_report_on_real_clips(checkpoint: Path, tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
         assert png in report["plots"]
     assert len(list((out / "audio" / "conversion").glob("*.wav"))) == 6
+    page = (out / "report.html").read_text()
+    assert page.count("<section>") == 2 and page.count("<audio") == 2 * 4  # original, reconstruction, conversion, codec2
+    assert "conversion to " in page and "codec2-1200" in page
     assert len(list((out / "audio" / "generation").glob("*.wav"))) == 6
 
 
@@ -110,6 +114,14 @@ def test_report_without_the_extra_resumes_and_guards_the_folder(tmp_path: Path, 
     assert vq["pesq_nb"] is None and vq["log_mel_l1"] > 0 and vq["mcd_db"] > 0
     wavs = sorted((out / "audio" / "reconstruction").glob("*.wav"))
     assert len(wavs) == 4
+    # the listening page: one clip, its spectrogram row and a player per version, all linked files present
+    page = (out / "report.html").read_text()
+    links = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert sorted(links) == sorted(["report.md", f"listen/{Path(links[1]).stem}.png", *[
+        f"listen/{Path(links[1]).stem}/{v}.wav" for v in ("original", "reconstruction")]]), links
+    for link in links:
+        assert (out / link).is_file(), link
+    assert "report.html" in (out / "report.md").read_text()
     stamps = [p.stat().st_mtime_ns for p in wavs]
 
     def no_decoding(*args, **kwargs):

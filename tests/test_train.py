@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from vqaudio.train import (
     build_model_config,
     checkpoint_dirs,
     configs_from_args,
+    initialize_from,
     iter_metric,
     latest_checkpoint,
     read_metrics,
@@ -317,6 +319,100 @@ def test_two_processes_keep_the_codebook_identical(tmp_path):
     assert [r["step"] for r in records] == [3, 6]
     assert records[0]["train/segments_per_second"] > 0
     assert VQVAE.from_pretrained(tmp_path / "vqvae").quantizer.initialized
+
+
+def test_initialize_from_copies_weights_and_speaker_rows_by_name():
+    cfg = build_model_config(VQVAEConfig(sample_rate=8000, encoder=EncoderConfig(channels=(8, 8, 8, 8, 8, 8))),
+                             codebook_size=16, code_dim=8, num_stacks=1, layers_per_stack=3,
+                             residual_channels=8, gate_channels=16, skip_channels=8, speaker_channels=4)
+    torch.manual_seed(0)
+    source = VQVAE(build_model_config(cfg, num_speakers=3), ["ann", "bob", "cy"])
+    target = VQVAE(build_model_config(cfg, num_speakers=2), ["dee", "bob"])
+    dee_before = target.decoder.speaker_embedding.weight[0].clone()
+    assert initialize_from(target, source) == ["bob"]
+    emb_s, emb_t = source.decoder.speaker_embedding.weight, target.decoder.speaker_embedding.weight
+    torch.testing.assert_close(emb_t[1], emb_s[1], rtol=0, atol=0)
+    torch.testing.assert_close(emb_t[0], dee_before, rtol=0, atol=0)  # a new speaker keeps its row
+    s_state, t_state = source.state_dict(), target.state_dict()
+    for name in s_state:
+        if name != "decoder.speaker_embedding.weight":
+            torch.testing.assert_close(t_state[name], s_state[name], rtol=0, atol=0, msg=name)
+
+    wider = VQVAE(build_model_config(cfg, num_speakers=1, residual_channels=16), ["ann"])
+    with pytest.raises(ValueError, match="differs"):
+        initialize_from(wider, source)
+
+
+def test_mixed_precision_auto_follows_the_hardware(monkeypatch):
+    from vqaudio import _system
+
+    assert _system.resolve_mixed_precision("no", "cpu") == "no"
+    assert _system.resolve_mixed_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(_system, "has_fast_bf16", lambda device_type: device_type == "cpu")
+    assert _system.resolve_mixed_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(_system, "has_fast_bf16", lambda device_type: False)
+    assert _system.resolve_mixed_precision("auto", "cpu") == "no"
+    with pytest.raises(ValueError, match="auto, no, fp16, bf16"):
+        _system.resolve_mixed_precision("fp32", "cpu")
+    assert TrainConfig().mixed_precision == "auto"
+
+
+def test_init_from_max_minutes_and_warmup_through_the_recipe(tmp_path):
+    common = ["--batch-size", "4", "--segment-seconds", "0.128", "--lr", "3e-3", "--valid-every", "0",
+              "--example-seconds", "0.02", "--log-every", "1"]
+    first_data, _ = short_fsdd(tmp_path / "fsdd1", speakers=("nicolas", "theo"))
+    run_recipe(first_data, tmp_path / "first", *common, "--max-steps", "2")
+    first = VQVAE.from_pretrained(tmp_path / "first" / "vqvae")
+
+    # a new run on other speakers, from the first run's weights, out of time after one step
+    data, _ = short_fsdd(tmp_path / "fsdd2", speakers=("george", "theo"))
+    second = ["--init-from", str(tmp_path / "first" / "vqvae"), "--warmup-steps", "4", *common]
+    proc = run_recipe(data, tmp_path / "second", *second, "--max-steps", "50", "--max-minutes", "0.0001")
+    assert "--max-minutes reached in stage vqvae" in proc.stderr and "Traceback" not in proc.stderr
+    assert re.search(r"stopped after [0-9.e-]+ minutes at step 1;", proc.stdout), proc.stdout
+    run = tmp_path / "second" / "vqvae"
+    assert [d.name for d in checkpoint_dirs(run)] == ["step_0000001"]
+    init = json.loads((run / "init_from.json").read_text())
+    assert init["checkpoint_id"] == first.checkpoint_id and init["speakers_copied"] == ["theo"]
+    session = json.loads((run / "sessions.jsonl").read_text().splitlines()[-1])
+    assert session["stopped"] == "max_minutes" and (session["start_step"], session["end_step"]) == (0, 1)
+    assert session["mixed_precision"] in ("bf16", "no") and session["samples_seen"] == 4 * 1024
+
+    # resumed: the run's own checkpoint wins over --init-from; warm-up goes on from step 1
+    proc = run_recipe(data, tmp_path / "second", *second, "--max-steps", "3", "--resume")
+    assert "trained 3 steps" in proc.stdout
+    lr = dict(iter_metric(read_metrics(run), "train/lr"))
+    assert lr == pytest.approx({1: 3e-3 / 4, 2: 3e-3 * 2 / 4, 3: 3e-3 * 3 / 4})
+    sessions = [json.loads(ln) for ln in (run / "sessions.jsonl").read_text().splitlines()]
+    assert [(s["start_step"], s["end_step"], s["stopped"]) for s in sessions] == [(0, 1, "max_minutes"), (1, 3, "max_steps")]
+
+    # a model option that contradicts the checkpoint is refused in one line
+    proc = run_recipe(data, tmp_path / "third", *second, "--max-steps", "1", "--residual-channels", "8", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "residual_channels: checkpoint 16, given 8" in proc.stderr
+
+
+def test_sigterm_stops_at_the_end_of_a_step_with_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vqaudio.cli", "train", str(REPO / "samples" / "fsdd"), "--out", str(run),
+           "--cpu", "--quiet", *TINY_MODEL, "--max-steps", "100000", "--batch-size", "4",
+           "--segment-seconds", "0.128", "--log-every", "1", "--valid-every", "0", "--example-seconds", "0.02"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    step = json.loads((run / "sessions.jsonl").read_text())["end_step"]
+    assert f"stopped by a signal at step {step}" in out
+    assert [d.name for d in checkpoint_dirs(run)] == [f"step_{step:07d}"]
+    assert json.loads((run / "sessions.jsonl").read_text())["stopped"] == "signal"
 
 
 def test_recipe_without_data_dir_says_how_to_get_vctk():

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from vqaudio._files import atomic_write_json
+from vqaudio._system import MIXED_PRECISION, resolve_mixed_precision
 from vqaudio.config import config_from_dict, config_to_dict
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
 from vqaudio.nn.quantizer import code_entropy
@@ -78,7 +80,8 @@ class PriorTrainConfig:
         eval_batch_size: windows per validation batch.
         seed: seed of the model's initialisation and of the training windows.
         num_workers: DataLoader worker processes.
-        mixed_precision: Accelerate's ``"no"``, ``"fp16"`` or ``"bf16"``.
+        mixed_precision: ``"auto"`` (bf16 where the hardware runs it natively, else fp32),
+            or Accelerate's ``"no"``, ``"fp16"`` or ``"bf16"``.
         cpu: train on the CPU even if a GPU is present.
     """
 
@@ -97,7 +100,7 @@ class PriorTrainConfig:
     eval_batch_size: int = 16
     seed: int = 0
     num_workers: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     cpu: bool = False
 
     def __post_init__(self) -> None:
@@ -110,8 +113,9 @@ class PriorTrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.start_prob <= 1.0:
             raise ValueError(f"start_prob must be in [0, 1], got {self.start_prob}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got {self.mixed_precision!r}")
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,7 @@ def train_prior(
     train_config: PriorTrainConfig | None = None,
     resume: bool = False,
     progress: bool = True,
+    max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Fit a :class:`PriorTransformer` to a tokens folder, with Accelerate.
 
@@ -385,6 +390,9 @@ def train_prior(
         resume: continue from the latest checkpoint in ``out_dir/checkpoints`` (start from
             step 0 when there is none yet, so a recipe can always pass it).
         progress: show a progress bar.
+        max_minutes: stop after this many minutes of wall time in this call, at the end of a
+            step, with a validation, a checkpoint and the exported prior; ``resume``
+            continues the run.
 
     Returns:
         the final metrics (also in ``out_dir/metrics.json``): ``step``,
@@ -398,6 +406,9 @@ def train_prior(
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
+    if max_minutes is not None and not (max_minutes > 0 and math.isfinite(max_minutes)):
+        raise ValueError(f"max_minutes must be a positive number, got {max_minutes}")
     out_dir = Path(out_dir)
     train_config = train_config or PriorTrainConfig()
     prior_config = prior_config or PriorConfig()
@@ -437,7 +448,9 @@ def train_prior(
     window = max(2, min(window, prior_config.max_len))
     stats = unigram_statistics(train_seqs, val_seqs, prior_config.codebook_size)
 
-    accelerator = Accelerator(cpu=train_config.cpu, mixed_precision=train_config.mixed_precision)
+    device_type = "cuda" if torch.cuda.is_available() and not train_config.cpu else "cpu"
+    mixed_precision = resolve_mixed_precision(train_config.mixed_precision, device_type)
+    accelerator = Accelerator(cpu=train_config.cpu, mixed_precision=mixed_precision)
     set_seed(train_config.seed)
     prior_metadata = {
         key: meta[key]
@@ -478,6 +491,7 @@ def train_prior(
         atomic_write_json(saved_path, {
             "tokens_dir": str(tokens_dir),
             "tokens_checkpoint_id": meta.get("checkpoint_id"),
+            "mixed_precision": mixed_precision,
             "prior_config": config_to_dict(prior_config),
             "train_config": config_to_dict(train_config),
             "window": window,
@@ -555,10 +569,17 @@ def train_prior(
         bar.update(1)
         bar.set_postfix(loss=f"{running_loss:.3f}", bits=f"{running_loss / math.log(2):.2f}",
                         lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if step % train_config.eval_every == 0 or step == train_config.steps:
+        out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
+        if accelerator.num_processes > 1 and max_minutes is not None:  # the same answer everywhere
+            flag = torch.tensor(float(out_of_time), device=accelerator.device)
+            out_of_time = bool(accelerator.reduce(flag, reduction="sum") > 0)
+        if step % train_config.eval_every == 0 or step == train_config.steps or out_of_time:
             run_eval()
-        if step % train_config.save_every == 0 or step == train_config.steps:
+        if step % train_config.save_every == 0 or step == train_config.steps or out_of_time:
             save_checkpoint()
+        if out_of_time:
+            accelerator.print(f"stopped after {max_minutes:g} minutes at step {step}; continue with --resume")
+            break
     bar.close()
     if not history or history[-1]["step"] != step:
         run_eval()
@@ -605,7 +626,11 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--save-every", type=int, default=t.save_every, help=f"steps between checkpoints (default {t.save_every})")
     run.add_argument("--seed", type=int, default=t.seed)
     run.add_argument("--num-workers", type=int, default=t.num_workers)
-    run.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=t.mixed_precision)
+    run.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=t.mixed_precision,
+                     help=f"auto: bf16 where the CPU (AVX512-BF16, AMX) or GPU runs it natively, else fp32 "
+                          f"(no); default {t.mixed_precision}")
+    run.add_argument("--max-minutes", type=float, metavar="M",
+                     help="stop cleanly after M minutes of wall time, with a checkpoint; --resume continues")
     run.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -621,7 +646,8 @@ def run_train_prior(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
         mixed_precision=args.mixed_precision, cpu=args.cpu,
     )
-    train_prior(args.tokens_dir, args.out, prior_config, train_config, resume=args.resume, progress=not args.no_progress)
+    train_prior(args.tokens_dir, args.out, prior_config, train_config, resume=args.resume,
+                progress=not args.no_progress, max_minutes=args.max_minutes)
     return 0
 
 
@@ -655,7 +681,7 @@ def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfi
         steps=args.prior_steps, batch_size=args.prior_batch_size, learning_rate=args.prior_lr,
         window=args.prior_window, eval_every=args.prior_eval_every, save_every=args.prior_save_every,
         seed=getattr(args, "seed", None) or 0, cpu=bool(getattr(args, "cpu", False)),
-        mixed_precision=getattr(args, "mixed_precision", None) or "no",
+        mixed_precision=getattr(args, "mixed_precision", None) or "auto",
     )
     return prior_config, train_config
 

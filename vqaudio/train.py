@@ -18,6 +18,10 @@ Run directory (``RUN``, given by ``--out``)::
       checkpoints/step_0001000/  Accelerate ``save_state``: weights, optimizer, RNG states, progress
       examples/step_0001000/     original.wav, reconstruction.wav, conversion_to_NAME.wav,
                                  spectrograms.png (a held-out utterance)
+      sessions.jsonl             one line per finished train() call: start and end step, why it
+                                 stopped, mixed precision used, device, processes, threads, CPU,
+                                 wall seconds, samples seen, command line
+      init_from.json             (runs started with ``init_from``) the checkpoint and its id
 
 Metrics (``metrics.jsonl``, one line per ``log_every`` steps, means over those steps and all
 processes): ``train/loss`` (Eq. 3, nats), ``train/reconstruction_loss`` (cross-entropy of the
@@ -62,6 +66,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -79,6 +84,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from vqaudio._files import atomic_write_json, atomic_write_text
+from vqaudio._system import MIXED_PRECISION, available_cores, resolve_mixed_precision
 from vqaudio.config import VQVAEConfig, config_from_dict, config_to_dict
 from vqaudio.nn.quantizer import code_entropy
 from vqaudio.plots import plot_training_curves
@@ -97,9 +103,8 @@ METRICS_NAME = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 EXAMPLES_DIR = "examples"
-
-MIXED_PRECISION = ("no", "fp16", "bf16")
-
+SESSIONS_NAME = "sessions.jsonl"
+INIT_FROM_NAME = "init_from.json"
 
 # ----- configuration ------------------------------------------------------------------------
 
@@ -117,6 +122,9 @@ class TrainConfig:
         learning_rate: Adam step size. 2e-4 is the VQ-VAE paper's setting; short CPU runs
             (a few hundred steps) learn visibly faster with 1e-3, which the 16 kHz model
             tolerates with gradient clipping.
+        warmup_steps: the learning rate rises linearly from ``learning_rate / warmup_steps``
+            to ``learning_rate`` over the run's first ``warmup_steps`` steps (0: no warm-up).
+            Useful with ``init_from``, where Adam starts without its moment estimates.
         adam_betas: Adam's (beta1, beta2).
         max_steps: optimizer steps to train for (the total, including steps before a resume).
         gradient_accumulation_steps: micro-batches per optimizer step.
@@ -129,7 +137,9 @@ class TrainConfig:
         log_every: steps between lines of ``metrics.jsonl`` (means over the steps since the
             previous line).
         keep_last: checkpoints kept in ``RUN/checkpoints`` (older ones are deleted).
-        mixed_precision: ``"no"``, ``"fp16"`` (CUDA) or ``"bf16"``.
+        mixed_precision: ``"auto"`` (bf16 where the hardware runs it natively: CPUs with
+            AVX512-BF16 or AMX, GPUs with bf16; fp32 elsewhere), ``"no"`` (fp32), ``"fp16"``
+            (CUDA) or ``"bf16"``. What a session used is recorded in ``RUN/sessions.jsonl``.
         seed: seeds the initial weights, the batch order and the segment offsets.
         num_workers: DataLoader worker processes (0 loads in the training process).
         num_valid_per_speaker: utterances of every speaker held out for validation
@@ -146,6 +156,7 @@ class TrainConfig:
     batch_size: int = 8
     segment_seconds: float = 0.5
     learning_rate: float = 2e-4
+    warmup_steps: int = 0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_steps: int = 100_000
     gradient_accumulation_steps: int = 1
@@ -154,7 +165,7 @@ class TrainConfig:
     valid_every: int = 1000
     log_every: int = 50
     keep_last: int = 3
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     seed: int = 0
     num_workers: int = 0
     num_valid_per_speaker: int = 5
@@ -167,7 +178,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("valid_every", "num_workers", "num_valid_per_speaker", "max_grad_norm"):
+        for name in ("valid_every", "num_workers", "num_valid_per_speaker", "max_grad_norm", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("segment_seconds", "learning_rate", "example_seconds"):
@@ -276,6 +287,8 @@ class TrainResult:
         train_loss: mean training loss (nats) of the last log window.
         valid_loss: the last validation loss (nats), ``None`` without validation.
         wall_seconds: training wall time over all sessions of the run, in seconds.
+        stopped: why the run stopped: ``"max_steps"`` (finished), ``"max_minutes"`` (out of
+            time) or ``"signal"`` (SIGTERM / SIGINT); resume to continue the last two.
     """
 
     run_dir: Path
@@ -285,6 +298,7 @@ class TrainResult:
     train_loss: float | None
     valid_loss: float | None
     wall_seconds: float
+    stopped: str = "max_steps"
 
 
 @dataclass
@@ -388,6 +402,8 @@ def train(
     cpu: bool = False,
     log_with: Sequence[str] = (),
     progress: bool = True,
+    init_from: str | os.PathLike | None = None,
+    max_minutes: float | None = None,
 ) -> TrainResult:
     """Train a VQ-VAE on a corpus with Accelerate and keep everything in the run directory ``out``.
 
@@ -416,6 +432,18 @@ def train(
         log_with: extra Accelerate trackers (``"tensorboard"``, ``"wandb"``...), logging into
             ``out``; ``metrics.jsonl`` is always written.
         progress: show progress bars (main process only).
+        init_from: start a new run from the weights of this VQ-VAE checkpoint (a directory, a
+            run, or a bundled name such as ``"fsdd-8k"``) instead of a random initialisation;
+            the optimizer starts afresh (pair it with ``warmup_steps``). ``model_config``
+            defaults to the checkpoint's and must otherwise equal it (but for the number of
+            speakers). Speaker embeddings are copied by name; speakers the checkpoint does
+            not know keep their random rows. Recorded in ``RUN/init_from.json``; ignored when
+            a checkpoint of the run itself is resumed.
+        max_minutes: stop after this many minutes of wall time in this call (data loading
+            included), at the end of a step, with a validation, a checkpoint and an exported
+            model, so a session fits its time window; ``--resume`` continues it. The last
+            checkpoint takes a few more seconds than the limit. SIGTERM or SIGINT (Ctrl-C)
+            stops the same way (in the main thread; a second signal kills at once).
 
     Returns:
         :class:`TrainResult`.
@@ -424,16 +452,21 @@ def train(
         FileExistsError: ``out`` is not empty and neither ``resume`` nor ``overwrite`` is given,
             or ``overwrite`` on a folder that is not a vqaudio run.
         ValueError: ``resume`` with configs or a speaker table that differ from the saved run;
-            a training set smaller than one batch; bad config values.
+            ``init_from`` with a model config other than the checkpoint's; a training set
+            smaller than one batch; bad config values.
+        vqaudio.checkpoint.CheckpointError: ``init_from`` is not a loadable checkpoint.
         vqaudio.data.CorpusError: the corpus cannot be found or split.
         vqaudio.audio.AudioError: an audio file cannot be read (names the file).
     """
     from vqaudio.data import Corpus, SegmentDataset, discover_corpus, speaker_table, split_corpus
-    from vqaudio.model import VQVAE
+    from vqaudio.model import VQVAE, resolve_checkpoint
 
+    started = time.perf_counter()
     run = Path(out)
     if resume and overwrite:
         raise ValueError("choose either resume or overwrite, not both")
+    if max_minutes is not None and not (max_minutes > 0 and math.isfinite(max_minutes)):
+        raise ValueError(f"max_minutes must be a positive number, got {max_minutes}")
     existing = _run_dir_state(run)  # checked identically by every process, before any write
     resuming = resume and existing == "run"
     if existing == "other" or (existing == "run" and not resume and not overwrite):
@@ -444,13 +477,20 @@ def train(
         saved_model = config_from_dict(VQVAEConfig, _read_json(run / MODEL_CONFIG_NAME))
         train_config = _check_resumable(saved_train, train_config or saved_train)
         model_config = model_config or saved_model
+    init_model = None
+    if init_from is not None and not (resuming and latest_checkpoint(run) is not None):
+        init_model = VQVAE.from_pretrained(resolve_checkpoint(init_from))
+        model_config = model_config or init_model.config
+        _check_init_config(init_from, init_model.config, model_config)
     train_config = train_config or TrainConfig()
     model_config = model_config or VQVAEConfig()
     cfg = train_config
 
+    device_type = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+    mixed_precision = resolve_mixed_precision(cfg.mixed_precision, device_type)
     accelerator = Accelerator(
         cpu=cpu,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
@@ -526,6 +566,15 @@ def train(
     # --- model, optimizer
     set_seed(cfg.seed)
     model = VQVAE(model_config, speakers)
+    if init_model is not None:
+        copied = initialize_from(model, init_model)
+        accelerator.print(f"initialized from {init_from} (checkpoint {init_model.checkpoint_id}); "
+                          f"speaker embeddings copied for {len(copied)} of {len(speakers)} speakers")
+        if main:
+            atomic_write_json(run / INIT_FROM_NAME, {
+                "init_from": str(init_from), "checkpoint_id": init_model.checkpoint_id,
+                "speakers_copied": copied,
+            })
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
     with warnings.catch_warnings():
         # torch 2.13 deprecates broadcast_buffers in favour of forward_sync_buffers, which
@@ -549,6 +598,16 @@ def train(
             _truncate_metrics(run / METRICS_NAME, 0)
     accelerator.wait_for_everyone()
     accelerator.init_trackers("vqaudio", config=_flat_config(cfg, model_config))
+    session = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": state.step,
+        "mixed_precision": mixed_precision, "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes, "num_threads": torch.get_num_threads(),
+        "cores": available_cores(), "cpu_model": _cpu_model(), "torch": torch.__version__,
+        "argv": " ".join(shlex.quote(a) for a in sys.argv),
+    }
+    accelerator.print(f"mixed precision: {mixed_precision} (asked: {cfg.mixed_precision}); "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device}, "
+                      f"{torch.get_num_threads()} thread(s) each")
 
     unwrapped: VQVAE = accelerator.unwrap_model(model)
     window = _MetricWindow(model_config.quantizer.codebook_size, accelerator.device)
@@ -565,79 +624,120 @@ def train(
         state.wall_seconds += now - clock
         clock = now
 
-    model.train()
-    while state.step < cfg.max_steps:
-        train_loader.set_epoch(state.epoch)  # the batch order of an epoch depends on seed + epoch
-        if hasattr(train_set, "set_epoch"):  # Accelerate forwards it only in some layouts
-            train_set.set_epoch(state.epoch)
-        loader = (accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
-                  if state.batches_in_epoch else train_loader)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                output = model(batch["wav"], batch["speaker"])
-                accelerator.backward(output.loss)
-                grad_norm = None
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.batches_in_epoch += 1
-            state.segments_seen += batch["wav"].shape[0] * accelerator.num_processes
-            window.add(output, grad_norm, batch["wav"].shape[0] * accelerator.num_processes,
-                       batch["wav"].shape[-1])
-            if not accelerator.sync_gradients:
+    def stop_reason() -> str | None:
+        """``"max_minutes"`` when the time is up, ``"signal"`` after SIGTERM/SIGINT, else None
+        (the same answer on every process)."""
+        over = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
+        code = 2 * bool(stop_request) + over
+        if accelerator.num_processes > 1:
+            code = int(accelerator.reduce(torch.tensor(code, device=accelerator.device), reduction="max"))
+        return "signal" if code >= 2 else "max_minutes" if code else None
+
+    def lr_at(step: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant."""
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+        return cfg.learning_rate
+
+    stopped = "max_steps"
+    stop_request: list[int] = []  # filled by SIGTERM / SIGINT: stop at the end of the step
+    handlers = _catch_stop_signals(stop_request)
+    try:
+        model.train()
+        while state.step < cfg.max_steps:
+            train_loader.set_epoch(state.epoch)  # the batch order of an epoch depends on seed + epoch
+            if hasattr(train_set, "set_epoch"):  # Accelerate forwards it only in some layouts
+                train_set.set_epoch(state.epoch)
+            loader = (accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+                      if state.batches_in_epoch else train_loader)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    output = model(batch["wav"], batch["speaker"])
+                    accelerator.backward(output.loss)
+                    grad_norm = None
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(state.step)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                state.segments_seen += batch["wav"].shape[0] * accelerator.num_processes
+                window.add(output, grad_norm, batch["wav"].shape[0] * accelerator.num_processes,
+                           batch["wav"].shape[-1])
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                bar.update(1)
+                reason = stop_reason()
+                last = state.step == cfg.max_steps or reason is not None
+                if reason is not None and state.step < cfg.max_steps:
+                    stopped = reason
+
+                if state.step % cfg.log_every == 0 or last:
+                    if show:  # on log steps only: reading the window's sums waits for the device
+                        bar.set_postfix(window.postfix(), refresh=False)
+                    tick()
+                    now = time.perf_counter()
+                    last_train = window.reduce(accelerator, now - window_start, sample_rate)
+                    window_start = now
+                    last_train.update({"train/lr": optimizer.param_groups[0]["lr"],
+                                       "epoch": state.epoch, "wall_seconds": round(state.wall_seconds, 3)})
+                    accelerator.log(last_train, step=state.step)
+
+                paused = time.perf_counter()
+                if valid_set is not None and (state.step % cfg.valid_every == 0 or last):
+                    if main:
+                        with accelerator.autocast():
+                            last_valid = evaluate_segments(unwrapped, valid_set, batch_size=cfg.batch_size)
+                        model.train()
+                        accelerator.log(last_valid, step=state.step)
+                        bar.write(_format_valid(state.step, last_valid))
+                    accelerator.wait_for_everyone()
+
+                if state.step % cfg.checkpoint_every == 0 or last:
+                    tick()
+                    save_checkpoint(accelerator, run, state.step, cfg.keep_last)
+                    check_buffers_in_sync(accelerator, model)
+                    if main:
+                        export_model(unwrapped, run / MODEL_DIR)
+                        plot_training_curves(run / "metrics.png", read_metrics(run), title=str(run))
+                        write_examples(
+                            unwrapped, example_utterance.path, example_utterance.speaker,
+                            run / EXAMPLES_DIR / f"step_{state.step:07d}",
+                            num_samples=cfg.example_length(sample_rate, hop), seed=cfg.seed,
+                        )
+                        model.train()
+                    accelerator.wait_for_everyone()
+                window_start += time.perf_counter() - paused
+                if last:
+                    break
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
                 continue
-            state.step += 1
-            bar.update(1)
-
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                if show:  # on log steps only: reading the window's sums waits for the device
-                    bar.set_postfix(window.postfix(), refresh=False)
-                tick()
-                now = time.perf_counter()
-                last_train = window.reduce(accelerator, now - window_start, sample_rate)
-                window_start = now
-                last_train.update({"train/lr": optimizer.param_groups[0]["lr"],
-                                   "epoch": state.epoch, "wall_seconds": round(state.wall_seconds, 3)})
-                accelerator.log(last_train, step=state.step)
-
-            paused = time.perf_counter()
-            if valid_set is not None and (state.step % cfg.valid_every == 0 or state.step == cfg.max_steps):
-                if main:
-                    with accelerator.autocast():
-                        last_valid = evaluate_segments(unwrapped, valid_set, batch_size=cfg.batch_size)
-                    model.train()
-                    accelerator.log(last_valid, step=state.step)
-                    bar.write(_format_valid(state.step, last_valid))
-                accelerator.wait_for_everyone()
-
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
-                tick()
-                save_checkpoint(accelerator, run, state.step, cfg.keep_last)
-                check_buffers_in_sync(accelerator, model)
-                if main:
-                    export_model(unwrapped, run / MODEL_DIR)
-                    plot_training_curves(run / "metrics.png", read_metrics(run), title=str(run))
-                    write_examples(
-                        unwrapped, example_utterance.path, example_utterance.speaker,
-                        run / EXAMPLES_DIR / f"step_{state.step:07d}",
-                        num_samples=cfg.example_length(sample_rate, hop), seed=cfg.seed,
-                    )
-                    model.train()
-                accelerator.wait_for_everyone()
-            window_start += time.perf_counter() - paused
-            if state.step >= cfg.max_steps:
-                break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
+            break
+    finally:
+        _restore_signals(handlers)
     bar.close()
     tick()
+    if stopped == "max_minutes":
+        accelerator.print(f"stopped after {max_minutes:g} minutes at step {state.step}; "
+                          f"continue with --resume")
+    elif stopped == "signal":
+        accelerator.print(f"stopped by a signal at step {state.step}, with a checkpoint; continue with --resume")
+    if main:
+        session.update({"end_step": state.step, "stopped": stopped,
+                        "session_seconds": round(time.perf_counter() - started, 1),
+                        "samples_seen": state.segments_seen * segment_length,
+                        "wall_seconds_total": round(state.wall_seconds, 1)})
+        with open(run / SESSIONS_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(session) + "\n")
     accelerator.end_training()
     return TrainResult(
         run_dir=run, model_dir=run / MODEL_DIR, step=state.step, resumed_from=resumed_from,
         train_loss=last_train.get("train/loss"), valid_loss=last_valid.get("valid/loss"),
-        wall_seconds=state.wall_seconds,
+        wall_seconds=state.wall_seconds, stopped=stopped,
     )
 
 
@@ -809,6 +909,92 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def initialize_from(model: Any, source: Any) -> list[str]:
+    """Copy the weights and buffers (codebook, EMA statistics) of ``source`` into ``model``.
+
+    Both are :class:`vqaudio.model.VQVAE` with the same config but for the speaker table:
+    speaker-embedding rows are copied by speaker name, and speakers ``source`` does not know
+    keep ``model``'s rows.
+
+    Returns:
+        the names of the speakers whose embedding was copied, in ``model``'s order.
+
+    Raises:
+        ValueError: a tensor other than the speaker embedding differs in shape.
+    """
+    target = model.state_dict()
+    key = "decoder.speaker_embedding.weight"
+    copied: list[str] = []
+    with torch.no_grad():
+        for name, value in source.state_dict().items():
+            if name == key:
+                for i, speaker in enumerate(model.speakers):
+                    if speaker in source.speakers:
+                        target[name][i] = value[source.speakers.index(speaker)]
+                        copied.append(speaker)
+                continue
+            if name not in target or target[name].shape != value.shape:
+                raise ValueError(f"cannot initialize from the checkpoint: {name} differs "
+                                 f"({tuple(value.shape)} there)")
+            target[name].copy_(value)
+    return copied
+
+
+def _check_init_config(init_from: Any, source: VQVAEConfig, given: VQVAEConfig) -> None:
+    """Raise ValueError when ``given`` differs from the checkpoint's config (``source``) in
+    anything but the number of speakers (the speaker table comes from the corpus)."""
+    def flat(c: VQVAEConfig) -> dict[str, Any]:
+        return _flat_config(dataclasses.replace(c, decoder=dataclasses.replace(c.decoder, num_speakers=0)))
+
+    a, b = flat(source), flat(given)
+    differ = [f"{k}: checkpoint {a[k]!r}, given {b.get(k)!r}" for k in a if a[k] != b.get(k)]
+    if differ:
+        raise ValueError(f"--init-from {init_from}: the model config differs from the checkpoint's "
+                         f"({', '.join(differ)}); leave the model options out to use the checkpoint's")
+
+
+def _catch_stop_signals(request: list[int]) -> dict[int, Any]:
+    """Make SIGTERM and SIGINT append to ``request`` (the loop then stops at the end of its
+    step, with a checkpoint) instead of killing the process; a second signal acts as usual.
+    Only in the main thread (elsewhere Python cannot set handlers). Returns the old handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        request.append(signum)
+        signal.signal(signum, old[signum] if old[signum] not in (None, signal.SIG_IGN) else signal.SIG_DFL)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.getsignal(sig)
+        signal.signal(sig, handler)
+    return old
+
+
+def _restore_signals(old: dict[int, Any]) -> None:
+    import signal
+
+    for sig, handler in old.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), or the platform's processor string."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def export_model(model: Any, model_dir: Path) -> Path:
@@ -1127,6 +1313,8 @@ def add_train_config_arguments(parser: argparse.ArgumentParser, defaults: TrainC
     g.add_argument("--segment-seconds", type=float,
                    help=f"training segment length, rounded to whole hops (default {d.segment_seconds})")
     g.add_argument("--learning-rate", "--lr", type=float, help=f"Adam learning rate (default {d.learning_rate})")
+    g.add_argument("--warmup-steps", type=int,
+                   help=f"linear learning-rate warm-up over the run's first steps (default {d.warmup_steps})")
     g.add_argument("--max-steps", type=int, help=f"optimizer steps in total (default {d.max_steps})")
     g.add_argument("--gradient-accumulation-steps", type=int,
                    help=f"micro-batches per step (default {d.gradient_accumulation_steps})")
@@ -1135,7 +1323,9 @@ def add_train_config_arguments(parser: argparse.ArgumentParser, defaults: TrainC
     g.add_argument("--valid-every", type=int, help=f"steps between validations, 0 = off (default {d.valid_every})")
     g.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl lines (default {d.log_every})")
     g.add_argument("--keep-last", type=int, help=f"checkpoints kept (default {d.keep_last})")
-    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, help=f"default {d.mixed_precision}")
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION,
+                   help=f"auto: bf16 where the CPU (AVX512-BF16, AMX) or GPU runs it natively, else fp32 "
+                        f"(no); default {d.mixed_precision}")
     g.add_argument("--seed", type=int, help=f"default {d.seed}")
     g.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {d.num_workers})")
     g.add_argument("--num-valid-per-speaker", type=int,
@@ -1159,6 +1349,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                    help="train/validation split (default auto: FSDD's official test takes, "
                         "parallel sentences, or the last utterances of each speaker)")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
+    g.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start a new run from this VQ-VAE's weights (directory, run or bundled name such as "
+                        "fsdd-8k; its model config is used, the optimizer starts afresh: see --warmup-steps)")
+    g.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop cleanly after M minutes of wall time, with a checkpoint (SIGTERM or Ctrl-C "
+                        "stops the same way); --resume continues")
     g.add_argument("--log-with", action="append", default=[],
                    help="also log to this Accelerate tracker (tensorboard, wandb, ...); repeatable")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -1199,11 +1395,23 @@ def configs_from_args(args: argparse.Namespace, out: str | os.PathLike) -> tuple
     if getattr(args, "resume", False) and (run / TRAIN_CONFIG_NAME).is_file():
         saved_model, saved_train, _ = read_run_configs(run)
         return model_config_from_args(args, saved_model), train_config_from_args(args, saved_train)
+    init_from = getattr(args, "init_from", None)
+    if init_from is not None:  # the checkpoint's model, changed by the options given
+        from vqaudio.model import VQVAE
+
+        return model_config_from_args(args, VQVAE.from_pretrained(init_from).config), train_config_from_args(args)
     return model_config_from_args(args), train_config_from_args(args)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``vqaudio train`` (or a recipe's training stage) from parsed arguments; returns 0."""
+    """Run ``vqaudio train`` from parsed arguments and print its summary; returns 0."""
+    train_from_args(args)
+    return 0
+
+
+def train_from_args(args: argparse.Namespace) -> TrainResult:
+    """:func:`train` with the options of :func:`add_train_arguments` (``vqaudio train`` and the
+    recipes' training stage); prints the summary and returns the result."""
     data = args.data
     if isinstance(data, (list, tuple)) and len(data) == 1:
         data = data[0]
@@ -1211,10 +1419,11 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(
         data, args.out, model_config, train_config, mic=args.mic, split_method=args.split_method,
         resume=args.resume, overwrite=args.overwrite, cpu=args.cpu, log_with=args.log_with,
-        progress=not args.quiet,
+        progress=not args.quiet, init_from=getattr(args, "init_from", None),
+        max_minutes=getattr(args, "max_minutes", None),
     )
     _print_summary(result)
-    return 0
+    return result
 
 
 def _print_summary(result: TrainResult) -> None:

@@ -37,7 +37,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="decoder sampling temperature (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the decoding (default 0)")
     parser.add_argument("--method", default="auto", help="decoding implementation (default: fastest available)")
-    parser.add_argument("--plot-clips", type=int, default=3, help="clips in the spectrogram plot (default 3)")
+    parser.add_argument("--plot-clips", type=int, default=3,
+                        help="clips in the spectrogram plot and on the listening page report.html (default 3)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an --out folder that holds other files or another evaluation")

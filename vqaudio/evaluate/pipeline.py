@@ -15,7 +15,8 @@ What runs, in order (each stage prints a progress bar):
 5. **Conversion** (with a checkpoint): each clip decoded with another speaker's id, judged for
    the target's and the source's voice and for intelligibility.
 6. **Generation** (with a prior): codes sampled from the prior for each speaker, decoded, judged.
-7. **Report**: ``report.json``, ``report.md``, PNG plots (:mod:`vqaudio.evaluate.report`).
+7. **Report**: ``report.json``, ``report.md``, PNG plots and the listening page
+   ``report.html`` (:mod:`vqaudio.evaluate.report`).
 
 Cost, measured on the FSDD test split (300 clips, 129 s of audio, 8 kHz) on the 2-core
 development machine: references and the five default baselines take 107 s when the machine is
@@ -646,7 +647,8 @@ def evaluate(
             ViSQOL and PESQ on joined clips.
         batch_size: clips decoded together.
         temperature, seed, method: passed to ``VQVAE.decode``.
-        num_plot_clips: clips shown in the spectrogram plot.
+        num_plot_clips: clips shown in the spectrogram plot and on the listening page
+            (``report.html``; 0: neither).
         num_threads: torch threads during the evaluation (restored after); None leaves them.
         sample_rate: evaluation rate without a checkpoint (default: the first clip's rate).
         overwrite: allow ``out_dir`` to hold a previous evaluation with another checkpoint or
@@ -815,6 +817,10 @@ def evaluate(
         if "plots" not in skip:
             report["plots"] = R.write_plots(out_dir, ref.clips, ref.wavs, examples, sr, codebook, num_plot_clips,
                                             conversion_targets)
+            if num_plot_clips > 0:
+                page = R.write_listening_page(out_dir, report, ref.clips, ref.wavs, examples, sr,
+                                              num_plot_clips, conversion_targets)
+                report["listening_page"] = page.name
         R.write_report(out_dir, report)
     return report
 
@@ -848,6 +854,7 @@ def _prepare_out_dir(out_dir: Path, model, temperature: float, seed: int, overwr
                         "pass --overwrite to replace it, or choose another --out"
                     )
                 shutil.rmtree(out_dir / "audio", ignore_errors=True)
+                shutil.rmtree(out_dir / "listen", ignore_errors=True)
         elif any(out_dir.iterdir()) and not overwrite:
             raise ValueError(f"{out_dir}: exists and is not empty; pass --overwrite or choose another --out")
     atomic_write_json(state_file, state, indent=1)

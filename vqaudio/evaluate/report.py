@@ -135,6 +135,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "recognised_as_digit" in gen:
             lines.append(f"- heard as one digit word (digits vs 240 common words): {_fmt(gen['recognised_as_digit'], '.3f')} "
                          f"(original clips, same test: {_fmt(gen['recognised_as_digit_original'], '.3f')})")
+    if report.get("listening_page"):
+        lines += ["", f"Listening page (original, reconstruction, conversion, Codec 2 side by side): "
+                      f"[{report['listening_page']}]({report['listening_page']})"]
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]]
     t = report.get("timings", {})
@@ -225,6 +228,123 @@ def plot_codebook_usage(path: str | os.PathLike, histogram: Sequence[int]) -> Pa
     return Path(path)
 
 
+def choose_clips(clips: Sequence[Any], num_clips: int) -> list[int]:
+    """Indices of ``num_clips`` clips to show: the first clip of each speaker first, then the
+    following clips in order."""
+    chosen: list[int] = []
+    seen: set[Any] = set()
+    for i, c in enumerate(clips):
+        if len(chosen) < num_clips and c.speaker not in seen:
+            chosen.append(i)
+            seen.add(c.speaker)
+    for i in range(len(clips)):
+        if len(chosen) >= num_clips:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return chosen
+
+
+#: Versions shown per clip (key in ``examples`` -> label), after the original.
+SHOWN_VERSIONS = (("vqaudio", "reconstruction"), ("conversion", "conversion"), ("codec2-1200", "codec2-1200"))
+
+
+def _versions(i: int, wavs: Sequence[np.ndarray], examples: dict[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Clip ``i``'s original and the versions of :data:`SHOWN_VERSIONS` present (label -> wav)."""
+    versions = {"original": wavs[i]}
+    for key, label in SHOWN_VERSIONS:
+        if key in examples and len(examples[key][i]):
+            versions[label] = examples[key][i]
+    return versions
+
+
+def write_listening_page(
+    out_dir: str | os.PathLike,
+    report: dict[str, Any],
+    clips: Sequence[Any],
+    wavs: Sequence[np.ndarray],
+    examples: dict[str, Sequence[np.ndarray]],
+    sample_rate: int,
+    num_clips: int = 3,
+    conversion_targets: dict[int, str] | None = None,
+) -> Path:
+    """``report.html``: a static listening page beside the report, with its files in ``listen/``.
+
+    For :func:`choose_clips` clips (one per speaker first): a log-mel spectrogram row
+    (``listen/UTT.png``) and an audio player per version: original, reconstruction, the
+    conversion (to ``conversion_targets[i]``) and Codec 2 at 1200 bit/s when present (16-bit
+    WAVs, ``listen/UTT/*.wav``). Above them, the headline scores of every system and of the
+    conversions. Relative links only, so the folder can be copied or served as it is.
+
+    Args:
+        report: the evaluation report (``systems``, ``conversion``, ``checkpoint``, ``data``).
+        clips, wavs: the evaluated clips and their audio ([T] float32 at ``sample_rate``).
+        examples: system name (``"vqaudio"``, ``"conversion"``, ``"codec2-1200"``...) -> [T]
+            float32 output per clip (empty where there is none).
+
+    Returns:
+        the page's path.
+    """
+    import html
+
+    from vqaudio.audio import save_audio
+
+    out_dir = Path(out_dir)
+    esc = html.escape
+    rows = []
+    for i in choose_clips(clips, num_clips):
+        utt = clips[i].utterance_id
+        versions = _versions(i, wavs, examples)
+        target = (conversion_targets or {}).get(i)
+        image = f"listen/{utt}.png"
+        plot_spectrograms(out_dir / image, [(utt, versions)], sample_rate,
+                          [{"conversion": f"-> {target}"} if target else {}])
+        cells = []
+        for label, wav in versions.items():
+            name = f"conversion_to_{target}" if label == "conversion" and target else label
+            rel = f"listen/{utt}/{name}.wav"
+            save_audio(out_dir / rel, np.asarray(wav, np.float32), sample_rate)
+            title = f"conversion to {target}" if label == "conversion" and target else label
+            cells.append(f'<td><div>{esc(title)}</div><audio controls preload="none" src="{esc(rel)}"></audio></td>')
+        speaker = f" ({esc(str(clips[i].speaker))})" if clips[i].speaker else ""
+        rows.append(f'<section><h3>{esc(utt)}{speaker}</h3>'
+                    f'<img src="{esc(image)}" alt="log-mel spectrograms of {esc(utt)}">'
+                    f'<table><tr>{"".join(cells)}</tr></table></section>')
+
+    score_keys = (("bitrate", "kbit/s", "kbps"), ("stoi", "STOI", ".3f"),
+                  ("speaker_identification", "speaker ID", ".3f"), ("digit_accuracy", "digit acc", ".3f"),
+                  ("wer", "WER", ".3f"))
+    head = "".join(f"<th>{label}</th>" for _, label, _ in score_keys)
+    body = "".join(
+        f"<tr><td>{esc(name)}</td>"
+        + "".join(f"<td>{esc(_fmt(res.get(k), fmt))}</td>" for k, _, fmt in score_keys) + "</tr>"
+        for name, res in report.get("systems", {}).items() if "skipped" not in res
+    )
+    conv = report.get("conversion") or {}
+    conv_line = (f"<p>Speaker conversion, {conv['pairs']} pairs: identified as the target "
+                 f"{esc(_fmt(conv.get('identified_as_target'), '.3f'))}, {esc(_intel(conv))}.</p>" if conv else "")
+    ck = report.get("checkpoint") or {}
+    data = report.get("data", {})
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>vqaudio listening page</title>
+<style>body{{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{padding:4px 8px;border:1px solid #ccc;vertical-align:top}}
+img{{max-width:100%}}audio{{width:220px}}section{{margin:1.5em 0}}</style></head>
+<body><h1>vqaudio listening page</h1>
+<p>Checkpoint {esc(str(ck.get('path') or 'in memory'))} (id {esc(str(ck.get('checkpoint_id')))});
+data {esc(str(data.get('data')))} ({esc(str(data.get('split')))} split, {esc(str(data.get('clips')))} clips),
+{sample_rate} Hz. Full tables: <a href="report.md">report.md</a>.</p>
+<table><tr><th>system</th>{head}</tr>{body}</table>
+{conv_line}
+<h2>Clips</h2>
+{"".join(rows)}
+</body></html>
+"""
+    path = out_dir / "report.html"
+    atomic_write_text(path, page)
+    return path
+
+
 def write_plots(
     out_dir: str | os.PathLike,
     clips: Sequence[Any],
@@ -238,31 +358,15 @@ def write_plots(
     """Spectrograms of a few clips (one per speaker first) and the codebook histogram.
 
     Versions shown: original, vqaudio (reconstruction), conversion, and Codec 2 at 1200 bit/s
-    when present; ``conversion_targets`` maps a clip index to the speaker it was converted to
+    when present (:data:`SHOWN_VERSIONS`); ``conversion_targets`` maps a clip index to the speaker it was converted to
     (shown in the row title). Returns the written paths relative to ``out_dir``.
     """
     out_dir = Path(out_dir)
     written = []
-    chosen: list[int] = []
-    seen: set[Any] = set()
-    for i, c in enumerate(clips):
-        if len(chosen) < num_clips and c.speaker not in seen:
-            chosen.append(i)
-            seen.add(c.speaker)
-    for i in range(len(clips)):
-        if len(chosen) >= num_clips:
-            break
-        if i not in chosen:
-            chosen.append(i)
-    order = [k for k in ("vqaudio", "conversion", "codec2-1200") if k in examples]
     rows = []
     row_notes: list[dict[str, str]] = []
-    for i in chosen:
-        versions = {"original": wavs[i]}
-        for k in order:
-            name = "reconstruction" if k == "vqaudio" else k
-            versions[name] = examples[k][i]
-        rows.append((clips[i].utterance_id, versions))
+    for i in choose_clips(clips, num_clips):
+        rows.append((clips[i].utterance_id, _versions(i, wavs, examples)))
         target = (conversion_targets or {}).get(i)
         row_notes.append({"conversion": f"-> {target}"} if target else {})
     if rows and num_clips > 0:

@@ -1,0 +1,78 @@
+"""``tools/ship_checkpoint.py``: a run's model shipped as a bundled checkpoint, its stretch
+logged with lineage totals, the model card's generated sections rewritten."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from vqaudio.model import VQVAE
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import ship_checkpoint as ship  # noqa: E402
+from test_train import run_recipe, short_fsdd  # noqa: E402
+
+COMMON = ["--batch-size", "4", "--segment-seconds", "0.128", "--lr", "3e-3", "--log-every", "1",
+          "--example-seconds", "0.02", "--num-valid-per-speaker", "1", "--split", "per-speaker"]
+
+
+def fake_evaluation(folder: Path, checkpoint_id: str) -> Path:
+    """A minimal ``vqaudio evaluate`` folder (report.json and report.md) for ``checkpoint_id``."""
+    folder.mkdir(parents=True)
+    report = {"checkpoint": {"checkpoint_id": checkpoint_id}, "data": {"clips": 300},
+              "systems": {"codec2-1200": {"digit_accuracy": 0.74, "speaker_identification": 0.62},
+                          "vqaudio": {"digit_accuracy": 0.31, "speaker_identification": 0.7, "stoi": 0.66}},
+              "conversion": {"identified_as_target": 0.4, "digit_accuracy": 0.25},
+              "codebook": {"codebook_usage": 0.85}}
+    (folder / "report.json").write_text(json.dumps(report))
+    (folder / "report.md").write_text("# vqaudio evaluation\n\n## Reconstruction\n\n| table |\n\n## Plots\n\n![x](x.png)\n")
+    return folder
+
+
+def test_ship_two_stretches_of_one_lineage(tmp_path: Path) -> None:
+    data, _ = short_fsdd(tmp_path / "fsdd")
+    pretrained = tmp_path / "pretrained"
+    run1 = tmp_path / "one" / "vqvae"
+    run_recipe(data, run1.parent, *COMMON, "--max-steps", "2")
+    model1 = VQVAE.from_pretrained(run1)
+    evaluation = fake_evaluation(tmp_path / "eval1", model1.checkpoint_id)
+    (pretrained / "tiny").mkdir(parents=True)
+    (pretrained / "tiny" / "README.md").write_text("# tiny\n\nhand-written\n\n<!-- BEGIN training-log -->\nstale rows\n<!-- END training-log -->\n\ntail\n")
+
+    row = ship.ship(run1, "tiny", evaluation, pretrained_dir=pretrained)
+    assert (row["stretch"], row["steps"], row["total_steps"]) == (1, 2, 2)
+    assert row["samples"] == 2 * 4 * 1024 and row["init_from"] is None and row["cpu_hours"] > 0
+    assert row["scores"]["digit_accuracy"] == 0.31 and row["scores"]["codec2_1200_digit_accuracy"] == 0.74
+    assert row["valid_bits_per_sample"] > 0 and row["valid_step"] == 2
+    shipped = VQVAE.from_pretrained(pretrained / "tiny")
+    assert shipped.checkpoint_id == model1.checkpoint_id
+    card = (pretrained / "tiny" / "README.md").read_text()
+    assert "hand-written" in card and card.rstrip().endswith("<!-- END evaluation -->")
+    assert "stale rows" not in card and "| 1 | " in card and "--max-steps 2" in card
+    assert "### Reconstruction" in card and "Plots" not in card
+
+    # shipping the same run again replaces its row
+    assert ship.ship(run1, "tiny", pretrained_dir=pretrained)["stretch"] == 1
+    # a run that did not start from the shipped weights is refused
+    other = tmp_path / "other" / "vqvae"
+    run_recipe(data, other.parent, *COMMON, "--max-steps", "1")
+    with pytest.raises(ship.ShipError, match="--init-from tiny"):
+        ship.ship(other, "tiny", pretrained_dir=pretrained)
+    # a run from the shipped weights continues the lineage
+    run2 = tmp_path / "two" / "vqvae"
+    run_recipe(data, run2.parent, *COMMON, "--max-steps", "3", "--init-from", str(pretrained / "tiny"))
+    row2 = ship.ship(run2, "tiny", pretrained_dir=pretrained)
+    assert (row2["stretch"], row2["steps"], row2["total_steps"]) == (2, 3, 5)
+    assert row2["total_samples"] == 5 * 4 * 1024 and row2["init_from"] == model1.checkpoint_id
+    assert len(json.loads((pretrained / "tiny" / "training_log.json").read_text())) == 2
+    # evaluation of other weights is refused
+    with pytest.raises(ship.ShipError, match="evaluates checkpoint"):
+        ship.ship(run2, "tiny", evaluation, pretrained_dir=pretrained)
+    # weights over the size limit are refused
+    assert ship.main([str(run2), "--name", "tiny", "--max-mb", "0.001"]) == 2
