@@ -164,6 +164,14 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     assert "resuming from" in resumed.stdout and "step_00000020" in resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 30 and [h["step"] for h in metrics["history"]] == [10, 20, 30]
+    assert json.loads((out / "train_config.json").read_text())["mixed_precision"] in ("bf16", "no")  # auto, resolved
+
+    # out of time after one more step: validated and checkpointed there; --resume goes on from it
+    stopped = _train_prior_cmd(tokens, out, "--steps", "1000", "--resume", "--max-minutes", "0.0001")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped after 0.0001 minutes at step 31" in stopped.stdout
+    assert (out / "checkpoints" / "step_00000031" / "trainer_state.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["history"][-1]["step"] == 31
 
 
 # ----------------------------------------------------------------------------- generation
