@@ -79,6 +79,25 @@ def test_cli_errors_are_one_line_and_keep_existing_files(checkpoint, fsdd_sample
     assert main(["convert", str(clip), "--speaker", "george", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "w.wav")]) == 2
     assert "no such checkpoint directory" in capsys.readouterr().err
 
+    # a missing input is named as such, even where the speaker would have to be guessed
+    assert main(["reconstruct", str(tmp_path / "missing.wav"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.wav")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"vqaudio reconstruct: error: {tmp_path / 'missing.wav'}: file not found"
+
+    # truncated weights: one line naming the file, in every command that loads the model
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for f in checkpoint.iterdir():
+        (cut / f.name).write_bytes(f.read_bytes())
+    (cut / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:200])
+    for command in (["reconstruct", str(clip), "--out", str(tmp_path / "c.wav")],
+                    ["tokenize", str(clip), "--out", str(tmp_path / "tokens")],
+                    ["evaluate", str(fsdd_sample_dir), "--out", str(tmp_path / "eval"), "--max-clips", "1"]):
+        assert main([*command, "--checkpoint", str(cut)]) == 2, command
+        err = capsys.readouterr().err
+        assert f"{cut / 'model.safetensors'}: cannot read the weights" in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+
 
 def test_infer_speaker_from_corpus_names():
     speakers = ["george", "p225", "SF1"]

@@ -254,3 +254,12 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "ckpt" / "speakers.json").unlink()
     with pytest.raises(CheckpointError, match="speakers.json is missing"):
         VQVAE.from_pretrained(tmp_path / "ckpt")
+    # truncated or empty weights: a CheckpointError naming the file, not safetensors' own error
+    model.save_pretrained(tmp_path / "cut")
+    weights = tmp_path / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"cut/model\.safetensors: cannot read the weights"):
+        VQVAE.from_pretrained(tmp_path / "cut")
+    weights.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"cut/model\.safetensors: cannot read the weights"):
+        VQVAE.from_pretrained(tmp_path / "cut")

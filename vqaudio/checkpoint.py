@@ -123,6 +123,7 @@ def read_model_files(
         CheckpointError: the directory or one of its files is missing or malformed, the
             checkpoint is of another model type, or of a newer format version.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -151,7 +152,7 @@ def read_model_files(
         raise CheckpointError(f"{path / SPEAKERS_NAME}: expected a JSON list of speaker names")
     try:
         state = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:  # truncated, empty, not safetensors
         raise CheckpointError(f"{path / WEIGHTS_NAME}: cannot read the weights ({exc})") from None
     return ModelFiles(config=config, speakers=speakers, state=state, meta=meta)
 

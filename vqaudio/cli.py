@@ -58,6 +58,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from vqaudio.inference import infer_speaker
     from vqaudio.model import VQVAE
 
+    _check_input(args.input)  # a missing file is named as such, not as a speaker we cannot tell
     model = VQVAE.from_pretrained(args.checkpoint)
     speaker = args.speaker or infer_speaker(args.input, model.speakers)
     if speaker is None:
@@ -72,7 +73,16 @@ def run_convert(args: argparse.Namespace) -> int:
     """Convert ``args.input`` to ``args.speaker``'s voice."""
     from vqaudio.model import VQVAE
 
+    _check_input(args.input)
     return _decode(VQVAE.from_pretrained(args.checkpoint), args, args.speaker)
+
+
+def _check_input(path: str) -> None:
+    """Raise :class:`vqaudio.audio.AudioError` (naming ``path``) when it is missing, a folder,
+    or not audio that soundfile can open, before a model is loaded."""
+    from vqaudio.audio import open_audio
+
+    open_audio(path).close()
 
 
 def _decode(model, args: argparse.Namespace, speaker: str) -> int:
