@@ -306,6 +306,25 @@ def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt):
         tk.detokenize(tmp_path / "tok", other, tmp_path / "wav2", progress=False)
 
 
+def test_detokenize_keeps_same_stem_files_apart(tmp_path, ckpt):
+    """x.wav and x.flac decode to x.wav and x.flac.wav: neither overwrites the other."""
+    src = _fsdd_recordings()
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    wav, sr = sf.read(str(src / "5_george_1.wav"), dtype="float32")
+    sf.write(str(clips / "5_george_1.wav"), wav[2000:2000 + 3 * 64], sr)
+    sf.write(str(clips / "5_george_1.flac"), wav[3000:3000 + 4 * 64], sr)
+    tk.tokenize(clips, ckpt, tmp_path / "tok", progress=False)
+    written = tk.detokenize(tmp_path / "tok", ckpt, tmp_path / "wav", progress=False)
+    assert sorted(p.name for p in written) == ["5_george_1.flac.wav", "5_george_1.wav"]
+    assert sf.info(str(tmp_path / "wav" / "5_george_1.wav")).frames == 3 * 64
+    assert sf.info(str(tmp_path / "wav" / "5_george_1.flac.wav")).frames == 4 * 64
+    assert tk.output_names(["a/x.mp3", "a/x.flac", "a/y.flac"]) == [Path("a/x.mp3.wav"), Path("a/x.flac.wav"),
+                                                                    Path("a/y.wav")]
+    with pytest.raises(ValueError, match="would both be decoded"):
+        tk.output_names(["x.flac", "x.flac"])
+
+
 def test_rerun_in_another_format_reuses_the_shards(tmp_path, ckpt, corpus):
     tk.tokenize(corpus, ckpt, tmp_path / "tok", format="bin", progress=False)
     before = read_tokens(tmp_path / "tok")

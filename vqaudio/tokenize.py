@@ -1077,7 +1077,9 @@ def detokenize(
     Entries are decoded ``batch_size`` at a time in one generation loop
     (``model.decode_batch``: sample by sample, the fastest available path, each entry for its
     own length) and written to ``out_dir / <its path with suffix .wav>`` as 16-bit WAV at
-    the model rate, ``len(codes) * hop_length`` samples long. Existing outputs are kept (the
+    the model rate, ``len(codes) * hop_length`` samples long (:func:`output_names`: where two
+    entries would share a name, ``x.wav`` and ``x.flac``, the second keeps its suffix,
+    ``x.flac.wav``). Existing outputs are kept (the
     run can be resumed) unless ``overwrite``. The audio does not depend on ``batch_size``:
     each entry's sampling noise is drawn from ``seed``'s generator in entry order.
 
@@ -1137,8 +1139,9 @@ def detokenize(
         batch_size = 4 * available_cores() if model.device.type == "cpu" else 64
     todo: list[tuple[Path, np.ndarray, int]] = []
     warned = False
-    for e in entries:
-        target = out / _safe_relative(e.path).with_suffix(".wav")
+    names = output_names([e.path for e in tokens.entries])  # of all entries: the same names with --limit
+    for e, name in zip(entries, names):
+        target = out / name
         if target.exists() and not overwrite:
             continue
         if fixed is not None:
@@ -1162,6 +1165,30 @@ def detokenize(
                 written.append(save_audio(target, wav[0], model.sample_rate))
             bar.update(len(batch))
     return written
+
+
+def output_names(paths: Sequence[str]) -> list[Path]:
+    """Relative WAV names for token entries' source ``paths``, distinct for distinct paths.
+
+    ``a/x.flac`` -> ``a/x.wav``; where that name is taken by several entries (``x.wav`` and
+    ``x.flac``), each entry whose suffix is not ``.wav`` keeps it: ``a/x.flac.wav``.
+
+    Raises:
+        ValueError: two entries have the same path (names the path).
+    """
+    from collections import Counter
+
+    rels = [_safe_relative(p) for p in paths]
+    default = [r.with_suffix(".wav") for r in rels]
+    taken = Counter(default)
+    names = [r.with_name(r.name + ".wav") if taken[d] > 1 and r.suffix.lower() != ".wav" else d
+             for r, d in zip(rels, default)]
+    seen: dict[Path, str] = {}
+    for path, name in zip(paths, names):
+        if name in seen:
+            raise ValueError(f"token entries {seen[name]!r} and {path!r} would both be decoded to {name}")
+        seen[name] = path
+    return names
 
 
 def _safe_relative(path: str) -> Path:
