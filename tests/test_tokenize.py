@@ -325,6 +325,21 @@ def test_detokenize_keeps_same_stem_files_apart(tmp_path, ckpt):
         tk.output_names(["x.flac", "x.flac"])
 
 
+def test_rerun_tokenizes_a_changed_input_again(tmp_path, ckpt, corpus):
+    root = tmp_path / "fsdd"
+    shutil.copytree(corpus, root)
+    first = tk.tokenize(root, ckpt, tmp_path / "tok", progress=False)
+    assert first.num_tokenized == 8
+    changed = root / "0_theo_1.wav"
+    shutil.copy(_fsdd_recordings() / "9_theo_7.wav", changed)  # another recording under the same name
+    again = tk.tokenize(root, ckpt, tmp_path / "tok", progress=False)
+    assert (again.num_tokenized, again.num_skipped) == (1, 7)
+    entry = next(e for e in read_tokens(tmp_path / "tok") if e.path == "0_theo_1.wav")
+    np.testing.assert_array_equal(entry.codes, _reference_codes(_tiny_model(), changed))
+    assert len(read_tokens(tmp_path / "tok")) == 8
+    assert tk.tokenize(root, ckpt, tmp_path / "tok", progress=False).num_tokenized == 0
+
+
 def test_rerun_in_another_format_reuses_the_shards(tmp_path, ckpt, corpus):
     tk.tokenize(corpus, ckpt, tmp_path / "tok", format="bin", progress=False)
     before = read_tokens(tmp_path / "tok")

@@ -17,7 +17,8 @@
 4. **Shards**: finished files are written to ``OUT/shards/`` in shards (codes + a JSON
    index), each written under a temporary name and renamed; the index is the commit. A
    re-run skips the files already in shards, so a killed run loses at most the shard in
-   progress. Unreadable, empty, non-audio or NaN files are recorded as failures, never stop
+   progress; a file whose size or modification time changed since (:func:`file_stamp`) is
+   tokenized again. Unreadable, empty, non-audio or NaN files are recorded as failures, never stop
    the run, and are tried again by the next run.
 5. **Merge**: the shards of all processes are merged, sorted by path, into the requested
    format (:mod:`vqaudio.tokens`: ``bin``, ``jsonl``, ``parquet``) with ``metadata.json``,
@@ -598,7 +599,7 @@ def tokenize(
     model = _load_model(checkpoint, device)
     run_info = _run_info(model, precision)
     _init_shards(out, run_info)
-    done, _ = _read_shards(out / SHARDS_DIR)
+    done, _ = _read_shards(out / SHARDS_DIR, files)  # a changed input is done again
     mine = [f for f in files[rank::world_size] if f.key not in done]
     summary = TokenizeSummary(out, num_files=len(files), num_skipped=sum(f.key in done for f in files))
     if num_threads is None and model.device.type == "cpu":
@@ -727,16 +728,34 @@ def _init_shards(out: Path, info: dict[str, Any]) -> None:
     atomic_write_json(run, info)
 
 
-def _read_shards(shards: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Committed shards -> (key -> entry with its codes file, key -> failure reason)."""
+def file_stamp(path: str | os.PathLike) -> list[int]:
+    """``[size in bytes, modification time in ns]`` of a file: recorded with its codes, so a
+    resumed run tokenizes a file again when it changed (``[-1, -1]`` when it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_shards(shards: Path, files: Sequence[SourceFile] | None = None
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Committed shards -> (key -> entry with its codes file, key -> failure reason).
+
+    With ``files``, an entry whose recorded :func:`file_stamp` differs from its file's stamp
+    now (the input changed since it was tokenized) is left out, so the file counts as not done.
+    """
     done: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     if not shards.is_dir():
         return done, failed
+    now = {f.key: file_stamp(f.path) for f in files} if files is not None else {}
     for index_file in sorted(p for p in shards.iterdir() if _SHARD_NAME.match(p.name)):
         index = json.loads(index_file.read_text())
         codes_file = index_file.with_suffix(".codes")
         for e in index["entries"]:
+            if "stamp" in e and e["key"] in now and e["stamp"] != now[e["key"]]:
+                continue  # made from an older version of the file
             done.setdefault(e["key"], {**e, "codes_file": codes_file, "dtype": index["dtype"]})
         for key, reason in index["failures"]:
             failed[key] = reason
@@ -763,7 +782,8 @@ class _ShardWriter:
         self.opened = time.monotonic()
 
     def add(self, f: SourceFile, codes: np.ndarray, num_samples: int, sample_rate: int) -> None:
-        self.entries.append({"key": f.key, "speaker": f.speaker, "num_samples": int(num_samples),
+        self.entries.append({"key": f.key, "stamp": file_stamp(f.path), "speaker": f.speaker,
+                             "num_samples": int(num_samples),
                              "duration": num_samples / sample_rate, "offset": self.position,
                              "length": int(codes.size)})
         self.codes.append(codes.astype(self.dtype))
@@ -964,7 +984,7 @@ def merge_shards(
     Raises:
         RuntimeError: some files are in no shard (a process did not finish): run again.
     """
-    done, failed = _read_shards(out / SHARDS_DIR)
+    done, failed = _read_shards(out / SHARDS_DIR, files)
     missing = [f.key for f in files if f.key not in done and f.key not in failed]
     if missing:
         raise RuntimeError(
