@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -239,8 +240,14 @@ def _write_bad_files(root: Path) -> dict[str, str]:
     nan[400] = np.nan
     sf.write(str(root / "2_bad_0.wav"), nan, 8000, subtype="FLOAT")
     sf.write(str(root / "3_bad_0.wav"), np.full(20, 0.1, np.float32), 8000)
+    (root / "4_bad_0.wav").symlink_to(root / "gone.wav")  # dangling
+    (root / "5_bad_0.wav").symlink_to(root / "5_bad_0.wav")  # a loop
+    (root / "6_bad_0.wav").mkdir()  # a folder with an audio name
+    os.mkfifo(root / "7_bad_0.wav")  # reading it would block
     return {"0_bad_0.wav": "cannot decode", "1_bad_0.wav": "no audio samples",
-            "2_bad_0.wav": "NaN", "3_bad_0.wav": "too short"}
+            "2_bad_0.wav": "NaN", "3_bad_0.wav": "too short",
+            "4_bad_0.wav": "dangling symbolic link", "5_bad_0.wav": "symbolic link loop",
+            "6_bad_0.wav": "is a directory", "7_bad_0.wav": "not a regular file"}
 
 
 def test_bad_files_are_listed_and_counted(tmp_path, ckpt, corpus):
@@ -258,9 +265,20 @@ def test_bad_files_are_listed_and_counted(tmp_path, ckpt, corpus):
         path, reason = line.split("\t")
         assert bad[path] in reason, (path, reason)
     ts = read_tokens(tmp_path / "tok")
-    assert len(ts) == 8 and ts.metadata["num_failures"] == 4
+    assert len(ts) == 8 and ts.metadata["num_failures"] == 8
     summary = tk.tokenize(root, ckpt, tmp_path / "tok", progress=False)
-    assert summary.num_failed == 4 and "4 failed" in summary.describe()
+    assert summary.num_failed == 8 and "8 failed" in summary.describe()
+
+
+def test_unreadable_file_says_permission_denied(tmp_path, monkeypatch):
+    from vqaudio.audio import AudioError, check_readable
+
+    clip = tmp_path / "x.wav"
+    sf.write(str(clip), np.zeros(100, np.float32), 8000)
+    check_readable(clip)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # the test may run as root
+    with pytest.raises(AudioError, match=r"x\.wav: permission denied"):
+        check_readable(clip)
 
 
 def test_refuses_foreign_output_and_other_checkpoint(tmp_path, ckpt, corpus):

@@ -78,17 +78,54 @@ def open_audio(path: str | os.PathLike) -> sf.SoundFile:
         an open ``soundfile.SoundFile`` (use it as a context manager).
 
     Raises:
-        AudioError: the file is missing, is a directory, or cannot be decoded.
+        AudioError: the file cannot be opened (:func:`check_readable` says why) or decoded.
     """
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "file not found")
-    if path.is_dir():
-        raise AudioError(path, "is a directory, not an audio file")
+    check_readable(path)
     try:
         return sf.SoundFile(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         raise AudioError(path, f"cannot decode audio ({exc})") from None
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Check that ``path`` is a regular file this process may read, before anything opens it
+    (opening a FIFO would block).
+
+    Raises:
+        AudioError: naming the problem: "file not found", "dangling symbolic link (its target
+            is missing)", "symbolic link loop", "is a directory, not an audio file", "not a
+            regular file (a FIFO, socket or device)", "permission denied", or the system's
+            reason for another failure.
+    """
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AudioError(path, "dangling symbolic link (its target is missing)" if os.path.islink(path)
+                         else "file not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise AudioError(path, "symbolic link loop") from None
+        if exc.errno == errno.EACCES:
+            raise AudioError(path, "permission denied") from None
+        raise AudioError(path, f"cannot access the file ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise AudioError(path, "is a directory, not an audio file")
+    if not stat.S_ISREG(mode):
+        raise AudioError(path, "not a regular file (a FIFO, socket or device)")
+    if not os.access(path, os.R_OK):
+        raise AudioError(path, "permission denied")
+
+
+def is_audio_name(path: Path) -> bool:
+    """Whether directory listings take ``path`` as an audio file: an :data:`AUDIO_EXTENSIONS`
+    suffix (any case) and not hidden, whatever it is on disk, so that a dangling link, a link
+    loop, a folder named ``x.wav`` or a FIFO is listed, and reported when it is read, instead
+    of being left out silently."""
+    return path.suffix.lower() in AUDIO_EXTENSIONS and not path.name.startswith(".")
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -133,8 +170,9 @@ def save_audio(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_r
 def find_audio_files(inputs: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
     """Expand files and directories into a sorted list of audio files.
 
-    Directories are searched recursively for :data:`AUDIO_EXTENSIONS` (case-insensitive);
-    explicit files are kept whatever their extension.
+    Directories are searched recursively for names with :data:`AUDIO_EXTENSIONS`
+    (case-insensitive, :func:`is_audio_name`: broken links, FIFOs and folders with such names
+    included, to be reported when read); explicit files are kept whatever their extension.
 
     Raises:
         FileNotFoundError: an input does not exist.
@@ -145,10 +183,8 @@ def find_audio_files(inputs: str | os.PathLike | list[str | os.PathLike]) -> lis
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files.extend(
-                sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
-            )
-        elif p.exists():
+            files.extend(sorted(f for f in p.rglob("*") if is_audio_name(f)))
+        elif p.exists() or p.is_symlink():
             files.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")

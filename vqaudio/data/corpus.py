@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqaudio.audio import AUDIO_EXTENSIONS, find_audio_files
+from vqaudio.audio import AUDIO_EXTENSIONS, find_audio_files, is_audio_name
 
 #: Microphones of VCTK 0.92.
 VCTK_MICS = ("mic1", "mic2")
@@ -192,7 +192,8 @@ def corpus_from_files(files: Sequence[str | os.PathLike], speaker_from: str = "a
     files whose ids collide get their full path (without suffix) as id.
 
     Raises:
-        CorpusError: no files, a folder or missing file in the list, or a bad ``speaker_from``.
+        CorpusError: no files, a missing path or a folder in the list (a folder with an audio
+            name is kept, to fail with its reason when read), or a bad ``speaker_from``.
     """
     if speaker_from not in ("auto", "parent", "none"):
         raise CorpusError(f"speaker_from must be 'auto', 'parent' or 'none', got {speaker_from!r}")
@@ -201,8 +202,10 @@ def corpus_from_files(files: Sequence[str | os.PathLike], speaker_from: str = "a
     utterances = []
     for f in files:
         f = Path(f)
-        if not f.is_file():
-            raise CorpusError(f"{f}: not an audio file (missing, or a folder)")
+        if not os.path.lexists(f):
+            raise CorpusError(f"{f}: not an audio file (missing)")
+        if f.is_dir() and not is_audio_name(f):  # a folder named x.wav is listed, and fails when read
+            raise CorpusError(f"{f}: not an audio file (a folder)")
         parent = f.parent.name
         if speaker_from == "none":
             utterances.append(Utterance(f, None, f.stem))
@@ -307,7 +310,7 @@ def _discover_vctk(wav_dir: Path, txt_dir: Path, layout: str, mic: str, root: Pa
     utterances = []
     for d in sorted(p for p in wav_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         speaker = d.name
-        for f in sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")):
+        for f in sorted(p for p in d.iterdir() if not p.name.startswith(".")):
             if layout == "vctk-0.92":
                 m = _VCTK92_NAME.match(f.name)
                 if m is None or m.group("mic").lower() != mic:
@@ -330,11 +333,7 @@ def _audio_in(folder: Path) -> list[Path]:
     """Audio files directly in ``folder`` (not in subfolders), sorted; [] if it is no folder."""
     if not folder.is_dir():
         return []
-    return sorted(
-        f
-        for f in folder.iterdir()
-        if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS and not f.name.startswith(".")
-    )
+    return sorted(f for f in folder.iterdir() if is_audio_name(f))
 
 
 def _hidden(path: Path, under: Path) -> bool:
