@@ -392,6 +392,24 @@ def test_init_from_max_minutes_and_warmup_through_the_recipe(tmp_path):
     assert "residual_channels: checkpoint 16, given 8" in proc.stderr
 
 
+def test_resume_keeps_the_runs_split_and_warns_about_padding_only_segments(tmp_path):
+    data, _ = short_fsdd(tmp_path / "fsdd", per_speaker=4)
+    common = ["--batch-size", "4", "--lr", "3e-3", "--log-every", "1", "--valid-every", "1",
+              "--example-seconds", "0.02", "--num-valid-per-speaker", "1"]
+    proc = run_recipe(data, tmp_path / "out", *common, "--max-steps", "1", "--split", "per-speaker",
+                      "--segment-seconds", "5")
+    assert "warning: segments of 5.000 s are longer than every training utterance" in proc.stderr
+    run = tmp_path / "out" / "vqvae"
+    held_out = json.loads((run / "data.json").read_text())["valid_utterances"]
+    assert len(held_out) == 3  # per-speaker: FSDD's official split would hold out none of these takes
+    # resumed without --split: the run's split, the same held-out utterances
+    proc = run_recipe(data, tmp_path / "out", *common, "--max-steps", "2", "--segment-seconds", "5", "--resume")
+    assert "trained 2 steps" in proc.stdout and "3 held-out" in proc.stdout
+    proc = run_recipe(data, tmp_path / "out", *common, "--max-steps", "3", "--segment-seconds", "5", "--resume",
+                      "--split", "official", check=False)
+    assert proc.returncode == 2 and "trained with split_method 'per-speaker', not 'official'" in proc.stderr
+
+
 def test_sigterm_stops_at_the_end_of_a_step_with_a_checkpoint(tmp_path):
     import signal
     import time

@@ -395,8 +395,8 @@ def train(
     model_config: VQVAEConfig | None = None,
     train_config: TrainConfig | None = None,
     *,
-    mic: str = "mic1",
-    split_method: str = "auto",
+    mic: str | None = None,
+    split_method: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     cpu: bool = False,
@@ -422,8 +422,11 @@ def train(
         train_config: how to train. Default: the saved config when resuming, else
             ``TrainConfig()``. When resuming, only :data:`RESUMABLE_FIELDS` may differ from
             the saved one.
-        mic: VCTK 0.92 microphone (``"mic1"`` / ``"mic2"``).
-        split_method: train/validation split method of :func:`vqaudio.data.split_corpus`.
+        mic: VCTK 0.92 microphone (``"mic1"`` / ``"mic2"``); default ``"mic1"``, or the run's
+            when resuming.
+        split_method: train/validation split method of :func:`vqaudio.data.split_corpus`;
+            default ``"auto"``, or the run's when resuming (a different one is refused, as is
+            a corpus whose held-out utterances differ from the run's).
         resume: continue from the latest checkpoint in ``out``; when ``out`` holds no run yet,
             start a new one there.
         overwrite: delete a previous run in ``out`` first (only a folder holding
@@ -472,11 +475,19 @@ def train(
     if existing == "other" or (existing == "run" and not resume and not overwrite):
         raise FileExistsError(_refusal_message(run, existing))
 
+    saved_data: dict[str, Any] = {}
     if resuming:
         saved_train = _read_train_config(run)
         saved_model = config_from_dict(VQVAEConfig, _read_json(run / MODEL_CONFIG_NAME))
         train_config = _check_resumable(saved_train, train_config or saved_train)
         model_config = model_config or saved_model
+        saved_data = _read_json(run / DATA_NAME)
+        for name, given in (("split_method", split_method), ("mic", mic)):
+            if given is not None and saved_data.get(name, given) != given:
+                raise ValueError(f"{run}: the run was trained with {name} {saved_data[name]!r}, not {given!r}; "
+                                 f"resume with the same (or leave it out)")
+    mic = mic or saved_data.get("mic", "mic1")
+    split_method = split_method or saved_data.get("split_method", "auto")
     init_model = None
     if init_from is not None and not (resuming and latest_checkpoint(run) is not None):
         init_model = VQVAE.from_pretrained(resolve_checkpoint(init_from))
@@ -528,6 +539,14 @@ def train(
         hop_length=hop, random_offsets=True, preload=cfg.preload,
         seed=cfg.seed * 65536 + accelerator.process_index, num_threads=2, progress=show,
     )
+    if saved_data.get("valid_utterances") not in (None, [u.utterance_id for u in valid_corpus.utterances]):
+        raise ValueError(f"{run}: the held-out utterances of this corpus differ from the run's; resume with "
+                         f"the same data")
+    lengths = train_set.lengths
+    if main and lengths and max(lengths) < segment_length:
+        print(f"warning: segments of {segment_length / sample_rate:.3f} s are longer than every training "
+              f"utterance (longest {max(lengths) / sample_rate:.3f} s): the rest of each is zero padding; "
+              f"lower --segment-seconds", file=sys.stderr)
     global_batch = cfg.batch_size * accelerator.num_processes
     if len(train_set) < global_batch:
         raise ValueError(
@@ -1343,11 +1362,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (starts it if there is none)")
     g.add_argument("--overwrite", action="store_true", help="delete the previous run in --out first")
-    g.add_argument("--mic", default="mic1", choices=("mic1", "mic2"), help="VCTK 0.92 microphone (default mic1)")
-    g.add_argument("--split", dest="split_method", default="auto",
+    g.add_argument("--mic", choices=("mic1", "mic2"), help="VCTK 0.92 microphone (default mic1; the run's when resuming)")
+    g.add_argument("--split", dest="split_method",
                    choices=("auto", "official", "parallel", "per-speaker"),
                    help="train/validation split (default auto: FSDD's official test takes, "
-                        "parallel sentences, or the last utterances of each speaker)")
+                        "parallel sentences, or the last utterances of each speaker; the run's when resuming)")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
     g.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start a new run from this VQ-VAE's weights (directory, run or bundled name such as "

@@ -175,6 +175,11 @@ class SegmentDataset(Dataset):
         }
 
     @property
+    def lengths(self) -> list[int] | None:
+        """Samples of each preloaded utterance at ``sample_rate`` (``None`` when not preloaded)."""
+        return None if self._audio is None else [len(a) for a in self._audio]
+
+    @property
     def num_samples(self) -> int | None:
         """Total preloaded samples at ``sample_rate`` (``None`` when not preloaded)."""
         return None if self._audio is None else sum(len(a) for a in self._audio)
