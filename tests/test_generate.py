@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,11 +129,11 @@ def _train_prior_cmd(tokens: Path, out: Path, *extra: str) -> subprocess.Complet
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
+def _real_tokens(vqvae, tokens: Path) -> Path:
+    """A token folder of 15 real FSDD clips per speaker, encoded by ``vqvae``."""
     from vqaudio.audio import load_audio
     from vqaudio.tokens import TokenEntry, write_token_dir
 
-    vqvae, _ = saved_vqvae
     entries = []
     for spk in SPEAKERS:
         for f in sorted(RECORDINGS.glob(f"*_{spk}_*.wav"))[:15]:
@@ -140,9 +141,13 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
             entries.append(TokenEntry(f.name, spk, vqvae.encode(wav)[0].numpy()))
     meta = {"checkpoint_id": vqvae.checkpoint_id, "sample_rate": vqvae.sample_rate, "hop_length": 64,
             "codebook_size": 16, "speakers": SPEAKERS}
-    tokens = tmp_path / "tokens"
     write_token_dir(tokens, entries, meta)
+    return tokens
 
+
+def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
+    vqvae, _ = saved_vqvae
+    tokens = _real_tokens(vqvae, tmp_path / "tokens")
     out = tmp_path / "prior"
     done = _train_prior_cmd(tokens, out, "--steps", "20")
     assert done.returncode == 0, done.stderr
@@ -172,6 +177,24 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     assert "stopped after 0.0001 minutes at step 31" in stopped.stdout
     assert (out / "checkpoints" / "step_00000031" / "trainer_state.json").is_file()
     assert json.loads((out / "metrics.json").read_text())["history"][-1]["step"] == 31
+
+
+def test_prior_schedule_is_the_same_with_two_processes(saved_vqvae, tmp_path):
+    # Accelerate's scheduler wrapper would step the schedule once per process: warm-up over
+    # in half the steps with two. The trainer steps it once per optimizer step.
+    vqvae, _ = saved_vqvae
+    tokens = _real_tokens(vqvae, tmp_path / "tokens")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29500 + (os.getpid() + 7) % 1000), "-m", "vqaudio.cli", "train-prior", str(tokens),
+           "--out", str(tmp_path / "prior"), "--d-model", "32", "--layers", "1", "--heads", "2", "--max-len", "64",
+           "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "10", "--steps", "10", "--eval-every", "5",
+           "--save-every", "10", "--val-fraction", "0.2", "--cpu", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    history = json.loads((tmp_path / "prior" / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [5, 10]
+    assert history[0]["learning_rate"] == pytest.approx(1e-3 * 6 / 10)  # lambda(5) = (5 + 1) / 10
 
 
 # ----------------------------------------------------------------------------- generation

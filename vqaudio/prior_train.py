@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -469,7 +470,11 @@ def train_prior(
     )
     train_loader = DataLoader(train_data, batch_size=train_config.batch_size, shuffle=False,
                               num_workers=train_config.num_workers, drop_last=True)
-    model, optimizer, scheduler, train_loader = accelerator.prepare(model, optimizer, scheduler, train_loader)
+    # The scheduler is not prepared: Accelerate's wrapper steps it once per process at every
+    # call, which would end warm-up and decay num_processes times too early. It is stepped
+    # once per optimizer step here and saved with the checkpoints.
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    accelerator.register_for_checkpointing(scheduler)
     val_loader = None
     if val_seqs:
         val_loader = accelerator.prepare(
@@ -480,6 +485,10 @@ def train_prior(
     step = 0
     resumed_loss = float("nan")
     if checkpoint is not None:
+        old = checkpoint / "scheduler.bin"  # written before the scheduler was stepped outside Accelerate
+        if old.is_file() and not (checkpoint / "custom_checkpoint_0.pkl").exists() and accelerator.is_main_process:
+            shutil.copyfile(old, checkpoint / "custom_checkpoint_0.pkl")
+        accelerator.wait_for_everyone()
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
         step, history = int(state["step"]), list(state.get("history", []))
@@ -532,7 +541,8 @@ def train_prior(
 
     def run_eval() -> dict[str, Any]:
         bits = evaluate_bits_per_code(model, val_loader, accelerator) if val_loader is not None else float("nan")
-        record = {"step": step, "val_bits_per_code": bits, "train_loss_nats": running_loss}
+        record = {"step": step, "val_bits_per_code": bits, "train_loss_nats": running_loss,
+                  "learning_rate": scheduler.get_last_lr()[0]}
         history.append(record)
         accelerator.print(
             f"step {step}: validation {bits:.3f} bits/code (unigram entropy "
