@@ -179,6 +179,22 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["history"][-1]["step"] == 31
 
 
+def test_recipe_prior_sizes_fit_the_device(monkeypatch):
+    from vqaudio.prior_train import CPU_PRIOR, PriorTrainConfig, add_prior_recipe_arguments, prior_configs_from_recipe_args
+
+    parser = argparse.ArgumentParser()
+    add_prior_recipe_arguments(parser)
+    parser.add_argument("--cpu", action="store_true")
+    model, train = prior_configs_from_recipe_args(parser.parse_args(["--cpu"]))
+    assert (model.d_model, model.n_layers, model.max_len) == (CPU_PRIOR["d_model"], CPU_PRIOR["n_layers"], 256)
+    assert (train.steps, train.window, train.learning_rate) == (3000, 128, 1e-3)
+    model, train = prior_configs_from_recipe_args(parser.parse_args(["--cpu", "--prior-d-model", "64", "--prior-steps", "7"]))
+    assert (model.d_model, train.steps) == (64, 7)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model, train = prior_configs_from_recipe_args(parser.parse_args([]))
+    assert (model.d_model, train.steps, train.window) == (PriorConfig().d_model, PriorTrainConfig().steps, None)
+
+
 def test_prior_schedule_is_the_same_with_two_processes(saved_vqvae, tmp_path):
     # Accelerate's scheduler wrapper would step the schedule once per process: warm-up over
     # in half the steps with two. The trainer steps it once per optimizer step.

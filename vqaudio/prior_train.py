@@ -661,20 +661,33 @@ def run_train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The recipe's prior on a CPU (no GPU, or ``--cpu``): the quickstart's size. The GPU sizes
+#: (:class:`PriorConfig` and :class:`PriorTrainConfig` defaults) take about 18 s a step on a
+#: 2-core CPU, so 20,000 steps would be some 100 hours.
+CPU_PRIOR = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_len": 256, "window": 128,
+             "steps": 3000, "learning_rate": 1e-3}
+
+
 def add_prior_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of a recipe's prior stage, prefixed ``--prior-`` so they do not clash with the
     VQ-VAE's (``--prior-steps``, ``--prior-d-model``, ...). ``--resume``, ``--cpu`` and
-    ``--seed`` are the recipe's own."""
-    d, t = PriorConfig(), PriorTrainConfig()
+    ``--seed`` are the recipe's own. Sizes left out fit the device the recipe runs on:
+    :class:`PriorConfig` / :class:`PriorTrainConfig` defaults on a GPU, :data:`CPU_PRIOR` on a CPU."""
+    d, t, c = PriorConfig(), PriorTrainConfig(), CPU_PRIOR
+
+    def both(gpu: Any, cpu: Any) -> str:
+        return f"default {gpu} on a GPU, {cpu} on a CPU"
+
     g = parser.add_argument_group("prior stage")
-    g.add_argument("--prior-steps", type=int, default=t.steps, help=f"prior training steps (default {t.steps})")
+    g.add_argument("--prior-steps", type=int, help=f"prior training steps ({both(t.steps, c['steps'])})")
     g.add_argument("--prior-batch-size", type=int, default=t.batch_size, help=f"default {t.batch_size}")
-    g.add_argument("--prior-lr", type=float, default=t.learning_rate, help=f"default {t.learning_rate}")
-    g.add_argument("--prior-window", type=int, default=None, help="codes per training window (default: see train-prior)")
-    g.add_argument("--prior-d-model", type=int, default=d.d_model, help=f"default {d.d_model}")
-    g.add_argument("--prior-layers", type=int, default=d.n_layers, help=f"default {d.n_layers}")
-    g.add_argument("--prior-heads", type=int, default=d.n_heads, help=f"default {d.n_heads}")
-    g.add_argument("--prior-max-len", type=int, default=d.max_len, help=f"context in codes (default {d.max_len})")
+    g.add_argument("--prior-lr", type=float, help=both(t.learning_rate, c["learning_rate"]))
+    g.add_argument("--prior-window", type=int,
+                   help=f"codes per training window (default on a GPU: see train-prior; {c['window']} on a CPU)")
+    g.add_argument("--prior-d-model", type=int, help=both(d.d_model, c["d_model"]))
+    g.add_argument("--prior-layers", type=int, help=both(d.n_layers, c["n_layers"]))
+    g.add_argument("--prior-heads", type=int, help=both(d.n_heads, c["n_heads"]))
+    g.add_argument("--prior-max-len", type=int, help=f"context in codes ({both(d.max_len, c['max_len'])})")
     g.add_argument("--prior-dropout", type=float, default=d.dropout, help=f"default {d.dropout}")
     g.add_argument("--prior-eval-every", type=int, default=t.eval_every, help=f"default {t.eval_every}")
     g.add_argument("--prior-save-every", type=int, default=t.save_every, help=f"default {t.save_every}")
@@ -682,14 +695,26 @@ def add_prior_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfig, PriorTrainConfig]:
     """The configs of :func:`train_prior` from :func:`add_prior_recipe_arguments` options (and
-    the recipe's ``seed``, ``cpu`` and ``mixed_precision`` if it has them)."""
+    the recipe's ``seed``, ``cpu`` and ``mixed_precision`` if it has them); sizes not given
+    are the GPU defaults where a GPU will train the prior, else :data:`CPU_PRIOR`."""
+    cpu = bool(getattr(args, "cpu", False)) or not torch.cuda.is_available()
+    d, t = PriorConfig(), PriorTrainConfig()
+    base = CPU_PRIOR if cpu else {"d_model": d.d_model, "n_layers": d.n_layers, "n_heads": d.n_heads,
+                                  "max_len": d.max_len, "window": None, "steps": t.steps,
+                                  "learning_rate": t.learning_rate}
+
+    def pick(value: Any, key: str) -> Any:
+        return base[key] if value is None else value
+
     prior_config = PriorConfig(
-        d_model=args.prior_d_model, n_layers=args.prior_layers, n_heads=args.prior_heads,
-        max_len=args.prior_max_len, dropout=args.prior_dropout,
+        d_model=pick(args.prior_d_model, "d_model"), n_layers=pick(args.prior_layers, "n_layers"),
+        n_heads=pick(args.prior_heads, "n_heads"), max_len=pick(args.prior_max_len, "max_len"),
+        dropout=args.prior_dropout,
     )
     train_config = PriorTrainConfig(
-        steps=args.prior_steps, batch_size=args.prior_batch_size, learning_rate=args.prior_lr,
-        window=args.prior_window, eval_every=args.prior_eval_every, save_every=args.prior_save_every,
+        steps=pick(args.prior_steps, "steps"), batch_size=args.prior_batch_size,
+        learning_rate=pick(args.prior_lr, "learning_rate"), window=pick(args.prior_window, "window"),
+        eval_every=args.prior_eval_every, save_every=args.prior_save_every,
         seed=getattr(args, "seed", None) or 0, cpu=bool(getattr(args, "cpu", False)),
         mixed_precision=getattr(args, "mixed_precision", None) or "auto",
     )
@@ -697,6 +722,7 @@ def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfi
 
 
 __all__ = [
+    "CPU_PRIOR",
     "CodeSequence",
     "add_prior_recipe_arguments",
     "prior_configs_from_recipe_args",
