@@ -263,3 +263,24 @@ def test_checkpoint_errors(tmp_path):
     weights.write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"cut/model\.safetensors: cannot read the weights"):
         VQVAE.from_pretrained(tmp_path / "cut")
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_time_major_forward_equals_the_conv_modules(kernel_size):
+    torch.manual_seed(0)
+    net = WaveNet(tiny_config(kernel_size=kernel_size).decoder, hop_length=64)
+    inputs = torch.randint(0, 256, (3, 5 * 64))
+    local = torch.randn(3, 8, 5)
+    speaker = torch.tensor([0, 1, 1])
+    reference = net.forward_channels_first(inputs, local, speaker)
+    logits = net(inputs, local, speaker)
+    assert logits.shape == (3, 256, 5 * 64)
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net.forward_time_major(inputs, local, speaker), reference.transpose(1, 2),
+                               rtol=1e-5, atol=1e-5)
+    # the same gradients reach the weights
+    grads = torch.autograd.grad(logits.square().sum(), list(net.parameters()))
+    ref_grads = torch.autograd.grad(net.forward_channels_first(inputs, local, speaker).square().sum(),
+                                    list(net.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)

@@ -49,7 +49,8 @@ class VQVAEOutput:
         perplexity: of the batch's code distribution.
         codes_in_use: distinct codes in the batch.
         codes: [B, T // hop_length] int64.
-        logits: [B, Q, T] float32 decoder logits.
+        logits: [B, Q, T] decoder logits (float32; bf16 under bf16 autocast), a transposed
+            view of the time-major [B, T, Q] result.
     """
 
     loss: torch.Tensor
@@ -147,8 +148,8 @@ class VQVAE(nn.Module):
         q: QuantizerOutput = self.quantizer(z_e)
         target = mu_law_encode(wav[:, 0], self.config.decoder.quantization_channels)
         inputs = torch.nn.functional.pad(target[:, :-1], (1, 0), value=SILENCE)
-        logits = self.decoder(inputs, q.quantized, speaker)
-        rec = torch.nn.functional.cross_entropy(logits.float(), target)
+        logits = self.decoder.forward_time_major(inputs, q.quantized, speaker)  # [B, T, Q]
+        rec = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
         return VQVAEOutput(
             loss=rec + q.loss,
             reconstruction_loss=rec,
@@ -157,7 +158,7 @@ class VQVAE(nn.Module):
             perplexity=q.perplexity,
             codes_in_use=q.codes_in_use,
             codes=q.codes,
-            logits=logits,
+            logits=logits.transpose(1, 2),
         )
 
     # ----- inference ----------------------------------------------------------------

@@ -142,11 +142,61 @@ class WaveNet(nn.Module):
             speaker: [B] int64 speaker ids.
 
         Returns:
-            logits: [B, Q, T] float32; ``logits[:, :, t]`` predicts sample ``t``.
+            logits: [B, Q, T] float32 (a transposed view of :meth:`forward_time_major`'s);
+            ``logits[:, :, t]`` predicts sample ``t``.
 
         Raises:
             ValueError: T != T' * hop_length.
         """
+        return self.forward_time_major(inputs, local, speaker).transpose(1, 2)
+
+    def forward_time_major(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` computed and returned time-major: logits [B, T, Q].
+
+        The same function as the layers' Conv1d modules compute (their weights are used as
+        matrices), arranged for speed on CPUs: activations are [B, T, C], so each dilated
+        causal conv is one matrix product of the current input and its ``k - 1`` past taps
+        (shifted copies, zeros before the start) concatenated on channels, ``[B, T, k R] x
+        [k R, G]``, the 1x1 convs are matrix products, and the softmax of the loss runs over
+        contiguous rows. On one core (batch 8 x 0.5 s at 8 kHz, bf16 autocast) a training step
+        ran 10-25% faster than with the Conv1d modules (``tools/bench_train.py``).
+
+        Raises:
+            ValueError: T != T' * hop_length.
+        """
+        B, T = inputs.shape
+        frames = local.shape[-1]
+        hop = self.hop_length
+        if T != frames * hop:
+            raise ValueError(f"{T} samples do not match {frames} frames x hop {hop}")
+        k = self.cfg.kernel_size
+        cond = self.conditioning(local, speaker).transpose(1, 2)  # [B, T', C]
+        h = self.embed(inputs)  # [B, T, R]
+        skip = None
+        for layer in self.layers:
+            w = layer.conv.weight  # [G, R, k]; tap k-1 multiplies the current input
+            taps = [h]
+            for j in range(1, k):  # input j * dilation steps back, zeros before the start
+                shift = min(j * layer.dilation, T)
+                taps.append(torch.cat([h.new_zeros(B, shift, h.shape[-1]), h[:, : T - shift]], dim=1))
+            x = torch.cat(taps, dim=-1) if k > 1 else h  # [B, T, k R]
+            weight = torch.cat([w[:, :, k - 1 - j] for j in range(k)], dim=1)  # [G, k R]
+            a = F.linear(x, weight, layer.conv.bias)  # [B, T, G]
+            c = F.linear(cond, layer.cond.weight[:, :, 0])  # [B, T', G], broadcast over each frame
+            a = (a.view(B, frames, hop, -1) + c[:, :, None]).view(B, T, -1)
+            g = _gate(a, dim=-1)
+            o = F.linear(g, layer.out.weight[:, :, 0], layer.out.bias)  # [B, T, R + S]
+            h = (h + o[..., : layer.residual_channels]) * math.sqrt(0.5)
+            s = o[..., layer.residual_channels :]
+            skip = s if skip is None else skip + s
+        h1, h2 = self.head[1], self.head[3]  # ReLU, 1x1, ReLU, 1x1
+        y = F.relu(F.linear(F.relu(skip), h1.weight[:, :, 0], h1.bias))
+        return F.linear(y, h2.weight[:, :, 0], h2.bias)
+
+    def forward_channels_first(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` through the layers' Conv1d modules on [B, C, T] activations: the
+        reference that :meth:`forward_time_major` is tested against, and the layout
+        ``tools/bench_train.py`` compares with. Same arguments; returns logits [B, Q, T]."""
         B, T = inputs.shape
         frames = local.shape[-1]
         if T != frames * self.hop_length:
@@ -158,8 +208,7 @@ class WaveNet(nn.Module):
             a = layer.conv(h)
             c = layer.cond(cond)  # [B, G, T'], broadcast over each frame's samples
             a = (a.view(B, -1, frames, self.hop_length) + c[..., None]).view(B, -1, T)
-            g = _gate(a)
-            o = layer.out(g)
+            o = layer.out(_gate(a))
             h = (h + o[:, : layer.residual_channels]) * math.sqrt(0.5)
             s = o[:, layer.residual_channels :]
             skip = s if skip is None else skip + s
@@ -446,9 +495,10 @@ class _DeviceSteps:
             return None
 
 
-def _gate(a: torch.Tensor) -> torch.Tensor:
-    """Gated activation ``tanh(a[:, :G/2]) * sigmoid(a[:, G/2:])`` over dim 1."""
-    x, y = a.chunk(2, dim=1)
+def _gate(a: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Gated activation ``tanh(first half) * sigmoid(second half)`` of ``a``'s G channels,
+    which lie along ``dim`` (1: [B, G, ...]; -1: [..., G])."""
+    x, y = a.chunk(2, dim=dim)
     return torch.tanh(x) * torch.sigmoid(y)
 
 
