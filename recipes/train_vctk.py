@@ -131,7 +131,7 @@ def stage_tokenize(args: argparse.Namespace) -> Path:
 
     tokens = Path(args.out) / "tokens"
     summary = tokenize(args.data_dir, Path(args.out) / "vqvae", tokens, format="bin",
-                       progress=not getattr(args, "quiet", False))
+                       progress=not getattr(args, "no_progress", False))
     if summary.num_failed:
         raise ValueError(f"{summary.num_failed} files could not be tokenized; see {tokens}")
     return tokens
@@ -147,7 +147,7 @@ def stage_prior(args: argparse.Namespace) -> Path:
     prior_dir = Path(args.out) / "prior"
     prior_config, train_config = prior_configs_from_recipe_args(args)
     final = train_prior(Path(args.out) / "tokens", prior_dir, prior_config, train_config,
-                        resume=bool(args.resume), progress=not getattr(args, "quiet", False),
+                        resume=bool(args.resume), progress=not getattr(args, "no_progress", False),
                         max_minutes=args.max_minutes)
     if final["step"] < train_config.steps:
         raise StageStopped("prior", "max_minutes")

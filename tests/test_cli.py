@@ -105,3 +105,11 @@ def test_infer_speaker_from_corpus_names():
     assert infer_speaker("wav48_silence_trimmed/p225/p225_001_mic1.flac", speakers) == "p225"
     assert infer_speaker("vcc2016/train/SF1/100001.flac", speakers) == "SF1"
     assert infer_speaker("x/7_lucas_3.wav", speakers) is None  # a name not in the table
+
+
+def test_an_unknown_flag_prints_the_subcommands_usage(checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reconstruct", "x.wav", "--checkpoint", str(checkpoint), "--out", "y.wav", "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vqaudio reconstruct") and "unrecognized arguments: --bogus" in err

@@ -50,6 +50,9 @@ def test_ship_two_stretches_of_one_lineage(tmp_path: Path) -> None:
     assert row["samples"] == 2 * 4 * 1024 and row["init_from"] is None and row["cpu_hours"] > 0
     assert row["scores"]["digit_accuracy"] == 0.31 and row["scores"]["codec2_1200_digit_accuracy"] == 0.74
     assert row["valid_bits_per_sample"] > 0 and row["valid_step"] == 2
+    logs = pretrained / "tiny" / "logs" / "stretch-01"
+    assert (logs / "metrics.jsonl").read_text() == (run1 / "metrics.jsonl").read_text()
+    assert (logs / "sessions.jsonl").is_file() and not (logs / "init_from.json").exists()
     shipped = VQVAE.from_pretrained(pretrained / "tiny")
     assert shipped.checkpoint_id == model1.checkpoint_id
     card = (pretrained / "tiny" / "README.md").read_text()

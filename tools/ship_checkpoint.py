@@ -14,7 +14,9 @@ continues a run with ``--resume``), and at its end this tool
    model card: digit accuracy and speaker identification of reconstructions, conversions
    identified as the target and their digit accuracy, STOI, codebook usage, next to Codec 2
    1200's from the same run; and the commands of the sessions;
-3. rewrites the generated sections of the model card ``README.md`` (between
+3. keeps the run's own logs beside the model: ``logs/stretch-NN/`` with its ``metrics.jsonl``
+   (the learning curve), ``sessions.jsonl`` and configs (not part of the installed package);
+4. rewrites the generated sections of the model card ``README.md`` (between
    ``<!-- BEGIN NAME -->`` and ``<!-- END NAME -->`` markers: ``training-log`` and, with
    ``--evaluation``, ``evaluation``); the rest of the card is hand-written and kept.
 
@@ -172,6 +174,11 @@ def ship(run: Path, name: str, evaluation: Path | None = None, new_lineage: bool
     for f in (WEIGHTS_NAME, SPEAKERS_NAME, CONFIG_NAME):  # config.json last, as the writer does
         with atomic_path(target / f) as tmp:
             shutil.copyfile(model_dir / f, tmp)
+    logs = target / "logs" / f"stretch-{row['stretch']:02d}"
+    for f in ("metrics.jsonl", SESSIONS_NAME, INIT_FROM_NAME, "train_config.json", "model_config.json", "data.json"):
+        if (run / f).is_file():
+            with atomic_path(logs / f) as tmp:
+                shutil.copyfile(run / f, tmp)
     atomic_write_json(target / LOG_NAME, log)
     card = target / CARD_NAME
     text = card.read_text(encoding="utf-8") if card.is_file() else f"# {name}\n"

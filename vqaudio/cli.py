@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         p = sub.add_parser(command, help=help_text, description=help_text)
         getattr(module, f"add_{name}_arguments")(p)
-        p.set_defaults(_run=getattr(module, f"run_{name}"))
+        p.set_defaults(_run=getattr(module, f"run_{name}"), _parser=p)
     return parser
 
 
@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     printed as one line naming the problem, with exit status 2; ``VQAUDIO_DEBUG=1`` shows
     the traceback instead.
     """
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top-level one
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return run_command(args.command, args._run, args)
 
 

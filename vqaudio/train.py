@@ -1376,7 +1376,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "stops the same way); --resume continues")
     g.add_argument("--log-with", action="append", default=[],
                    help="also log to this Accelerate tracker (tensorboard, wandb, ...); repeatable")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="no progress bars (as in the other commands; --quiet is the same)")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1438,7 +1439,7 @@ def train_from_args(args: argparse.Namespace) -> TrainResult:
     result = train(
         data, args.out, model_config, train_config, mic=args.mic, split_method=args.split_method,
         resume=args.resume, overwrite=args.overwrite, cpu=args.cpu, log_with=args.log_with,
-        progress=not args.quiet, init_from=getattr(args, "init_from", None),
+        progress=not args.no_progress, init_from=getattr(args, "init_from", None),
         max_minutes=getattr(args, "max_minutes", None),
     )
     _print_summary(result)
