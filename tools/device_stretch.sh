@@ -46,7 +46,7 @@ train)
   python3 -m vqaudio.cli train .data/fsdd/recordings --out "$run" --init-from fsdd-8k \
     --batch-size 64 --segment-seconds 0.5 --learning-rate 1e-3 --warmup-steps 200 \
     --max-minutes "$minutes" --checkpoint-every 500 --valid-every 500 --log-every 50 \
-    --example-seconds 1 --quiet "$@"
+    --example-seconds 1 --no-progress "$@"
   mkdir -p "$out"
   tar czf "$out/run.tgz" -C /tmp fsdd-8k-gpu/model fsdd-8k-gpu/metrics.jsonl fsdd-8k-gpu/sessions.jsonl \
     fsdd-8k-gpu/init_from.json fsdd-8k-gpu/train_config.json fsdd-8k-gpu/model_config.json \
