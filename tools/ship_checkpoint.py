@@ -220,8 +220,14 @@ def render_log(log: list[dict[str, Any]]) -> str:
             f"{_f(s.get('conversion_digit_accuracy'))} | {_f(s.get('stoi'))} | {_f(s.get('codebook_usage'))} |"
         )
     lines += ["", "Commands of the latest stretch:", ""]
-    lines += [f"    {c}" for c in log[-1]["commands"] if c]
+    lines += [f"    {_program_name(c)}" for c in log[-1]["commands"] if c]
     return "\n".join(lines)
+
+
+def _program_name(command: str) -> str:
+    """A recorded command line with its program's path shortened to its name."""
+    program, _, rest = command.partition(" ")
+    return f"{Path(program).name} {rest}".strip()
 
 
 def render_evaluation(evaluation: Path, row: dict[str, Any]) -> str:
