@@ -17,7 +17,7 @@ from vqaudio.config import (
     config_from_dict,
     config_to_dict,
 )
-from vqaudio.model import CheckpointError, UnknownSpeakerError, VQVAE
+from vqaudio.model import VQVAE, CheckpointError, UnknownSpeakerError, file_sha256
 from vqaudio.nn.encoder import Encoder, encoder_receptive_field
 from vqaudio.nn.quantizer import VectorQuantizer, code_entropy
 from vqaudio.nn.wavenet import SILENCE, CausalConv1d, WaveNet, sample_from_logits
@@ -233,6 +233,10 @@ def test_checkpoint_round_trip(tmp_path):
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors", "speakers.json"}
     loaded = VQVAE.from_pretrained(tmp_path / "ckpt")
     assert loaded.config == model.config and loaded.speakers == ["alice", "bob"]
+    # one id for the weights, whether computed in memory, from the file, or after loading
+    fresh = VQVAE(model.config, ["alice", "bob"])
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.checkpoint_id == loaded.checkpoint_id == file_sha256(tmp_path / "ckpt" / "model.safetensors")[:16]
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         torch.testing.assert_close(a, b, msg=k)
     wav = torch.rand(1, 1, 640) - 0.5

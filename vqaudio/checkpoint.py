@@ -91,8 +91,6 @@ def write_model_files(
         OSError: the directory or a file cannot be written.
         TypeError: ``metadata`` is not JSON-serializable.
     """
-    from safetensors.torch import save_file
-
     from vqaudio import __version__
 
     path = Path(path)
@@ -105,12 +103,28 @@ def write_model_files(
     }
     if metadata is not None:
         meta["metadata"] = metadata
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.write_bytes(weights_bytes(state))
     atomic_write_json(path / SPEAKERS_NAME, list(speakers))
     atomic_write_json(path / CONFIG_NAME, meta)
     return path
+
+
+def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """The bytes of ``model.safetensors`` for a state dict (tensors copied to the CPU), exactly
+    as :func:`write_model_files` writes them."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in state.items()}, metadata={"format": "pt"})
+
+
+def weights_id(state: dict[str, torch.Tensor]) -> str:
+    """First 16 hex digits of the SHA-256 of :func:`weights_bytes`: the same as of the
+    ``model.safetensors`` file the state is saved to, so a model in memory and the same
+    weights loaded from disk have one id."""
+    import hashlib
+
+    return hashlib.sha256(weights_bytes(state)).hexdigest()[:16]
 
 
 def read_model_files(

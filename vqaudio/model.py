@@ -26,6 +26,7 @@ from vqaudio.checkpoint import (  # the errors are part of this module's API too
     UnknownSpeakerError,
     read_model_files,
     speaker_index,
+    weights_id,
     write_model_files,
 )
 from vqaudio.config import DECODE_METHODS, VQVAEConfig
@@ -113,13 +114,11 @@ class VQVAE(nn.Module):
 
     @property
     def checkpoint_id(self) -> str:
-        """Short SHA-256 of the weights (16 hex digits): names what made a set of tokens."""
+        """The weights' id, which names what made a set of tokens: the first 16 hex digits of
+        the SHA-256 of their ``model.safetensors`` file (:func:`vqaudio.checkpoint.weights_id`),
+        the same for a model in memory, the file it is saved to, and the model loaded from it."""
         if self._checkpoint_id is None:
-            h = hashlib.sha256()
-            for name, t in sorted(self.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            self._checkpoint_id = h.hexdigest()[:16]
+            self._checkpoint_id = weights_id(self.state_dict())
         return self._checkpoint_id
 
     def speaker_id(self, name: str) -> int:
