@@ -219,3 +219,19 @@ def test_generation_with_a_saved_prior(tmp_path: Path) -> None:
         evaluate(model, SAMPLE, tmp_path / "r2", prior=other, max_clips=2, baselines=(),
                  skip=NO_EXTRA + ["conversion", "plots"], method="torch", num_threads=1, progress=False)
     assert not (tmp_path / "r2").exists()  # checked before any work
+
+
+def test_a_training_run_is_scored_on_the_utterances_it_held_out(tmp_path: Path) -> None:
+    """A run trained with another split: evaluate takes its data.json's held-out utterances."""
+    run = tmp_path / "run"
+    tiny_model().save_pretrained(run / "model")
+    (run / "train_config.json").write_text("{}")
+    held_out = ["7_george_9", "3_theo_12"]  # training takes under FSDD's official split
+    (run / "data.json").write_text(json.dumps({"valid_utterances": held_out}))
+    report = evaluate(run, SAMPLE, tmp_path / "r", baselines=(), skip=NO_EXTRA + ["conversion", "plots"],
+                      method="torch", num_threads=1, progress=False)
+    assert report["data"]["split"] == "held-out (the run's)" and report["data"]["clips"] == 2
+    assert sorted(p.stem for p in (tmp_path / "r" / "audio" / "reconstruction").glob("*.wav")) == sorted(held_out)
+    (run / "data.json").write_text(json.dumps({"valid_utterances": ["not_in_the_data"]}))
+    with pytest.raises(ValueError, match="holds none of the 1 utterances the run held out"):
+        evaluate(run, SAMPLE, tmp_path / "r2", baselines=(), skip=NO_EXTRA, progress=False)

@@ -108,6 +108,7 @@ def load_clips(
     split: str = "auto",
     num_held_out: int = 5,
     max_clips: int | None = None,
+    held_out: Sequence[str] | None = None,
 ) -> tuple[list[EvalClip], dict[str, Any]]:
     """The clips to evaluate.
 
@@ -122,6 +123,9 @@ def load_clips(
             corpora other than FSDD.
         max_clips: at most this many clips, spread evenly over speakers and over each
             speaker's (sorted) utterances; None keeps all.
+        held_out: utterance ids that a training run held out (its ``data.json``): the
+            held-out split is these instead of one recomputed with the default method, so a run
+            trained with another ``--split`` is never scored on its training utterances.
 
     Returns:
         (clips sorted by speaker and id, facts about the selection for the report).
@@ -143,7 +147,13 @@ def load_clips(
     else:
         corpus = discover_corpus(data)
     use_split = split == "held-out" or (split == "auto" and corpus.layout != "files")
-    if use_split:
+    if use_split and held_out is not None:
+        wanted = set(held_out)
+        corpus = corpus.with_utterances([u for u in corpus.utterances if u.utterance_id in wanted])
+        if not corpus.utterances:
+            raise ValueError(f"{data}: holds none of the {len(wanted)} utterances the run held out; "
+                             f"evaluate on the run's data, or pass --split all")
+    elif use_split:
         _, corpus = split_corpus(corpus, num_valid_per_speaker=num_held_out)
     clips = [EvalClip(u.utterance_id, Path(u.path), u.speaker, u.text) for u in corpus.utterances]
     total = len(clips)
@@ -153,12 +163,24 @@ def load_clips(
     info = {
         "data": str(list_file) if list_file else (str(data) if isinstance(data, (str, os.PathLike)) else [str(d) for d in data]),
         "layout": corpus.layout,
-        "split": "held-out" if use_split else "all",
+        "split": ("held-out (the run's)" if held_out is not None else "held-out") if use_split else "all",
         "clips_in_split": total,
         "clips": len(clips),
         "speakers": sorted({c.speaker for c in clips if c.speaker is not None}),
     }
     return clips, info
+
+
+def _run_held_out(checkpoint: Any) -> list[str] | None:
+    """The utterance ids held out by the training run ``checkpoint`` names (its ``data.json``),
+    or None when it is not a run directory."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return None
+    data_json = Path(checkpoint) / "data.json"
+    if not (Path(checkpoint) / "train_config.json").is_file() or not data_json.is_file():
+        return None
+    ids = json.loads(data_json.read_text()).get("valid_utterances")
+    return list(ids) if ids else None
 
 
 def _read_file_list(path: Path) -> list[Path]:
@@ -691,7 +713,7 @@ def evaluate(
         _prepare_out_dir(out_dir, model, temperature, seed, overwrite)
 
         t = time.perf_counter()
-        clips, data_info = load_clips(data, split, num_held_out, max_clips)
+        clips, data_info = load_clips(data, split, num_held_out, max_clips, _run_held_out(checkpoint))
         skipped_clips: list[str] = []
         if model is not None:
             keep = [c for c in clips if c.speaker in model.speakers]
