@@ -104,7 +104,7 @@ class VQVAE(nn.Module):
 
     @property
     def hop_length(self) -> int:
-        """Samples per code (64)."""
+        """Samples per code: ``config.hop_length`` (64 with the default encoder)."""
         return self.config.hop_length
 
     @property
@@ -135,7 +135,7 @@ class VQVAE(nn.Module):
         """Teacher-forced training pass.
 
         Args:
-            wav: [B, 1, T] float32 in [-1, 1] at ``sample_rate`` Hz; T a multiple of 64.
+            wav: [B, 1, T] float32 in [-1, 1] at ``sample_rate`` Hz; T a multiple of ``hop_length`` (64 by default).
             speaker: [B] int64 speaker ids.
 
         Returns:
@@ -171,7 +171,7 @@ class VQVAE(nn.Module):
                 the last whole hop are dropped.
 
         Returns:
-            codes: [B, T // 64] int64 in [0, K).
+            codes: [B, T // hop_length] int64 in [0, K).
 
         Raises:
             ValueError: wav is not [B, 1, T], or shorter than one hop.
@@ -207,7 +207,7 @@ class VQVAE(nn.Module):
             speaker: [B] int64 ids, or one id / name for all, or a list of ids / names.
             temperature: sampling temperature (1 samples the model's distribution; 0 is greedy).
             generator: random generator for reproducible sampling; the noise is drawn on its
-                device as ``torch.rand(B, T' * 64)``.
+                device as ``torch.rand(B, T' * hop_length)``.
             method: one of :data:`vqaudio.config.DECODE_METHODS`: ``"auto"`` (the fastest available:
                 ``"cuda"`` when the model is on a CUDA device, else ``"numba"``, else
                 ``"torch"``), ``"numba"`` (compiled CPU loop, streams in parallel on
@@ -215,11 +215,11 @@ class VQVAE(nn.Module):
                 operator dispatch at a time: :meth:`WaveNet.generate_static` run eagerly),
                 ``"cuda"`` (the same steps replayed from CUDA graphs).
             progress: show a progress bar.
-            noise: [B, T' * 64] float32 uniform(0, 1) sampling noise instead of ``generator``.
+            noise: [B, T' * hop_length] float32 uniform(0, 1) sampling noise instead of ``generator``.
             num_threads: threads of the ``"numba"`` method (default: all cores, at most B).
 
         Returns:
-            wav: [B, 1, T' * 64] float32 in [-1, 1] at ``sample_rate`` Hz, on the model's device.
+            wav: [B, 1, T' * hop_length] float32 in [-1, 1] at ``sample_rate`` Hz, on the model's device.
 
         Raises:
             UnknownSpeakerError: a speaker name is not in the table.
@@ -271,12 +271,12 @@ class VQVAE(nn.Module):
             codes: B sequences [T'_b] int64 in [0, K).
             speaker: [B] ids, a list of ids / names, or one id / name for all.
             temperature, generator, method, progress, num_threads: as in :meth:`decode`.
-            noise: B tensors [T'_b * 64] float32 uniform(0, 1); by default drawn from
-                ``generator`` stream after stream (``torch.rand(T'_b * 64)`` each), which is
+            noise: B tensors [T'_b * hop_length] float32 uniform(0, 1); by default drawn from
+                ``generator`` stream after stream (``torch.rand(T'_b * hop_length)`` each), which is
                 the noise :meth:`decode` uses for a [B, T'] batch of equal lengths.
 
         Returns:
-            B tensors [1, T'_b * 64] float32 in [-1, 1] at ``sample_rate`` Hz, on the model's
+            B tensors [1, T'_b * hop_length] float32 in [-1, 1] at ``sample_rate`` Hz, on the model's
             device.
 
         Raises:

@@ -27,7 +27,8 @@ Metrics (``metrics.jsonl``, one line per ``log_every`` steps, means over those s
 processes): ``train/loss`` (Eq. 3, nats), ``train/reconstruction_loss`` (cross-entropy of the
 next mu-law sample, nats per sample), ``train/bits_per_sample`` (the same in bits),
 ``train/commitment_loss`` (before beta), ``train/codebook_loss`` (0 with EMA),
-``train/perplexity`` and ``train/codes_in_use`` (per batch of one process, averaged),
+``train/perplexity`` and ``train/codes_in_use`` (per step's batch, of all processes together,
+averaged over the steps),
 ``train/codes_in_use_window`` and ``train/perplexity_window`` (over all batches of the window),
 ``train/grad_norm`` (before clipping), ``train/lr``, ``train/segments_per_second``,
 ``train/samples_per_second`` (audio samples at the model rate), ``train/realtime_factor``
@@ -44,10 +45,9 @@ Reproducibility and resuming: ``set_seed(seed)`` fixes the initial weights; the 
 epoch ``e`` is a permutation drawn from ``seed + e`` (Accelerate's seedable sampler);
 ``save_state`` stores the model, optimizer, every process's RNG states and the loop position
 (step, epoch, batches consumed), and a resumed run skips the batches already consumed in the
-current epoch (``skip_first_batches``). Segment offsets inside utterances are drawn by
-:class:`vqaudio.data.SegmentDataset`'s own generator, which ``save_state`` does not hold, so a
-resumed run sees the same utterances in the same order but, for utterances longer than a
-segment, other crops than an uninterrupted run would.
+current epoch (``skip_first_batches``). Segment offsets inside utterances are a function of
+(seed, epoch, utterance index) in :class:`vqaudio.data.SegmentDataset`, so a resumed run sees
+the same crops in the same order as an uninterrupted one.
 
 Several processes (``accelerate launch``): the model is wrapped in DistributedDataParallel with
 ``broadcast_buffers=False``. The quantizer keeps its EMA codebook buffers identical on every
@@ -1035,10 +1035,12 @@ def export_model(model: Any, model_dir: Path) -> Path:
 
 
 def check_buffers_in_sync(accelerator: Any, model: torch.nn.Module) -> None:
-    """Verify that every process holds the same model buffers (the EMA codebook, cluster sizes).
+    """Check that the model buffers (the EMA codebook, cluster sizes) agree across processes,
+    by two moments of each: its sum and its sum of squares (float64) must be equal on every
+    process. A cheap check, not a comparison of every value (different buffers with equal
+    moments would pass).
 
-    A collective (every process calls it); does nothing with one process. Compares a sum and
-    a sum of squares (float64) of each buffer across processes.
+    A collective (every process calls it); does nothing with one process.
 
     Raises:
         RuntimeError: the buffers differ; names them.

@@ -27,8 +27,11 @@ class QuantizerOutput:
         codebook_loss: scalar, ``||sg[z_e] - e||^2`` (mean); 0 with EMA updates, which replace it.
         commitment_loss: scalar, ``||z_e - sg[e]||^2`` (mean), not yet weighted by beta.
         perplexity: scalar, ``exp(H(p))`` of the batch's code distribution (K when all codes are
-            used equally, 1 when one code is used).
-        codes_in_use: scalar int64, the number of distinct codes in the batch.
+            used equally, 1 when one code is used). In training under ``torch.distributed``
+            the counts are all-reduced for the EMA update first, so it is that of all
+            processes' batches together.
+        codes_in_use: scalar int64, the number of distinct codes in the batch (all processes'
+            batches in distributed training, as for ``perplexity``).
     """
 
     quantized: torch.Tensor
