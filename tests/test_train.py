@@ -261,9 +261,9 @@ def test_tiny_model_learns_on_fsdd_and_writes_a_complete_run(tmp_path):
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    # Segments at least as long as every clip make the batches independent of crop offsets
-    # (which SegmentDataset draws from a generator that checkpoints do not hold), so that the
-    # interrupted and the uninterrupted run see identical data.
+    # Crops are a function of (seed, epoch, utterance), so the interrupted and the
+    # uninterrupted run see identical data; segments as long as every clip keep the test
+    # independent of that, so it checks the loop's own state (step, epoch, batches, RNG).
     data, longest = short_fsdd(tmp_path / "fsdd")
     segment_seconds = -(-longest // 64) * 64 / 8000
     common = ["--batch-size", "4", "--segment-seconds", str(segment_seconds), "--lr", "3e-3",
