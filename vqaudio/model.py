@@ -403,6 +403,16 @@ def _draw_noise(rows: int, samples: int, generator: torch.Generator | None) -> t
     return torch.rand(rows, samples, generator=generator, device=device)
 
 
+def item_noise(seed: int, key: str, samples: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """[samples] float32 uniform(0, 1) sampling noise of one item, a function of ``(seed,
+    key)`` alone (a generator seeded from their SHA-256), so that an item decodes to the same
+    audio whichever other items share its batch, come before it, or were done by an earlier,
+    interrupted run. Used by ``detokenize`` and ``evaluate`` with the item's path or id."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.rand(samples, generator=generator, device=device)
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """Turn a checkpoint argument into a directory holding ``config.json``.
 

@@ -1104,8 +1104,10 @@ def detokenize(
     the model rate, ``len(codes) * hop_length`` samples long (:func:`output_names`: where two
     entries would share a name, ``x.wav`` and ``x.flac``, the second keeps its suffix,
     ``x.flac.wav``). Existing outputs are kept (the
-    run can be resumed) unless ``overwrite``. The audio does not depend on ``batch_size``:
-    each entry's sampling noise is drawn from ``seed``'s generator in entry order.
+    run can be resumed) unless ``overwrite``. An entry's audio depends on ``seed`` and the
+    entry alone (:func:`vqaudio.model.item_noise` of its path), not on ``batch_size``,
+    ``limit`` or which entries an earlier run finished: a resumed run writes what a fresh
+    one would.
 
     Args:
         tokens_dir: written by :func:`tokenize`.
@@ -1136,6 +1138,7 @@ def detokenize(
     from tqdm.auto import tqdm
 
     from vqaudio.audio import save_audio
+    from vqaudio.model import item_noise
 
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -1158,10 +1161,9 @@ def detokenize(
     entries = tokens.entries[:limit] if limit is not None else tokens.entries
     out = Path(out_dir)
     written: list[Path] = []
-    generator = torch.Generator(device=model.device).manual_seed(seed)
     if batch_size is None:
         batch_size = 4 * available_cores() if model.device.type == "cpu" else 64
-    todo: list[tuple[Path, np.ndarray, int]] = []
+    todo: list[tuple[Path, np.ndarray, int, str]] = []
     warned = False
     names = output_names([e.path for e in tokens.entries])  # of all entries: the same names with --limit
     for e, name in zip(entries, names):
@@ -1178,14 +1180,15 @@ def detokenize(
                 warned = True
                 print(f"detokenize: {e.path}: speaker {e.speaker!r} is not in the checkpoint's table; "
                       f"using {model.speakers[0]!r} (pass --speaker to choose)", file=sys.stderr)
-        todo.append((target, e.codes, sid))
+        todo.append((target, e.codes, sid, e.path))
     with tqdm(total=len(todo), unit="file", desc="detokenize", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            wavs = model.decode_batch([torch.as_tensor(c, dtype=torch.long) for _, c, _ in batch],
-                                      [sid for _, _, sid in batch], temperature=temperature,
-                                      generator=generator, method=method)
-            for (target, _, _), wav in zip(batch, wavs):
+            noise = [item_noise(seed, key, len(c) * model.hop_length, model.device) for _, c, _, key in batch]
+            wavs = model.decode_batch([torch.as_tensor(c, dtype=torch.long) for _, c, _, _ in batch],
+                                      [sid for _, _, sid, _ in batch], temperature=temperature,
+                                      noise=noise, method=method)
+            for (target, _, _, _), wav in zip(batch, wavs):
                 written.append(save_audio(target, wav[0], model.sample_rate))
             bar.update(len(batch))
     return written

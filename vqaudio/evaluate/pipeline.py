@@ -523,29 +523,34 @@ def _decode_batched(
     goes through ``model.decode_batch`` (each utterance at its own length) where the model has
     it; else its codes are padded at the end with their last code to the longest length (the
     WaveNet is causal and upsamples codes by repetition, so padding changes no sample of the
-    clip) and the padding's samples are cut off. Returns the audio as read back from the 16-bit
-    files, so a resumed run scores exactly what a fresh one does.
+    clip) and the padding's samples are cut off. Each job's sampling noise is a function of
+    ``seed`` and its name (:func:`vqaudio.model.item_noise`), so its audio does not depend on
+    the batch it lands in: a resumed run, which decodes only the jobs left, writes what a fresh
+    one would. Returns the audio as read back from the 16-bit files, as scored.
     """
     import torch
+
+    from vqaudio.model import item_noise
 
     out_folder.mkdir(parents=True, exist_ok=True)
     todo = [k for k, (name, _, _) in enumerate(jobs) if not (out_folder / f"{name}.wav").is_file()]
     todo.sort(key=lambda k: len(jobs[k][1]))
     hop = model.hop_length
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    for b, batch in enumerate(_progress(batches, desc, progress)):
+    for batch in _progress(batches, desc, progress):
         speakers = torch.tensor([jobs[k][2] for k in batch], dtype=torch.long)
-        generator = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + b)
+        noise = [item_noise(seed, jobs[k][0], len(jobs[k][1]) * hop, model.device) for k in batch]
         if hasattr(model, "decode_batch"):  # utterances of different lengths in one loop
             codes = [torch.from_numpy(np.ascontiguousarray(jobs[k][1])) for k in batch]
             wavs = [w.reshape(-1) for w in model.decode_batch(codes, speakers, temperature=temperature,
-                                                              generator=generator, method=method)]
+                                                              noise=noise, method=method)]
         else:
             longest = max(len(jobs[k][1]) for k in batch)
             codes = torch.stack([
                 torch.from_numpy(np.pad(jobs[k][1], (0, longest - len(jobs[k][1])), mode="edge")) for k in batch
             ])
-            wav = model.decode(codes, speakers, temperature=temperature, generator=generator, method=method)
+            padded = torch.stack([torch.nn.functional.pad(u, (0, longest * hop - len(u)), value=0.5) for u in noise])
+            wav = model.decode(codes, speakers, temperature=temperature, noise=padded, method=method)
             wavs = [wav[row, 0] for row in range(len(batch))]
         for row, k in enumerate(batch):
             n = len(jobs[k][1]) * hop
