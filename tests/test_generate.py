@@ -293,3 +293,19 @@ def test_generate_cli_glue_all_speakers(saved_vqvae, tmp_path):
                              "--out", str(tmp_path / "out2")])
     with pytest.raises(UnknownSpeakerError):
         run_generate(bad)
+
+
+def test_shared_flag_names_map_like_the_other_commands():
+    from vqaudio.prior_train import add_train_prior_arguments
+
+    p = argparse.ArgumentParser()
+    add_generate_arguments(p)
+    args = p.parse_args(["--speaker", "a", "--checkpoint", "c", "--prior", "p", "--out", "o",
+                         "--temperature", "0.5", "--prior-temperature", "0.7"])
+    assert (args.decoder_temperature, args.prior_temperature) == (0.5, 0.7)  # --temperature: the decoder's
+    p = argparse.ArgumentParser()
+    add_train_prior_arguments(p)
+    new = p.parse_args(["t", "--out", "o", "--max-steps", "5", "--learning-rate", "1e-3", "--valid-every", "2",
+                        "--checkpoint-every", "3"])
+    old = p.parse_args(["t", "--out", "o", "--steps", "5", "--lr", "1e-3", "--eval-every", "2", "--save-every", "3"])
+    assert vars(new) == vars(old) and (new.steps, new.lr, new.eval_every, new.save_every) == (5, 1e-3, 2, 3)

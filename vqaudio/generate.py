@@ -270,11 +270,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", required=True, metavar="PRIOR_DIR", help="folder written by `vqaudio train-prior`")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for WAVs and codes (.npy)")
     parser.add_argument("--prompt", metavar="FILE", help="audio file whose codes are continued")
-    parser.add_argument("--temperature", type=float, default=1.0, help="prior sampling temperature (default 1; 0 is greedy)")
+    parser.add_argument("--prior-temperature", type=float, default=1.0,
+                        help="prior sampling temperature (default 1; 0 is greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
-    parser.add_argument("--decoder-temperature", type=float, default=1.0,
-                        help="WaveNet decoder sampling temperature (default 1; 0 is greedy)")
+    parser.add_argument("--temperature", "--decoder-temperature", dest="decoder_temperature", type=float, default=1.0,
+                        help="WaveNet decoder sampling temperature, as in the other decoding commands "
+                             "(default 1; 0 is greedy)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
@@ -295,7 +297,7 @@ def run_generate(args: argparse.Namespace) -> int:
     names: Sequence[str] = [s for s in vqvae.speakers if s in prior.speakers] if args.all_speakers else args.speaker
     for sample in generate(
         vqvae, prior, names, args.seconds, args.out, num=args.num, prompt=args.prompt,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        temperature=args.prior_temperature, top_k=args.top_k, top_p=args.top_p,
         decoder_temperature=args.decoder_temperature, seed=args.seed, overwrite=args.overwrite,
         allow_mismatch=args.allow_mismatch, method=args.method,
     ):

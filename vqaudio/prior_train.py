@@ -623,17 +623,21 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--max-len", type=int, default=d.max_len, help=f"context in codes (default {d.max_len})")
     model.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout (default {d.dropout})")
     run = parser.add_argument_group("training")
-    run.add_argument("--steps", type=int, default=t.steps, help=f"optimizer steps (default {t.steps})")
+    run.add_argument("--max-steps", "--steps", dest="steps", type=int, default=t.steps,
+                     help=f"optimizer steps in total, as in vqaudio train (default {t.steps})")
     run.add_argument("--batch-size", type=int, default=t.batch_size, help=f"windows per step (default {t.batch_size})")
     run.add_argument("--window", type=int, default=None,
                      help="codes per training window (default: 90th percentile of utterance lengths, <= --max-len)")
-    run.add_argument("--lr", type=float, default=t.learning_rate, help=f"peak learning rate (default {t.learning_rate})")
+    run.add_argument("--learning-rate", "--lr", dest="lr", type=float, default=t.learning_rate,
+                     help=f"peak learning rate (default {t.learning_rate})")
     run.add_argument("--weight-decay", type=float, default=t.weight_decay)
     run.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
     run.add_argument("--val-fraction", type=float, default=t.val_fraction,
                      help=f"utterances held out per speaker (default {t.val_fraction})")
-    run.add_argument("--eval-every", type=int, default=t.eval_every, help=f"steps between validations (default {t.eval_every})")
-    run.add_argument("--save-every", type=int, default=t.save_every, help=f"steps between checkpoints (default {t.save_every})")
+    run.add_argument("--valid-every", "--eval-every", dest="eval_every", type=int, default=t.eval_every,
+                     help=f"steps between validations (default {t.eval_every})")
+    run.add_argument("--checkpoint-every", "--save-every", dest="save_every", type=int, default=t.save_every,
+                     help=f"steps between checkpoints (default {t.save_every})")
     run.add_argument("--seed", type=int, default=t.seed)
     run.add_argument("--num-workers", type=int, default=t.num_workers)
     run.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=t.mixed_precision,
