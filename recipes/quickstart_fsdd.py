@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     tokens_train = out / "tokens" / "train"
     prior = out / "prior"
     run(["tokenize", write_list(out / "lists" / "train.txt", [u.path for u in train_files]), "--checkpoint", checkpoint, "--out", str(tokens_train)])
-    run(["train-prior", str(tokens_train), "--out", str(prior), "--resume", "--steps", str(args.prior_steps),
-         "--d-model", "128", "--layers", "4", "--heads", "4", "--eval-every", str(args.prior_steps),
-         "--save-every", str(args.prior_steps)])
+    run(["train-prior", str(tokens_train), "--out", str(prior), "--resume", "--max-steps", str(args.prior_steps),
+         "--d-model", "128", "--layers", "4", "--heads", "4", "--valid-every", str(args.prior_steps),
+         "--checkpoint-every", str(args.prior_steps)])
 
     # 5. speech in two voices, sampled from the prior
     generated = out / "generated"
