@@ -171,6 +171,11 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     assert metrics["step"] == 30 and [h["step"] for h in metrics["history"]] == [10, 20, 30]
     assert json.loads((out / "train_config.json").read_text())["mixed_precision"] in ("bf16", "no")  # auto, resolved
 
+    # another setting on resume is refused, naming it, instead of being ignored
+    refused = _train_prior_cmd(tokens, out, "--steps", "40", "--resume", "--d-model", "64", "--lr", "1e-3")
+    assert refused.returncode == 2
+    assert "(--d-model: saved 32, given 64; --lr: saved 0.003, given 0.001); only --max-steps may change" in refused.stderr
+
     # out of time after one more step: validated and checkpointed there; --resume goes on from it
     stopped = _train_prior_cmd(tokens, out, "--steps", "1000", "--resume", "--max-minutes", "0.0001")
     assert stopped.returncode == 0, stopped.stderr

@@ -610,37 +610,52 @@ def train_prior(
 # --------------------------------------------------------------------------- CLI glue
 
 
+#: ``vqaudio train-prior`` option (argparse dest) -> (config, field). Options default to None:
+#: "the default" for a new run, "the saved value" when resuming.
+PRIOR_OPTIONS: dict[str, tuple[str, str]] = {
+    "d_model": ("prior", "d_model"), "layers": ("prior", "n_layers"), "heads": ("prior", "n_heads"),
+    "max_len": ("prior", "max_len"), "dropout": ("prior", "dropout"),
+    "steps": ("train", "steps"), "batch_size": ("train", "batch_size"), "window": ("train", "window"),
+    "lr": ("train", "learning_rate"), "weight_decay": ("train", "weight_decay"),
+    "warmup_steps": ("train", "warmup_steps"), "val_fraction": ("train", "val_fraction"),
+    "eval_every": ("train", "eval_every"), "save_every": ("train", "save_every"), "seed": ("train", "seed"),
+    "num_workers": ("train", "num_workers"), "mixed_precision": ("train", "mixed_precision"),
+}
+
+
 def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``vqaudio train-prior TOKENS_DIR --out PRIOR_DIR``."""
+    """Options of ``vqaudio train-prior TOKENS_DIR --out PRIOR_DIR`` (see :data:`PRIOR_OPTIONS`)."""
     d, t = PriorConfig(), PriorTrainConfig()
     parser.add_argument("tokens_dir", metavar="TOKENS_DIR", help="folder written by `vqaudio tokenize`")
     parser.add_argument("--out", required=True, metavar="PRIOR_DIR", help="folder of the prior and its checkpoints")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    model = parser.add_argument_group("model (ignored with --resume)")
-    model.add_argument("--d-model", type=int, default=d.d_model, help=f"width (default {d.d_model})")
-    model.add_argument("--layers", type=int, default=d.n_layers, help=f"Transformer blocks (default {d.n_layers})")
-    model.add_argument("--heads", type=int, default=d.n_heads, help=f"attention heads (default {d.n_heads})")
-    model.add_argument("--max-len", type=int, default=d.max_len, help=f"context in codes (default {d.max_len})")
-    model.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout (default {d.dropout})")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in --out, with its saved settings (only "
+                             "--max-steps may change; another value of any other option is refused)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--d-model", type=int, help=f"width (default {d.d_model})")
+    model.add_argument("--layers", type=int, help=f"Transformer blocks (default {d.n_layers})")
+    model.add_argument("--heads", type=int, help=f"attention heads (default {d.n_heads})")
+    model.add_argument("--max-len", type=int, help=f"context in codes (default {d.max_len})")
+    model.add_argument("--dropout", type=float, help=f"dropout (default {d.dropout})")
     run = parser.add_argument_group("training")
-    run.add_argument("--max-steps", "--steps", dest="steps", type=int, default=t.steps,
+    run.add_argument("--max-steps", "--steps", dest="steps", type=int,
                      help=f"optimizer steps in total, as in vqaudio train (default {t.steps})")
-    run.add_argument("--batch-size", type=int, default=t.batch_size, help=f"windows per step (default {t.batch_size})")
-    run.add_argument("--window", type=int, default=None,
+    run.add_argument("--batch-size", type=int, help=f"windows per step (default {t.batch_size})")
+    run.add_argument("--window", type=int,
                      help="codes per training window (default: 90th percentile of utterance lengths, <= --max-len)")
-    run.add_argument("--learning-rate", "--lr", dest="lr", type=float, default=t.learning_rate,
+    run.add_argument("--learning-rate", "--lr", dest="lr", type=float,
                      help=f"peak learning rate (default {t.learning_rate})")
-    run.add_argument("--weight-decay", type=float, default=t.weight_decay)
-    run.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
-    run.add_argument("--val-fraction", type=float, default=t.val_fraction,
+    run.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {t.weight_decay})")
+    run.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {t.warmup_steps})")
+    run.add_argument("--val-fraction", type=float,
                      help=f"utterances held out per speaker (default {t.val_fraction})")
-    run.add_argument("--valid-every", "--eval-every", dest="eval_every", type=int, default=t.eval_every,
+    run.add_argument("--valid-every", "--eval-every", dest="eval_every", type=int,
                      help=f"steps between validations (default {t.eval_every})")
-    run.add_argument("--checkpoint-every", "--save-every", dest="save_every", type=int, default=t.save_every,
+    run.add_argument("--checkpoint-every", "--save-every", dest="save_every", type=int,
                      help=f"steps between checkpoints (default {t.save_every})")
-    run.add_argument("--seed", type=int, default=t.seed)
-    run.add_argument("--num-workers", type=int, default=t.num_workers)
-    run.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=t.mixed_precision,
+    run.add_argument("--seed", type=int, help=f"default {t.seed}")
+    run.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {t.num_workers})")
+    run.add_argument("--mixed-precision", choices=MIXED_PRECISION,
                      help=f"auto: bf16 where the CPU (AVX512-BF16, AMX) or GPU runs it natively, else fp32 "
                           f"(no); default {t.mixed_precision}")
     run.add_argument("--max-minutes", type=float, metavar="M",
@@ -649,17 +664,41 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def prior_configs_from_args(args: argparse.Namespace) -> tuple[PriorConfig, PriorTrainConfig]:
+    """The configs of ``vqaudio train-prior``: the options given over the defaults, or, when
+    resuming a run in ``--out``, over its saved configs.
+
+    Raises:
+        ValueError: resuming with an option (other than ``--max-steps``) whose value differs
+            from the saved one; names each.
+    """
+    given = {name: getattr(args, name) for name in PRIOR_OPTIONS if getattr(args, name, None) is not None}
+    saved_path = Path(args.out) / TRAIN_CONFIG_NAME
+    if args.resume and saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+        base = {"prior": config_from_dict(PriorConfig, saved["prior_config"]),
+                "train": config_from_dict(PriorTrainConfig, saved["train_config"])}
+        differ = [f"--{name.replace('_', '-')}: saved {getattr(base[c], f)!r}, given {value!r}"
+                  for name, value in given.items() for c, f in [PRIOR_OPTIONS[name]]
+                  if name != "steps" and getattr(base[c], f) != value]
+        if differ:
+            raise ValueError(f"{args.out}: cannot resume with other settings ({'; '.join(differ)}); "
+                             f"only --max-steps may change")
+    else:
+        base = {"prior": PriorConfig(), "train": PriorTrainConfig()}
+    changes: dict[str, dict[str, Any]] = {"prior": {}, "train": {}}
+    for name, value in given.items():
+        c, f = PRIOR_OPTIONS[name]
+        changes[c][f] = value
+    if args.cpu:
+        changes["train"]["cpu"] = True
+    return (dataclasses.replace(base["prior"], **changes["prior"]),
+            dataclasses.replace(base["train"], **changes["train"]))
+
+
 def run_train_prior(args: argparse.Namespace) -> int:
     """Run ``vqaudio train-prior`` from parsed arguments; returns the exit status (0)."""
-    prior_config = PriorConfig(
-        d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len, dropout=args.dropout
-    )
-    train_config = PriorTrainConfig(
-        steps=args.steps, batch_size=args.batch_size, window=args.window, learning_rate=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, val_fraction=args.val_fraction,
-        eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, num_workers=args.num_workers,
-        mixed_precision=args.mixed_precision, cpu=args.cpu,
-    )
+    prior_config, train_config = prior_configs_from_args(args)
     train_prior(args.tokens_dir, args.out, prior_config, train_config, resume=args.resume,
                 progress=not args.no_progress, max_minutes=args.max_minutes)
     return 0
@@ -737,6 +776,7 @@ __all__ = [
     "entropy_bits",
     "latest_checkpoint",
     "load_code_sequences",
+    "prior_configs_from_args",
     "run_train_prior",
     "split_entries",
     "train_prior",
