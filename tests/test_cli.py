@@ -113,3 +113,23 @@ def test_an_unknown_flag_prints_the_subcommands_usage(checkpoint, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: vqaudio reconstruct") and "unrecognized arguments: --bogus" in err
+
+
+def test_every_command_that_runs_a_model_takes_the_shared_flags(capsys):
+    from vqaudio.cli import build_parser
+
+    parser = build_parser()
+    shared = {"--device", "--no-progress"}
+    decoding = {"--method", "--seed", "--temperature"}
+    for command in ("train", "train-prior", "tokenize", "detokenize", "reconstruct", "convert", "generate", "evaluate"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        wanted = shared | (decoding if command in ("detokenize", "reconstruct", "convert", "generate", "evaluate") else set())
+        assert all(flag in text for flag in wanted), (command, [f for f in wanted if f not in text])
+        if "--method" in wanted:
+            assert "{auto,numba,torch,cuda}" in text, command
+    # the trainers' --cpu is --device cpu
+    for argv in (["train", "d", "--out", "o", "--cpu"], ["train-prior", "t", "--out", "o", "--cpu"]):
+        assert parser.parse_args(argv).device == "cpu"
+        assert parser.parse_args(argv[:-1]).device == "auto"

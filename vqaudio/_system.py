@@ -83,3 +83,11 @@ def resolve_mixed_precision(value: str, device_type: str) -> str:
     if value != "auto":
         return value
     return "bf16" if has_fast_bf16(device_type) else "no"
+
+
+def default_device(device: str | None = None) -> str:
+    """``device``, or ``"cuda"`` where a GPU is available and ``"cpu"`` elsewhere: what
+    ``--device`` means when left out, in every command that runs a model."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -38,6 +38,9 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
                         help="decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--device", help="torch device of the model: cpu, cuda, cuda:1, ... (default: cuda if "
+                                         "available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,11 +58,12 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     """Reconstruct ``args.input`` with its own speaker (given or guessed)."""
+    from vqaudio._system import default_device
     from vqaudio.inference import infer_speaker
     from vqaudio.model import VQVAE
 
     _check_input(args.input)  # a missing file is named as such, not as a speaker we cannot tell
-    model = VQVAE.from_pretrained(args.checkpoint)
+    model = VQVAE.from_pretrained(args.checkpoint, map_location=default_device(args.device))
     speaker = args.speaker or infer_speaker(args.input, model.speakers)
     if speaker is None:
         raise ValueError(
@@ -71,10 +75,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert ``args.input`` to ``args.speaker``'s voice."""
+    from vqaudio._system import default_device
     from vqaudio.model import VQVAE
 
     _check_input(args.input)
-    return _decode(VQVAE.from_pretrained(args.checkpoint), args, args.speaker)
+    return _decode(VQVAE.from_pretrained(args.checkpoint, map_location=default_device(args.device)), args, args.speaker)
 
 
 def _check_input(path: str) -> None:
@@ -89,7 +94,7 @@ def _decode(model, args: argparse.Namespace, speaker: str) -> int:
     from vqaudio.inference import decode_file
 
     result = decode_file(model, args.input, args.out, speaker, temperature=args.temperature,
-                         seed=args.seed, method=args.method, overwrite=args.overwrite)
+                         seed=args.seed, method=args.method, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {result.path} ({result.seconds:.2f} s, speaker {result.speaker}, {result.num_codes} codes)")
     return 0
 

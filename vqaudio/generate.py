@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vqaudio._files import atomic_path
+from vqaudio._system import default_device
 from vqaudio.audio import load_audio, save_audio
 from vqaudio.config import DECODE_METHODS
 from vqaudio.nn.prior import PriorTransformer
@@ -282,6 +283,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
                         help="WaveNet decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
     parser.add_argument("--overwrite", action="store_true", help="number files from 000, replacing existing ones")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="use a prior trained on tokens of another VQ-VAE checkpoint")
 
@@ -290,7 +292,7 @@ def run_generate(args: argparse.Namespace) -> int:
     """Run ``vqaudio generate`` from parsed arguments; returns the exit status (0)."""
     from vqaudio.model import VQVAE
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     vqvae = VQVAE.from_pretrained(args.checkpoint, map_location=device)
     prior = PriorTransformer.from_pretrained(args.prior, map_location=device)
     check_compatible(vqvae, prior, args.allow_mismatch)
@@ -299,7 +301,7 @@ def run_generate(args: argparse.Namespace) -> int:
         vqvae, prior, names, args.seconds, args.out, num=args.num, prompt=args.prompt,
         temperature=args.prior_temperature, top_k=args.top_k, top_p=args.top_p,
         decoder_temperature=args.decoder_temperature, seed=args.seed, overwrite=args.overwrite,
-        allow_mismatch=args.allow_mismatch, method=args.method,
+        allow_mismatch=args.allow_mismatch, method=args.method, progress=not args.no_progress,
     ):
         print(f"wrote {sample.wav_path} ({sample.seconds:.2f} s, speaker {sample.speaker}, "
               f"{sample.num_codes} codes, {sample.prompt_codes} from the prompt) and {sample.codes_path.name}")

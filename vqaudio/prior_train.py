@@ -50,7 +50,8 @@ from vqaudio._system import MIXED_PRECISION, resolve_mixed_precision
 from vqaudio.config import config_from_dict, config_to_dict
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
 from vqaudio.nn.quantizer import code_entropy
-from vqaudio.train import CHECKPOINTS_DIR, latest_checkpoint, save_checkpoint as save_training_state
+from vqaudio.train import CHECKPOINTS_DIR, latest_checkpoint, wants_cpu
+from vqaudio.train import save_checkpoint as save_training_state
 
 TRAIN_CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.json"
@@ -660,7 +661,9 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
                           f"(no); default {t.mixed_precision}")
     run.add_argument("--max-minutes", type=float, metavar="M",
                      help="stop cleanly after M minutes of wall time, with a checkpoint; --resume continues")
-    run.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="where to train (default auto: the GPU if any, else the CPU)")
+    run.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="the same as --device cpu")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -690,7 +693,7 @@ def prior_configs_from_args(args: argparse.Namespace) -> tuple[PriorConfig, Prio
     for name, value in given.items():
         c, f = PRIOR_OPTIONS[name]
         changes[c][f] = value
-    if args.cpu:
+    if wants_cpu(args):
         changes["train"]["cpu"] = True
     return (dataclasses.replace(base["prior"], **changes["prior"]),
             dataclasses.replace(base["train"], **changes["train"]))
@@ -740,7 +743,7 @@ def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfi
     """The configs of :func:`train_prior` from :func:`add_prior_recipe_arguments` options (and
     the recipe's ``seed``, ``cpu`` and ``mixed_precision`` if it has them); sizes not given
     are the GPU defaults where a GPU will train the prior, else :data:`CPU_PRIOR`."""
-    cpu = bool(getattr(args, "cpu", False)) or not torch.cuda.is_available()
+    cpu = wants_cpu(args) or not torch.cuda.is_available()
     d, t = PriorConfig(), PriorTrainConfig()
     base = CPU_PRIOR if cpu else {"d_model": d.d_model, "n_layers": d.n_layers, "n_heads": d.n_heads,
                                   "max_len": d.max_len, "window": None, "steps": t.steps,
@@ -758,7 +761,7 @@ def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfi
         steps=pick(args.prior_steps, "steps"), batch_size=args.prior_batch_size,
         learning_rate=pick(args.prior_lr, "learning_rate"), window=pick(args.prior_window, "window"),
         eval_every=args.prior_eval_every, save_every=args.prior_save_every,
-        seed=getattr(args, "seed", None) or 0, cpu=bool(getattr(args, "cpu", False)),
+        seed=getattr(args, "seed", None) or 0, cpu=wants_cpu(args),
         mixed_precision=getattr(args, "mixed_precision", None) or "auto",
     )
     return prior_config, train_config

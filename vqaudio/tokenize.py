@@ -60,7 +60,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vqaudio._files import atomic_write_bytes, atomic_write_json
-from vqaudio._system import available_cores, retain_freed_memory
+from vqaudio._system import available_cores, default_device, retain_freed_memory
 from vqaudio.audio import AudioError, find_audio_files, open_audio, to_mono
 from vqaudio.config import DECODE_METHODS
 from vqaudio.tokens import (
@@ -695,8 +695,7 @@ def _load_model(checkpoint, device: str | None) -> VQVAE:
 
     if isinstance(checkpoint, VQVAE):
         return checkpoint.eval()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return VQVAE.from_pretrained(checkpoint, map_location=device)
+    return VQVAE.from_pretrained(checkpoint, map_location=default_device(device))
 
 
 def _run_info(model: VQVAE, precision: str) -> dict[str, Any]:
@@ -1095,6 +1094,7 @@ def detokenize(
     method: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> list[Path]:
     """Turn a token directory (any format) back into audio with the WaveNet decoder.
 
@@ -1125,6 +1125,7 @@ def detokenize(
             shares each weight read among the streams of a thread: ``tools/bench_generate.py``),
             on a GPU 64.
         progress: progress bar (files).
+        device: torch device of the model (default: cuda if available, else cpu).
 
     Returns:
         the WAV files written (existing ones skipped are not listed).
@@ -1144,7 +1145,7 @@ def detokenize(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tokens = read_tokens(tokens_dir)
     meta = tokens.metadata
-    model = _load_model(checkpoint, None)
+    model = _load_model(checkpoint, device)
     if meta["codebook_size"] != model.config.quantizer.codebook_size or meta["sample_rate"] != model.sample_rate \
             or meta["hop_length"] != model.hop_length:
         raise ValueError(
@@ -1313,6 +1314,8 @@ def add_detokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing WAV files")
     parser.add_argument("--allow-other-checkpoint", action="store_true",
                         help="decode tokens made by another checkpoint with the same codebook size")
+    parser.add_argument("--device", help="torch device of the model: cpu, cuda, cuda:1, ... (default: cuda if "
+                                         "available, else cpu)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -1321,7 +1324,8 @@ def run_detokenize(args: argparse.Namespace) -> int:
     written = detokenize(args.tokens_dir, args.checkpoint, args.out, speaker=args.speaker,
                          temperature=args.temperature, seed=args.seed, limit=args.limit,
                          overwrite=args.overwrite, allow_other_checkpoint=args.allow_other_checkpoint,
-                         method=args.method, batch_size=args.batch_size, progress=args.progress)
+                         method=args.method, batch_size=args.batch_size, progress=args.progress,
+                         device=args.device)
     print(f"wrote {len(written)} WAV files to {args.out}")
     return 0
 

@@ -1369,7 +1369,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                    choices=("auto", "official", "parallel", "per-speaker"),
                    help="train/validation split (default auto: FSDD's official test takes, "
                         "parallel sentences, or the last utterances of each speaker; the run's when resuming)")
-    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train (default auto: the GPU if any, else the CPU; several GPUs: "
+                        "accelerate launch)")
+    g.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="the same as --device cpu")
     g.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start a new run from this VQ-VAE's weights (directory, run or bundled name such as "
                         "fsdd-8k; its model config is used, the optimizer starts afresh: see --warmup-steps)")
@@ -1440,12 +1443,24 @@ def train_from_args(args: argparse.Namespace) -> TrainResult:
     model_config, train_config = configs_from_args(args, args.out)
     result = train(
         data, args.out, model_config, train_config, mic=args.mic, split_method=args.split_method,
-        resume=args.resume, overwrite=args.overwrite, cpu=args.cpu, log_with=args.log_with,
+        resume=args.resume, overwrite=args.overwrite, cpu=wants_cpu(args), log_with=args.log_with,
         progress=not args.no_progress, init_from=getattr(args, "init_from", None),
         max_minutes=getattr(args, "max_minutes", None),
     )
     _print_summary(result)
     return result
+
+
+def wants_cpu(args: argparse.Namespace) -> bool:
+    """Whether the options ask to train on the CPU (``--device cpu`` or its alias ``--cpu``).
+
+    Raises:
+        ValueError: ``--device cuda`` without a GPU.
+    """
+    device = getattr(args, "device", None) or "auto"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no GPU is available")
+    return device == "cpu"
 
 
 def _print_summary(result: TrainResult) -> None:

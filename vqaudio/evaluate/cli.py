@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from vqaudio.evaluate.baselines import DEFAULT_BASELINES
+from vqaudio.config import DECODE_METHODS
 from vqaudio.evaluate.pipeline import SKIPPABLE
 
 
@@ -36,7 +37,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="clips decoded together (default 16)")
     parser.add_argument("--temperature", type=float, default=1.0, help="decoder sampling temperature (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the decoding (default 0)")
-    parser.add_argument("--method", default="auto", help="decoding implementation (default: fastest available)")
+    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
+                        help="decoding implementation (default auto: the fastest available)")
+    parser.add_argument("--device", help="torch device of the model: cpu, cuda, cuda:1, ... (default: cuda if "
+                                         "available, else cpu); the judges run on the CPU")
     parser.add_argument("--plot-clips", type=int, default=3,
                         help="clips in the spectrogram plot and on the listening page report.html (default 3)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -61,7 +65,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             baselines=baselines, skip=skip, join_seconds=args.join_seconds, gap_seconds=args.gap_seconds,
             batch_size=args.batch_size, temperature=args.temperature, seed=args.seed, method=args.method,
             num_plot_clips=args.plot_clips, num_threads=args.threads, overwrite=args.overwrite,
-            progress=not args.no_progress,
+            progress=not args.no_progress, device=args.device,
         )
     except MissingExtraError as exc:
         print(f"vqaudio evaluate: error: {exc}", file=sys.stderr)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from vqaudio._files import atomic_write_json
+from vqaudio._system import default_device
 from vqaudio.audio import load_audio, read_audio, save_audio
 from vqaudio.evaluate import metrics as M
 from vqaudio.evaluate.baselines import DEFAULT_BASELINES, Baseline, baseline_available, make_baseline
@@ -651,6 +652,7 @@ def evaluate(
     sample_rate: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint and classic codecs on held-out audio; write report.json, report.md, plots.
 
@@ -678,6 +680,8 @@ def evaluate(
             (``report.html``; 0: neither).
         num_threads: torch threads during the evaluation (restored after); None leaves them.
         sample_rate: evaluation rate without a checkpoint (default: the first clip's rate).
+        device: torch device a checkpoint given by path is loaded on (default: cuda if
+            available, else cpu); the judges and baselines run on the CPU.
         overwrite: allow ``out_dir`` to hold a previous evaluation with another checkpoint or
             decoding settings (its decoded audio is then deleted), or other files.
         progress: show progress bars.
@@ -708,7 +712,7 @@ def evaluate(
             if isinstance(checkpoint, (str, os.PathLike)):
                 from vqaudio.model import VQVAE
 
-                model = VQVAE.from_pretrained(checkpoint)
+                model = VQVAE.from_pretrained(checkpoint, map_location=default_device(device))
             else:
                 model = checkpoint
             model.eval()
