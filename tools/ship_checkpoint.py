@@ -232,10 +232,12 @@ def _program_name(command: str) -> str:
 
 def render_evaluation(evaluation: Path, row: dict[str, Any]) -> str:
     """The card's evaluation section: the ``report.md`` of ``vqaudio evaluate`` (its tables),
-    under the stretch it belongs to; plot links are dropped (the images are not shipped)."""
+    under the stretch it belongs to; the links to plots and to the listening page are dropped
+    (they are not shipped)."""
     report = (evaluation / "report.md").read_text(encoding="utf-8")
     body = report.split("\n", 1)[1] if report.startswith("# ") else report
     body = body.split("\n## Plots", 1)[0].replace("\n## ", "\n### ")
+    body = "\n".join(ln for ln in body.splitlines() if not ln.startswith("Listening page"))  # not shipped
     return (f"Stretch {row['stretch']}, checkpoint `{row['checkpoint_id']}` after {row['total_steps']:,} steps "
             f"({row['total_samples']:.3g} samples):\n{body}")
 
