@@ -72,8 +72,9 @@ def resolve_mixed_precision(value: str, device_type: str) -> str:
     """The Accelerate ``mixed_precision`` to use: ``value`` itself, or for ``"auto"``,
     ``"bf16"`` where :func:`has_fast_bf16` holds for ``device_type`` and ``"no"`` (fp32) elsewhere.
 
-    On FSDD (8 kHz, batch 8 x 0.5 s) bf16 autocast trained the default model 1.5x faster on
-    one AVX512-BF16 core and reached the same loss as fp32 after 30 steps.
+    On FSDD (8 kHz, batch 8 x 0.5 s, the fsdd-8k model, 2 threads of an AVX512-BF16 CPU) bf16
+    autocast trained 1.4x faster than fp32, and after 500 steps from the same seed reached a
+    validation loss of 2.903 nats against fp32's 2.950.
 
     Raises:
         ValueError: ``value`` is not one of :data:`MIXED_PRECISION`.
