@@ -61,17 +61,15 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     precision, mode = args.setting.split()
-    if mode == "conv1d":
-        def forward_time_major(inputs, local, speaker):  # the Conv1d layout, returned time-major
-            return model.decoder.forward_channels_first(inputs, local, speaker).transpose(1, 2)
     cfg = build_model_config(VQVAEConfig(), sample_rate=args.rate, residual_channels=args.residual_channels,
                              gate_channels=args.gate_channels, skip_channels=args.skip_channels, num_speakers=6)
     torch.manual_seed(0)
     model = VQVAE(cfg, [f"s{i}" for i in range(6)]).train()
-    if mode == "conv1d":
-        model.decoder.forward_time_major = forward_time_major
-    if mode == "compile":
-        model.decoder.forward = torch.compile(model.decoder.forward, dynamic=False)
+    decoder = model.decoder
+    if mode == "conv1d":  # the Conv1d layout, returned time-major as VQVAE.forward takes it
+        decoder.forward_time_major = lambda i, l, s: decoder.forward_channels_first(i, l, s).transpose(1, 2)
+    if mode == "compile":  # VQVAE.forward calls forward_time_major
+        decoder.forward_time_major = torch.compile(decoder.forward_time_major, dynamic=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     hop = cfg.hop_length
     length = max(1, round(args.segment_seconds * args.rate / hop)) * hop

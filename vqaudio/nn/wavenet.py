@@ -196,7 +196,11 @@ class WaveNet(nn.Module):
     def forward_channels_first(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` through the layers' Conv1d modules on [B, C, T] activations: the
         reference that :meth:`forward_time_major` is tested against, and the layout
-        ``tools/bench_train.py`` compares with. Same arguments; returns logits [B, Q, T]."""
+        ``tools/bench_train.py`` compares with. Same arguments; returns logits [B, Q, T].
+
+        Raises:
+            ValueError: T != T' * hop_length.
+        """
         B, T = inputs.shape
         frames = local.shape[-1]
         if T != frames * self.hop_length:
