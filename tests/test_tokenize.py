@@ -368,7 +368,7 @@ def test_rerun_in_another_format_reuses_the_shards(tmp_path, ckpt, corpus):
     before = read_tokens(tmp_path / "tok")
     again = tk.tokenize(corpus, ckpt, tmp_path / "tok", format="jsonl", offset=7, progress=False)
     assert again.num_tokenized == 0 and again.num_skipped == 8  # nothing encoded again
-    assert (tmp_path / "tok" / "tokens.jsonl").is_file() and not (tmp_path / "tok" / "tokens.bin").exists()
+    assert (tmp_path / "tok" / "data" / "train.jsonl").is_file() and not (tmp_path / "tok" / "tokens.bin").exists()
     after = read_tokens(tmp_path / "tok")
     assert after.metadata["format"] == "jsonl" and after.metadata["offset"] == 7
     assert len(after) == len(before) == 8

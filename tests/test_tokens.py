@@ -107,18 +107,56 @@ def test_large_vocabulary_uses_int32(tmp_path):
     np.testing.assert_array_equal(read_tokens(tmp_path).entries[0].codes, [0, 511, 7])
 
 
-def test_datasets_loads_parquet(tmp_path, monkeypatch):
+@pytest.mark.parametrize("format", ["parquet", "jsonl"])
+def test_datasets_loads_the_token_dir_as_it_is(tmp_path, monkeypatch, format):
+    """The obvious calls load the codes and nothing else (not failures.tsv, not shards/*.json)."""
     pytest.importorskip("pyarrow", reason="needs pyarrow (pip install vqaudio[tokens])")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     datasets = pytest.importorskip("datasets", reason="needs datasets (pip install vqaudio[tokens])")
     entries = _entries()
-    write_token_dir(tmp_path / "tok", entries, META, format="parquet", offset=10)
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "tok" / "tokens.parquet"),
-                               split="train", cache_dir=str(tmp_path / "cache"))
-    assert len(ds) == len(entries)
-    assert ds[2]["input_ids"] == (entries[2].codes + 10).tolist()
-    assert ds[0]["speaker"] == "SF1" and ds[1]["speaker"] is None
+    out = tmp_path / "tok"
+    write_token_dir(out, entries, META, format=format, offset=10, failures=[("bad.wav", "too short")])
+    (out / "shards").mkdir()  # what `vqaudio tokenize` leaves beside the data
+    (out / "shards" / "r0-000001.json").write_text('{"files": []}')
+    builder = "parquet" if format == "parquet" else "json"
+    for args, kwargs in [((str(out),), {}), ((builder,), {"data_dir": str(out)})]:
+        ds = datasets.load_dataset(*args, **kwargs, split="train", cache_dir=str(tmp_path / "cache"))
+        assert len(ds) == len(entries)
+        assert ds[2]["input_ids"] == (entries[2].codes + 10).tolist()
+        assert ds[0]["speaker"] == "SF1" and ds[1]["speaker"] is None
+
+
+def test_parquet_describes_itself(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs pyarrow (pip install vqaudio[tokens])")
+    meta = write_token_dir(tmp_path, _entries(), META, format="parquet", offset=10, dedup=True)
+    described = json.loads(pq.read_schema(tmp_path / meta["files"][0]).metadata[b"vqaudio"])
+    assert described["checkpoint_id"] == META["checkpoint_id"] and described["speakers"] == META["speakers"]
+    assert (described["offset"], described["dedup"], described["vocab_size"]) == (10, True, 522)
+
+
+def test_a_new_export_removes_the_data_of_the_old_format(tmp_path):
+    write_token_dir(tmp_path, _entries(), META, format="jsonl")
+    assert (tmp_path / "data" / "train.jsonl").is_file()
+    write_token_dir(tmp_path, _entries(), META, format="bin")
+    assert not (tmp_path / "data").exists() and (tmp_path / "tokens.bin").is_file()
+    assert [e.path for e in read_tokens(tmp_path)] == [e.path for e in _entries()]
+
+
+def test_reads_format_version_1(tmp_path):
+    """Token directories of vqaudio before the data/ layout (tokens.jsonl, "codes") still read."""
+    entries = _entries()
+    meta = write_token_dir(tmp_path, entries, META, format="jsonl", offset=3)
+    lines = (tmp_path / "data" / "train.jsonl").read_text().splitlines()
+    old = [json.loads(ln) for ln in lines]
+    for row in old:
+        row["codes"] = row.pop("input_ids")
+    (tmp_path / "tokens.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    (tmp_path / "data" / "train.jsonl").unlink()
+    meta.update(format_version=1, files=["tokens.jsonl", "manifest.tsv", "failures.tsv"])
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    for got, want in zip(read_tokens(tmp_path), entries):
+        np.testing.assert_array_equal(got.codes, want.codes)
 
 
 def test_bad_inputs(tmp_path):

@@ -43,15 +43,19 @@ train)
   out=${OUT:?set OUT to the folder that comes back}
   run=/tmp/fsdd-8k-gpu
   rm -rf "$run"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+  rc=0
   python3 -m vqaudio.cli train .data/fsdd/recordings --out "$run" --init-from fsdd-8k \
     --batch-size 64 --segment-seconds 0.5 --learning-rate 1e-3 --warmup-steps 200 \
     --max-minutes "$minutes" --checkpoint-every 500 --valid-every 500 --log-every 50 \
-    --example-seconds 1 --no-progress "$@"
+    --example-seconds 1 --no-progress "$@" || rc=$?
+  # pack whatever the run wrote, also after a failure (its last checkpoint is still worth having)
   mkdir -p "$out"
-  tar czf "$out/run.tgz" -C /tmp fsdd-8k-gpu/model fsdd-8k-gpu/metrics.jsonl fsdd-8k-gpu/sessions.jsonl \
-    fsdd-8k-gpu/init_from.json fsdd-8k-gpu/train_config.json fsdd-8k-gpu/model_config.json \
-    fsdd-8k-gpu/speakers.json fsdd-8k-gpu/data.json
+  (cd /tmp && tar czf "$out/run.tgz" --ignore-failed-read fsdd-8k-gpu/model fsdd-8k-gpu/metrics.jsonl \
+    fsdd-8k-gpu/sessions.jsonl fsdd-8k-gpu/init_from.json fsdd-8k-gpu/train_config.json \
+    fsdd-8k-gpu/model_config.json fsdd-8k-gpu/speakers.json fsdd-8k-gpu/data.json) || true
   ls -la "$out"
+  exit "$rc"
   ;;
 *)
   sed -n '2,20p' "$0"

@@ -1235,9 +1235,10 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="VQ-VAE checkpoint directory or bundled name")
     parser.add_argument("--out", required=True, help="token directory to write (an unfinished one is resumed)")
     parser.add_argument("--format", choices=FORMATS, default="bin",
-                        help="bin: flat uint16 tokens.bin + index (nanoGPT/Megatron); jsonl; "
-                        "parquet: input_ids column for `datasets` (default: bin)")
-    parser.add_argument("--offset", type=int, default=0, help="add N to every code id (to follow a text vocabulary)")
+                        help="bin: one flat tokens.bin (uint16; int32 once --offset + K > 65536) "
+                        "+ index (nanoGPT/Megatron); jsonl, parquet: data/train.* with an input_ids "
+                        "column, loaded by datasets.load_dataset(OUT) (default: bin)")
+    parser.add_argument("--offset", type=int, default=0, help="add N to every code id (to follow a text vocabulary); the vocabulary is N + K")
     parser.add_argument("--dedup", action="store_true", help="merge runs of repeated codes, storing run lengths")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="rows of --chunk-seconds audio encoded at once; short files are packed "
@@ -1281,7 +1282,11 @@ def run_tokenize(args: argparse.Namespace) -> int:
         data = {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "metadata")}
         atomic_write_json(args.summary_json, data, indent=None)
     if args.merge and (args.rank or 0) == 0 and summary.metadata:
-        print(f"{summary.describe()}\ntokens: {Path(args.out)} (format {args.format})")
+        meta = summary.metadata
+        layout = (f"tokens.bin of {meta['token_dtype']}" if args.format == "bin"
+                  else f"input_ids in {meta['files'][0]}; datasets.load_dataset({str(args.out)!r}) loads it")
+        print(f"{summary.describe()}\ntokens: {Path(args.out)} (format {args.format}: {layout}; "
+              f"vocabulary {meta['vocab_size']} = offset {meta['offset']} + K {meta['codebook_size']})")
     for path, reason in summary.failures[:10]:
         print(f"  failed: {path}: {reason}", file=sys.stderr)
     return 1 if summary.num_failed else 0

@@ -20,22 +20,32 @@ per ``hop_length`` (64) samples at the model's rate. Every format comes with the
 Formats (``metadata["format"]``):
 
 ``"bin"``
-    ``tokens.bin``: all tokens, one flat little-endian ``uint16`` array (``int32`` when
-    ``vocab_size > 65536``), files one after another, as nanoGPT's ``train.bin`` -- read it
-    with ``np.memmap(path, dtype=np.uint16, mode="r")``. ``tokens.idx``: the index in
+    ``tokens.bin``: all tokens, one flat little-endian array of ``metadata["token_dtype"]``:
+    ``uint16`` while ``vocab_size = offset + K <= 65536``, ``int32`` above (an ``--offset``
+    past ``65536 - K``), files one after another, as nanoGPT's ``train.bin`` -- read it with
+    ``np.memmap(path, dtype=metadata["token_dtype"], mode="r")``. ``tokens.idx``: the index in
     Megatron-LM's ``MMapIndexedDataset`` layout (one sequence and one document per file), so
     ``IndexedDataset(".../tokens")`` reads the pair. ``index.jsonl``: one line per file with
     ``offset`` and ``length`` (in tokens, into ``tokens.bin``), ``num_codes``, ``path``,
     ``speaker`` and ``duration`` (seconds). With ``dedup``, ``run_lengths.bin`` (``uint32``)
     holds the run length of each token at the same position.
 ``"jsonl"``
-    ``tokens.jsonl``: one JSON object per line: ``path``, ``speaker``, ``duration``,
-    ``codes`` (and ``run_lengths`` with ``dedup``).
+    ``data/train.jsonl``: one JSON object per line: ``path``, ``speaker``, ``duration``,
+    ``input_ids`` (and ``run_lengths`` with ``dedup``).
 ``"parquet"``
-    ``tokens.parquet``: one row per file: ``path``, ``speaker``, ``duration``,
-    ``input_ids`` (list of int64) (and ``run_lengths`` with ``dedup``);
-    ``datasets.load_dataset("parquet", data_files=".../tokens.parquet")`` loads it.
-    Needs ``pyarrow`` (``pip install vqaudio[tokens]``).
+    ``data/train.parquet``: one row per file: ``path``, ``speaker``, ``duration``,
+    ``input_ids`` (list of int64) (and ``run_lengths`` with ``dedup``). The schema's
+    key-value metadata ``vqaudio`` holds the JSON of what made the tokens (``checkpoint_id``,
+    ``sample_rate``, ``hop_length``, ``codebook_size``, ``speakers``, ``offset``, ``dedup``,
+    ``vocab_size``, ...), so the file describes itself when it travels alone. Needs
+    ``pyarrow`` (``pip install vqaudio[tokens]``).
+
+The jsonl and parquet data sit under ``data/`` with ``train`` in their name, the layout of the
+Hugging Face Hub, so that the obvious calls load the codes and nothing else of the directory
+(not ``failures.tsv``, nor the ``shards/`` of ``vqaudio tokenize``):
+``datasets.load_dataset(OUT)``, ``load_dataset("parquet", data_dir=OUT)`` or
+``load_dataset("json", data_dir=OUT)``, each giving one split, ``train``. Directories of format
+version 1 (``tokens.jsonl``/``tokens.parquet`` at the top, jsonl with ``codes``) are still read.
 
 Options for text language models: ``offset`` adds N to every code so that code ids follow a
 text vocabulary (token = code + N); ``dedup`` merges each run of repeated codes into one token
@@ -59,7 +69,7 @@ import numpy as np
 from vqaudio._files import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: Version of the token directory layout; bump on incompatible changes.
-TOKENS_FORMAT_VERSION = 1
+TOKENS_FORMAT_VERSION = 2
 #: Formats of :func:`write_token_dir`.
 FORMATS = ("bin", "jsonl", "parquet")
 
@@ -70,8 +80,10 @@ BIN_TOKENS_NAME = "tokens.bin"
 BIN_IDX_NAME = "tokens.idx"
 BIN_INDEX_NAME = "index.jsonl"
 BIN_RUN_LENGTHS_NAME = "run_lengths.bin"
-JSONL_NAME = "tokens.jsonl"
-PARQUET_NAME = "tokens.parquet"
+JSONL_NAME = "data/train.jsonl"
+PARQUET_NAME = "data/train.parquet"
+#: Key of the parquet schema metadata that holds what made the tokens (JSON).
+PARQUET_METADATA_KEY = b"vqaudio"
 
 #: Megatron-LM ``MMapIndexedDataset`` index header and dtype codes.
 MEGATRON_INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -189,7 +201,9 @@ def write_token_dir(
 
     Every file is written to a temporary name and renamed; an existing ``metadata.json`` is
     removed first and the new one written last, so a reader never mixes two exports and a
-    directory without ``metadata.json`` is known to be incomplete.
+    directory without ``metadata.json`` is known to be incomplete. Data files of an earlier
+    export there (those its ``metadata.json`` lists) that the new one does not write are
+    removed, so that ``datasets.load_dataset(out_dir)`` never finds two formats.
 
     Args:
         out_dir: the directory (created if needed).
@@ -219,6 +233,7 @@ def write_token_dir(
         raise ValueError(f"metadata lacks {sorted(missing)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous_files = _listed_files(out)
     (out / METADATA_NAME).unlink(missing_ok=True)
     k = int(metadata["codebook_size"])
     vocab_size = k + offset
@@ -230,7 +245,9 @@ def write_token_dir(
     elif format == "jsonl":
         files = _write_jsonl(out, rows, dedup)
     else:
-        files = _write_parquet(out, rows, dedup)
+        described = {**metadata, "format": format, "codebook_size": k, "offset": int(offset),
+                     "dedup": bool(dedup), "vocab_size": vocab_size}
+        files = _write_parquet(out, rows, dedup, described)
     atomic_write_text(out / MANIFEST_NAME, "".join(_manifest_lines(stats.manifest)))
     failure_list = list(failures)
     atomic_write_text(
@@ -255,8 +272,22 @@ def write_token_dir(
         "num_failures": len(failure_list),
         "files": files + [MANIFEST_NAME, FAILURES_NAME],
     }
+    for name in previous_files - set(meta["files"]):
+        (out / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (out / "data").rmdir()  # left empty by a bin export after a jsonl/parquet one
     atomic_write_json(out / METADATA_NAME, meta)
     return meta
+
+
+def _listed_files(out: Path) -> set[str]:
+    """Data files that an earlier export's ``metadata.json`` in ``out`` lists (empty if none)."""
+    try:
+        files = json.loads((out / METADATA_NAME).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    # only plain relative names of this layout: never a path outside the directory
+    return {f for f in files if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()}
 
 
 @dataclass
@@ -362,10 +393,11 @@ def read_megatron_index(path: str | os.PathLike) -> tuple[np.dtype, np.ndarray, 
 
 
 def _write_jsonl(out: Path, rows: Iterator[_Row], dedup: bool) -> list[str]:
+    (out / JSONL_NAME).parent.mkdir(exist_ok=True)
     with atomic_path(out / JSONL_NAME) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
             obj: dict[str, Any] = {"path": r.path, "speaker": r.speaker, "duration": r.duration,
-                                   "codes": r.tokens.tolist()}
+                                   "input_ids": r.tokens.tolist()}
             if dedup:
                 obj["run_lengths"] = r.run_lengths.tolist()
             f.write(json.dumps(obj, separators=(",", ":")) + "\n")
@@ -383,7 +415,7 @@ def _require_pyarrow():
     return pa, pq
 
 
-def _write_parquet(out: Path, rows: Iterator[_Row], dedup: bool) -> list[str]:
+def _write_parquet(out: Path, rows: Iterator[_Row], dedup: bool, described: dict[str, Any]) -> list[str]:
     pa, pq = _require_pyarrow()
     fields = [
         pa.field("path", pa.string()),
@@ -393,7 +425,9 @@ def _write_parquet(out: Path, rows: Iterator[_Row], dedup: bool) -> list[str]:
     ]
     if dedup:
         fields.append(pa.field("run_lengths", pa.list_(pa.int64())))
-    schema = pa.schema(fields)
+    schema = pa.schema(fields, metadata={PARQUET_METADATA_KEY: json.dumps(
+        {"format_version": TOKENS_FORMAT_VERSION, "vqaudio_version": _vqaudio_version(), **described}
+    ).encode()})
 
     def flush(writer, batch: list[_Row]) -> None:
         cols: dict[str, Any] = {
@@ -406,6 +440,7 @@ def _write_parquet(out: Path, rows: Iterator[_Row], dedup: bool) -> list[str]:
             cols["run_lengths"] = [r.run_lengths for r in batch]
         writer.write_table(pa.Table.from_pydict(cols, schema=schema))
 
+    (out / PARQUET_NAME).parent.mkdir(exist_ok=True)
     with atomic_path(out / PARQUET_NAME) as tmp, pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
         batch: list[_Row] = []
         for r in rows:
@@ -502,18 +537,25 @@ def iter_tokens(tokens_dir: str | os.PathLike) -> Iterator[TokenEntry]:
                 yield entry(row["path"], row["speaker"], row["duration"], tokens[a : a + n],
                             rls[a : a + n] if rls is not None else None)
     elif fmt == "jsonl":
-        with open(d / JSONL_NAME, encoding="utf-8") as f:
+        with open(d / _data_file(meta, ".jsonl", JSONL_NAME), encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
-                yield entry(row["path"], row["speaker"], row["duration"], row["codes"], row.get("run_lengths"))
+                ids = row["input_ids"] if "input_ids" in row else row["codes"]  # "codes": version 1
+                yield entry(row["path"], row["speaker"], row["duration"], ids, row.get("run_lengths"))
     else:
         _, pq = _require_pyarrow()
-        pf = pq.ParquetFile(str(d / PARQUET_NAME))
+        pf = pq.ParquetFile(str(d / _data_file(meta, ".parquet", PARQUET_NAME)))
         for group in range(pf.num_row_groups):
             table = pf.read_row_group(group).to_pydict()
             for i in range(len(table["path"])):
                 yield entry(table["path"][i], table["speaker"][i], table["duration"][i],
                             table["input_ids"][i], table["run_lengths"][i] if dedup else None)
+
+
+def _data_file(meta: dict[str, Any], suffix: str, default: str) -> str:
+    """The data file of a jsonl/parquet directory: the one ``metadata.json`` lists (its place
+    moved between format versions 1 and 2), else today's name."""
+    return next((f for f in meta.get("files", []) if str(f).endswith(suffix)), default)
 
 
 def read_tokens(tokens_dir: str | os.PathLike) -> TokenSet:
