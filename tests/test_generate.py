@@ -221,6 +221,88 @@ def test_prior_schedule_is_the_same_with_two_processes(saved_vqvae, tmp_path):
 # ----------------------------------------------------------------------------- generation
 
 
+def test_train_diffusion_prior_on_real_tokens_resume_and_generate(saved_vqvae, tmp_path):
+    """`train-prior --type diffusion`: the same trainer, checkpoints and metrics, the bound in
+    bits/code next to the unigram entropy; `generate --steps` samples its whole utterance."""
+    from vqaudio.nn.diffusion_prior import DiffusionPrior
+
+    vqvae, ckpt = saved_vqvae
+    tokens = _real_tokens(vqvae, tmp_path / "tokens")
+    out = tmp_path / "prior"
+    done = _train_prior_cmd(tokens, out, "--type", "diffusion", "--timesteps", "8", "--steps", "20")
+    assert done.returncode == 0, done.stderr
+    assert "diffusion prior:" in done.stdout and "validation bound" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prior_type"] == "diffusion" and metrics["step"] == 20
+    assert math.isfinite(metrics["val_bits_per_code"]) and metrics["unigram_entropy_bits"] > 1.0
+    prior = DiffusionPrior.from_pretrained(out)
+    assert prior.config.num_timesteps == 8 and prior.metadata["checkpoint_id"] == vqvae.checkpoint_id
+    resumed = _train_prior_cmd(tokens, out, "--steps", "30", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [h["step"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [10, 20, 30]
+    wrong = _train_prior_cmd(tokens, out, "--steps", "40", "--resume", "--type", "autoregressive")
+    assert wrong.returncode == 2 and "cannot resume a diffusion prior as --type autoregressive" in wrong.stderr
+    only = _train_prior_cmd(tokens, tmp_path / "ar", "--steps", "5", "--timesteps", "8")
+    assert only.returncode == 2 and "--timesteps: only for --type diffusion" in only.stderr
+
+    parser = argparse.ArgumentParser()
+    add_generate_arguments(parser)
+    args = parser.parse_args(["--speaker", "theo", "--seconds", "0.2", "--num", "2", "--steps", "4", "--checkpoint",
+                              str(ckpt), "--prior", str(out), "--out", str(tmp_path / "gen"), "--no-progress"])
+    assert run_generate(args) == 0
+    codes = np.load(tmp_path / "gen" / "theo_001.npy")
+    assert codes.shape == (round(0.2 * 125),) and codes.min() >= 0 and codes.max() < 16
+    assert sf.info(tmp_path / "gen" / "theo_001.wav").frames == len(codes) * 64
+    prompt = RECORDINGS / "3_jackson_2.wav"
+    (s,) = generate(vqvae, prior, "jackson", 0.05, tmp_path / "p", prompt=prompt, steps=3, progress=False)
+    from vqaudio.generate import encode_prompt
+
+    prompt_codes = encode_prompt(vqvae, prompt)[0].numpy()
+    np.testing.assert_array_equal(np.load(s.codes_path)[: len(prompt_codes)], prompt_codes)
+    ar = tmp_path / "arprior"
+    tiny_prior_for(vqvae).save_pretrained(ar)
+    bad = parser.parse_args(["--speaker", "theo", "--steps", "4", "--checkpoint", str(ckpt), "--prior", str(ar),
+                             "--out", str(tmp_path / "gen2")])
+    with pytest.raises(ValueError, match="--steps is for a diffusion prior"):
+        run_generate(bad)
+
+
+def test_infill_keeps_the_codes_outside_the_span(saved_vqvae, tmp_path):
+    from vqaudio.cli import main
+    from vqaudio.generate import encode_prompt
+    from vqaudio.infill import span_codes
+    from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
+
+    vqvae, ckpt = saved_vqvae
+    torch.manual_seed(0)
+    cfg = DiffusionPriorConfig(codebook_size=16, num_speakers=2, d_model=32, n_layers=2, n_heads=2, max_len=32,
+                               dropout=0.0, num_timesteps=8)
+    DiffusionPrior(cfg, SPEAKERS, metadata={"checkpoint_id": vqvae.checkpoint_id}).save_pretrained(tmp_path / "dp")
+    clip = RECORDINGS / "3_jackson_2.wav"  # 63 codes: longer than max_len, so infilled in a window
+    original = encode_prompt(vqvae, clip)[0].numpy()
+    out = tmp_path / "out.wav"
+    argv = ["infill", str(clip), "--start", "0.20", "--end", "0.30", "--checkpoint", str(ckpt),
+            "--prior", str(tmp_path / "dp"), "--out", str(out), "--steps", "4", "--no-progress"]
+    assert main(argv) == 0
+    codes = np.load(out.with_suffix(".npy"))
+    first, stop = span_codes(0.20, 0.30, len(original), 8000, 64, 190)
+    # 0.20 s starts code 25, 0.30 s falls in code 37; the encoder's 190-sample field adds one code each side
+    assert (first, stop) == (24, 39)
+    keep = np.ones(len(original), bool)
+    keep[first:stop] = False
+    np.testing.assert_array_equal(codes[keep], original[keep])
+    assert sf.info(out).frames == len(original) * 64
+    assert main(argv) == 2  # the output exists: refused without --overwrite
+    ar = tmp_path / "ar"
+    tiny_prior_for(vqvae).save_pretrained(ar)
+    with pytest.raises(ValueError, match="needs a diffusion prior"):
+        from vqaudio.infill import infill_file
+
+        infill_file(vqvae, tiny_prior_for(vqvae), clip, tmp_path / "x.wav", 0.1, 0.2, "jackson")
+    with pytest.raises(ValueError, match="--start"):
+        span_codes(0.5, 0.4, 63, 8000, 64, 190)
+
+
 def test_generate_writes_audio_of_the_requested_length(saved_vqvae, tmp_path):
     vqvae, _ = saved_vqvae
     prior = tiny_prior_for(vqvae)

@@ -21,8 +21,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "detokenize": ("vqaudio.tokenize", "detokenize", "turn code sequences back into audio"),
     "reconstruct": ("vqaudio.cli", "reconstruct", "encode a recording and decode it with its own speaker"),
     "convert": ("vqaudio.cli", "convert", "encode a recording and decode it with another speaker's voice"),
-    "train-prior": ("vqaudio.prior_train", "train_prior", "train the autoregressive prior on tokens"),
+    "train-prior": ("vqaudio.prior_train", "train_prior", "train a prior on tokens (autoregressive or diffusion)"),
     "generate": ("vqaudio.generate", "generate", "sample codes from the prior and decode them to audio"),
+    "infill": ("vqaudio.infill", "infill", "replace a stretch of a recording, keeping what is around it (diffusion prior)"),
     "evaluate": ("vqaudio.evaluate.cli", "evaluate", "score a checkpoint and classic codecs on held-out audio"),
 }
 

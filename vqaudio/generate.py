@@ -3,7 +3,9 @@
 This is the generation experiment of van den Oord et al. (2017, Sec. 4.3): the prior fitted to
 the VQ-VAE's codes is sampled ancestrally (here conditioned on a speaker), and the sampled codes
 are decoded to audio by the decoder with the same speaker's embedding. With a prompt, the codes
-of a recording are continued instead of starting from nothing.
+of a recording are continued instead of starting from nothing. Either prior works: the
+autoregressive Transformer (:mod:`vqaudio.nn.prior`, one pass per code) or the discrete-diffusion
+prior (:mod:`vqaudio.nn.diffusion_prior`, ``--steps`` passes for the whole utterance).
 
     vqaudio generate --speaker SF1 --seconds 3 --num 2 --checkpoint CKPT --prior PRIOR_DIR --out DIR
 
@@ -13,6 +15,7 @@ writes ``DIR/SF1_000.wav``, ``DIR/SF1_000.npy`` (the codes decoded, ``[T'] int64
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +28,37 @@ from vqaudio._files import atomic_path
 from vqaudio._system import default_device
 from vqaudio.audio import load_audio, save_audio
 from vqaudio.config import DECODE_METHODS
-from vqaudio.nn.prior import PriorTransformer
+from vqaudio.nn.diffusion_prior import DIFFUSION_PRIOR_MODEL_TYPE, DiffusionPrior
+from vqaudio.nn.prior import PRIOR_MODEL_TYPE, PriorTransformer
+
+#: Either prior: both have ``config.codebook_size``, ``speakers``, ``metadata`` and ``sample``.
+Prior = PriorTransformer | DiffusionPrior
+
+
+def load_prior(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Prior:
+    """Load a prior of either kind from its checkpoint directory (by ``model_type`` in its
+    ``config.json``: ``"prior"`` or ``"diffusion-prior"``).
+
+    Raises:
+        vqaudio.checkpoint.CheckpointError: not a prior checkpoint, or a missing or malformed file.
+    """
+    from vqaudio.checkpoint import CONFIG_NAME, CheckpointError
+
+    path = Path(directory) / CONFIG_NAME
+    try:
+        kind = json.loads(path.read_text()).get("model_type")
+    except FileNotFoundError:
+        if not Path(directory).is_dir():
+            raise CheckpointError(f"{directory}: no such checkpoint directory") from None
+        raise CheckpointError(f"{directory}: incomplete checkpoint, {CONFIG_NAME} is missing") from None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if kind == DIFFUSION_PRIOR_MODEL_TYPE:
+        return DiffusionPrior.from_pretrained(directory, map_location)
+    if kind != PRIOR_MODEL_TYPE:
+        raise CheckpointError(f"{path}: model_type is {kind!r}, expected a prior "
+                              f"({PRIOR_MODEL_TYPE!r} or {DIFFUSION_PRIOR_MODEL_TYPE!r})")
+    return PriorTransformer.from_pretrained(directory, map_location)
 
 
 @dataclass(frozen=True)
@@ -49,7 +82,7 @@ class GeneratedSample:
     seconds: float
 
 
-def check_compatible(vqvae, prior: PriorTransformer, allow_mismatch: bool = False) -> None:
+def check_compatible(vqvae, prior: Prior, allow_mismatch: bool = False) -> None:
     """Check that ``prior`` was fitted to codes of ``vqvae``.
 
     Raises:
@@ -71,7 +104,7 @@ def check_compatible(vqvae, prior: PriorTransformer, allow_mismatch: bool = Fals
         )
 
 
-def speaker_ids(vqvae, prior: PriorTransformer, name: str) -> tuple[int, int]:
+def speaker_ids(vqvae, prior: Prior, name: str) -> tuple[int, int]:
     """Ids of speaker ``name`` in the VQ-VAE's and the prior's tables.
 
     Raises:
@@ -102,7 +135,7 @@ def encode_prompt(vqvae, path: str | os.PathLike) -> torch.Tensor:
 
 
 def sample_codes(
-    prior: PriorTransformer,
+    prior: Prior,
     speaker: int,
     num_codes: int,
     num: int = 1,
@@ -112,19 +145,30 @@ def sample_codes(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    steps: int | None = None,
 ) -> torch.Tensor:
     """Sample ``num`` code sequences of one speaker from the prior, as one batch.
 
+    The autoregressive prior continues the prompt code by code; the diffusion prior denoises
+    the whole sequence in ``steps`` reverse steps, with the prompt's last codes (as many as fit
+    its ``max_len`` beside the new ones) kept as known codes.
+
     Args:
-        prior: the prior (on any device; ``generator`` must be on the same one).
+        prior: a :class:`PriorTransformer` or :class:`DiffusionPrior` (on any device;
+            ``generator`` must be on the same one).
         speaker: speaker id in the prior's table.
         num_codes: new codes per sequence.
         num: sequences.
         prompt: optional [1, P] or [num, P] int64 codes to continue.
         temperature, top_k, top_p: see :func:`vqaudio.nn.prior.filter_logits`.
+        steps: reverse steps of the diffusion prior (default: its T); ignored by the
+            autoregressive prior.
 
     Returns:
         codes: [num, P + num_codes] int64 in [0, K), the prompt first.
+
+    Raises:
+        ValueError: bad sampling parameters, or more new codes than the diffusion prior's ``max_len``.
     """
     device = prior.token_embedding.weight.device
     speakers = torch.full((num,), speaker, dtype=torch.long, device=device)
@@ -132,6 +176,18 @@ def sample_codes(
         prompt = prompt.to(device)
         if prompt.shape[0] == 1 and num > 1:
             prompt = prompt.expand(num, -1)
+    if isinstance(prior, DiffusionPrior):
+        if num_codes > prior.config.max_len:
+            raise ValueError(f"{num_codes} codes exceed the diffusion prior's max_len={prior.config.max_len}; "
+                             f"ask for fewer seconds")
+        if prompt is None:
+            return prior.sample(speakers, num_codes, steps=steps, temperature=temperature, top_k=top_k,
+                                top_p=top_p, generator=generator, progress=progress)
+        context = prompt[:, max(0, prompt.shape[1] - (prior.config.max_len - num_codes)):]
+        known = torch.cat([context, torch.full((num, num_codes), -1, dtype=torch.long, device=device)], 1)
+        new = prior.sample(speakers, known.shape[1], steps=steps, temperature=temperature, top_k=top_k,
+                           top_p=top_p, generator=generator, known=known, progress=progress)
+        return torch.cat([prompt, new[:, context.shape[1]:]], dim=1)
     new = prior.sample(speakers, num_codes, prompt=prompt, temperature=temperature, top_k=top_k,
                        top_p=top_p, generator=generator, progress=progress)
     return new if prompt is None else torch.cat([prompt, new], dim=1)
@@ -139,7 +195,7 @@ def sample_codes(
 
 def generate(
     vqvae,
-    prior: PriorTransformer,
+    prior: Prior,
     speaker: str | Sequence[str],
     seconds: float,
     out_dir: str | os.PathLike,
@@ -154,6 +210,7 @@ def generate(
     allow_mismatch: bool = False,
     method: str = "auto",
     progress: bool = True,
+    steps: int | None = None,
 ) -> list[GeneratedSample]:
     """Generate ``num`` utterances of each speaker, ``seconds`` long each, into ``out_dir``.
 
@@ -167,7 +224,7 @@ def generate(
 
     Args:
         vqvae: a :class:`vqaudio.model.VQVAE` (its codes are what the prior was fitted to).
-        prior: a :class:`PriorTransformer` on the same device.
+        prior: a :class:`PriorTransformer` or :class:`DiffusionPrior` on the same device.
         speaker: a speaker name, or several; each in both tables.
         seconds: duration to sample, in seconds (> 0), not counting the prompt.
         out_dir: output folder (created).
@@ -183,6 +240,7 @@ def generate(
         method: decoder implementation, see :meth:`vqaudio.model.VQVAE.decode` (default: the
             fastest available).
         progress: show progress bars.
+        steps: reverse steps of a diffusion prior (default: all T of them).
 
     Returns:
         one :class:`GeneratedSample` per utterance, speaker by speaker.
@@ -212,7 +270,7 @@ def generate(
     for vqvae_id, prior_id in ids:
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         c = sample_codes(prior, prior_id, num_codes, num, prompt_codes, temperature, top_k, top_p,
-                         generator, progress)
+                         generator, progress, steps)
         if generator is not None and vqvae.device != device:
             generator = torch.Generator(device=vqvae.device).manual_seed(seed + 1)
         # the noise vqvae.decode would draw for this [num, T'] batch
@@ -271,6 +329,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", required=True, metavar="PRIOR_DIR", help="folder written by `vqaudio train-prior`")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for WAVs and codes (.npy)")
     parser.add_argument("--prompt", metavar="FILE", help="audio file whose codes are continued")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="reverse steps of a diffusion prior for the whole utterance (default: all "
+                             "of its T steps; fewer skip evenly); not used by the autoregressive prior")
     parser.add_argument("--prior-temperature", type=float, default=1.0,
                         help="prior sampling temperature (default 1; 0 is greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
@@ -294,7 +355,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
     device = default_device(args.device)
     vqvae = VQVAE.from_pretrained(args.checkpoint, map_location=device)
-    prior = PriorTransformer.from_pretrained(args.prior, map_location=device)
+    prior = load_prior(args.prior, map_location=device)
+    if args.steps is not None and not isinstance(prior, DiffusionPrior):
+        raise ValueError(f"--steps is for a diffusion prior; {args.prior} is autoregressive")
     check_compatible(vqvae, prior, args.allow_mismatch)
     names: Sequence[str] = [s for s in vqvae.speakers if s in prior.speakers] if args.all_speakers else args.speaker
     for sample in generate(
@@ -302,6 +365,7 @@ def run_generate(args: argparse.Namespace) -> int:
         temperature=args.prior_temperature, top_k=args.top_k, top_p=args.top_p,
         decoder_temperature=args.decoder_temperature, seed=args.seed, overwrite=args.overwrite,
         allow_mismatch=args.allow_mismatch, method=args.method, progress=not args.no_progress,
+        steps=args.steps,
     ):
         print(f"wrote {sample.wav_path} ({sample.seconds:.2f} s, speaker {sample.speaker}, "
               f"{sample.num_codes} codes, {sample.prompt_codes} from the prompt) and {sample.codes_path.name}")
@@ -314,6 +378,7 @@ __all__ = [
     "check_compatible",
     "encode_prompt",
     "generate",
+    "load_prior",
     "run_generate",
     "sample_codes",
     "save_codes",

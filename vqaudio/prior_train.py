@@ -1,11 +1,16 @@
-"""Training the autoregressive prior on the output of ``vqaudio tokenize`` (with Accelerate).
+"""Training a prior on the output of ``vqaudio tokenize`` (with Accelerate).
 
 A user tokenizes a corpus once with a trained VQ-VAE, then fits the prior to the tokens like
 any language model (van den Oord et al. 2017, Sec. 3.2: the prior over the latents is trained
 after the VQ-VAE, on its codes)::
 
     vqaudio tokenize CORPUS --checkpoint CKPT --out TOKENS_DIR
-    vqaudio train-prior TOKENS_DIR --out PRIOR_DIR
+    vqaudio train-prior TOKENS_DIR --out PRIOR_DIR                    # autoregressive
+    vqaudio train-prior TOKENS_DIR --out PRIOR_DIR --type diffusion   # VQ-Diffusion
+
+Both priors (:class:`~vqaudio.nn.prior.PriorTransformer`,
+:class:`~vqaudio.nn.diffusion_prior.DiffusionPrior`) go through the same loop, data, flags,
+checkpoints, resume and metrics; they differ in their loss and their validation figure.
 
 Data:
     every training item is a random window of at most ``window`` codes of one utterance with
@@ -16,7 +21,9 @@ Data:
 Metric:
     validation cross-entropy in bits per code, next to the unigram entropy of the validation
     codes (the best any context-free model could do on them; also given per speaker). The gap
-    is how much of the code stream the prior predicts from context.
+    is how much of the code stream the prior predicts from context. For the diffusion prior
+    the figure is its variational bound (all T terms, one draw each, a fixed seed): an upper
+    bound on its cross-entropy, read against the autoregressive prior's exact figure.
 
 Output folder ``PRIOR_DIR``:
     ``config.json``, ``model.safetensors``, ``speakers.json`` (the prior, loadable with
@@ -48,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from vqaudio._files import atomic_write_json
 from vqaudio._system import MIXED_PRECISION, resolve_mixed_precision
 from vqaudio.config import config_from_dict, config_to_dict
+from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
 from vqaudio.nn.quantizer import code_entropy
 from vqaudio.train import CHECKPOINTS_DIR, latest_checkpoint, wants_cpu
@@ -56,6 +64,17 @@ from vqaudio.train import save_checkpoint as save_training_state
 TRAIN_CONFIG_NAME = "train_config.json"
 METRICS_NAME = "metrics.json"
 TRAINER_STATE_NAME = "trainer_state.json"
+
+#: ``--type`` of ``vqaudio train-prior`` -> (model class, config class).
+PRIOR_TYPES: dict[str, tuple[type, type]] = {
+    "autoregressive": (PriorTransformer, PriorConfig),
+    "diffusion": (DiffusionPrior, DiffusionPriorConfig),
+}
+
+
+def prior_type_of(config: PriorConfig | DiffusionPriorConfig) -> str:
+    """The ``--type`` name of a prior config: ``"autoregressive"`` or ``"diffusion"``."""
+    return "diffusion" if isinstance(config, DiffusionPriorConfig) else "autoregressive"
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,8 @@ class PriorTrainConfig:
         mixed_precision: ``"auto"`` (bf16 where the hardware runs it natively, else fp32),
             or Accelerate's ``"no"``, ``"fp16"`` or ``"bf16"``.
         cpu: train on the CPU even if a GPU is present.
+        aux_loss_weight: diffusion prior only: weight of the auxiliary cross-entropy of the
+            clean codes beside the variational bound (Gu et al. 2022, Eq. 12; 5e-4 there).
     """
 
     steps: int = 20000
@@ -104,6 +125,7 @@ class PriorTrainConfig:
     num_workers: int = 0
     mixed_precision: str = "auto"
     cpu: bool = False
+    aux_loss_weight: float = 5e-4
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "save_every", "keep_checkpoints", "eval_batch_size"):
@@ -115,6 +137,8 @@ class PriorTrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.start_prob <= 1.0:
             raise ValueError(f"start_prob must be in [0, 1], got {self.start_prob}")
+        if self.aux_loss_weight < 0:
+            raise ValueError(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                              f"got {self.mixed_precision!r}")
@@ -355,6 +379,28 @@ def evaluate_bits_per_code(model: torch.nn.Module, loader: DataLoader, accelerat
     return float(total_nll / total_codes / math.log(2)) if total_codes > 0 else float("nan")
 
 
+@torch.no_grad()
+def evaluate_diffusion_bound(model: torch.nn.Module, loader: DataLoader, accelerator: Any, seed: int = 0) -> float:
+    """The diffusion prior's variational bound on the validation codes, in bits per code: every
+    term ``L_T, L_{T-1} .. L_0`` (:meth:`DiffusionPrior.bound_bits`), the noise drawn from a
+    generator seeded with ``seed`` and the process index, so repeated validations compare."""
+    core = accelerator.unwrap_model(model)
+    core.eval()
+    generator = torch.Generator(device=accelerator.device).manual_seed(seed * 1000 + accelerator.process_index)
+    total_bits = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    total_codes = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for batch in loader:
+        codes, speaker = batch["codes"], batch["speaker"]
+        count = (codes != IGNORE_INDEX).sum(dim=1)
+        with accelerator.autocast():
+            bits = core.bound_bits(codes, speaker, generator) * count
+        bits, count = accelerator.gather_for_metrics((bits, count))
+        total_bits += bits.double().sum()
+        total_codes += count.double().sum()
+    core.train()
+    return float(total_bits / total_codes) if total_codes > 0 else float("nan")
+
+
 def _lr_lambda(warmup: int, steps: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -365,7 +411,7 @@ def _lr_lambda(warmup: int, steps: int):
     return f
 
 
-def _param_groups(model: PriorTransformer, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -374,19 +420,21 @@ def _param_groups(model: PriorTransformer, weight_decay: float) -> list[dict[str
 def train_prior(
     tokens_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    prior_config: PriorConfig | None = None,
+    prior_config: PriorConfig | DiffusionPriorConfig | None = None,
     train_config: PriorTrainConfig | None = None,
     resume: bool = False,
     progress: bool = True,
     max_minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Fit a :class:`PriorTransformer` to a tokens folder, with Accelerate.
+    """Fit a prior to a tokens folder, with Accelerate.
 
     Args:
         tokens_dir: output of ``vqaudio tokenize`` (see :func:`load_code_sequences`).
         out_dir: the prior's folder (layout in the module docstring).
-        prior_config: model size; ``codebook_size`` and ``num_speakers`` are taken from the
-            tokens. Ignored on resume (the saved one is used).
+        prior_config: which prior and its size: a :class:`PriorConfig` (the autoregressive
+            :class:`PriorTransformer`, the default) or a :class:`DiffusionPriorConfig` (the
+            :class:`DiffusionPrior`); ``codebook_size`` and ``num_speakers`` are taken from
+            the tokens. Ignored on resume (the saved one is used).
         train_config: run settings; on resume the saved one is used, except ``steps``, which
             may be raised to train longer.
         resume: continue from the latest checkpoint in ``out_dir/checkpoints`` (start from
@@ -424,7 +472,8 @@ def train_prior(
             print(f"{out_dir}: no checkpoint to resume from yet; starting from step 0")
     if checkpoint is not None:
         saved = json.loads(saved_path.read_text())
-        prior_config = config_from_dict(PriorConfig, saved["prior_config"])
+        prior_config = config_from_dict(PRIOR_TYPES[saved.get("prior_type", "autoregressive")][1],
+                                        saved["prior_config"])
         steps = train_config.steps
         train_config = config_from_dict(PriorTrainConfig, saved["train_config"])
         if steps > train_config.steps:
@@ -460,7 +509,8 @@ def train_prior(
         if key in meta
     }
     prior_metadata["window"] = window
-    model = PriorTransformer(prior_config, speakers, metadata=prior_metadata)
+    prior_type = prior_type_of(prior_config)
+    model = PRIOR_TYPES[prior_type][0](prior_config, speakers, metadata=prior_metadata)
     optimizer = torch.optim.AdamW(
         _param_groups(model, train_config.weight_decay), lr=train_config.learning_rate, betas=(0.9, 0.95)
     )
@@ -502,13 +552,15 @@ def train_prior(
             "tokens_dir": str(tokens_dir),
             "tokens_checkpoint_id": meta.get("checkpoint_id"),
             "mixed_precision": mixed_precision,
+            "prior_type": prior_type,
             "prior_config": config_to_dict(prior_config),
             "train_config": config_to_dict(train_config),
             "window": window,
         })
     n_val_codes = sum(len(s.codes) for s in val_seqs)
+    figure = "bound" if prior_type == "diffusion" else "cross-entropy"
     accelerator.print(
-        f"prior: {accelerator.unwrap_model(model).num_parameters / 1e6:.2f} M parameters, "
+        f"{prior_type} prior: {accelerator.unwrap_model(model).num_parameters / 1e6:.2f} M parameters, "
         f"{len(speakers)} speakers, K={prior_config.codebook_size}; "
         f"{len(train_seqs)} training utterances ({sum(len(s.codes) for s in train_seqs)} codes), "
         f"{len(val_seqs)} validation utterances ({n_val_codes} codes), window {window} codes"
@@ -524,6 +576,7 @@ def train_prior(
     def summary() -> dict[str, Any]:
         """The metrics so far (written to ``metrics.json`` after every validation)."""
         result = {
+            "prior_type": prior_type,
             "step": step,
             "val_bits_per_code": history[-1]["val_bits_per_code"] if history else float("nan"),
             "best_val_bits_per_code": min((h["val_bits_per_code"] for h in history), default=float("nan")),
@@ -541,12 +594,16 @@ def train_prior(
         return result
 
     def run_eval() -> dict[str, Any]:
-        bits = evaluate_bits_per_code(model, val_loader, accelerator) if val_loader is not None else float("nan")
+        bits = float("nan")
+        if val_loader is not None and prior_type == "diffusion":
+            bits = evaluate_diffusion_bound(model, val_loader, accelerator, train_config.seed)
+        elif val_loader is not None:
+            bits = evaluate_bits_per_code(model, val_loader, accelerator)
         record = {"step": step, "val_bits_per_code": bits, "train_loss_nats": running_loss,
                   "learning_rate": scheduler.get_last_lr()[0]}
         history.append(record)
         accelerator.print(
-            f"step {step}: validation {bits:.3f} bits/code (unigram entropy "
+            f"step {step}: validation {figure} {bits:.3f} bits/code (unigram entropy "
             f"{stats.get('unigram_entropy_bits', float('nan')):.3f}), train loss {running_loss:.3f} nats"
         )
         if accelerator.is_main_process:
@@ -566,8 +623,7 @@ def train_prior(
     for batch in batches:
         if step >= train_config.steps:
             break
-        logits = model(batch["codes"], batch["speaker"])
-        loss = F.cross_entropy(logits.float().transpose(1, 2), batch["codes"], ignore_index=IGNORE_INDEX)
+        loss = _training_loss(model, accelerator, prior_type, batch, train_config.aux_loss_weight)
         accelerator.backward(loss)
         if train_config.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), train_config.grad_clip)
@@ -601,11 +657,26 @@ def train_prior(
         accelerator.unwrap_model(model).save_pretrained(out_dir)
         atomic_write_json(out_dir / METRICS_NAME, final)
     accelerator.print(
-        f"validation cross-entropy {final['val_bits_per_code']:.3f} bits/code vs unigram entropy "
+        f"validation {figure} {final['val_bits_per_code']:.3f} bits/code vs unigram entropy "
         f"{stats.get('unigram_entropy_bits', float('nan')):.3f} bits/code "
         f"(uniform {stats['uniform_bits']:.3f}); prior saved to {out_dir}"
     )
     return final
+
+
+def _training_loss(model: torch.nn.Module, accelerator: Any, prior_type: str, batch: dict[str, torch.Tensor],
+                   aux_loss_weight: float) -> torch.Tensor:
+    """The loss of one batch, in nats per code, with the forward pass through the prepared
+    (possibly DDP-wrapped) ``model`` so that gradients are synchronised."""
+    codes, speaker = batch["codes"], batch["speaker"]
+    if prior_type == "autoregressive":
+        logits = model(codes, speaker)
+        return F.cross_entropy(logits.float().transpose(1, 2), codes, ignore_index=IGNORE_INDEX)
+    core = accelerator.unwrap_model(model)
+    xt, t = core.noised(codes)
+    valid = codes != IGNORE_INDEX
+    terms = core.terms_from_logits(model(xt, t, speaker, valid), codes, xt, t)
+    return (terms["vlb"] + aux_loss_weight * terms["aux"]).mean()
 
 
 # --------------------------------------------------------------------------- CLI glue
@@ -621,14 +692,20 @@ PRIOR_OPTIONS: dict[str, tuple[str, str]] = {
     "warmup_steps": ("train", "warmup_steps"), "val_fraction": ("train", "val_fraction"),
     "eval_every": ("train", "eval_every"), "save_every": ("train", "save_every"), "seed": ("train", "seed"),
     "num_workers": ("train", "num_workers"), "mixed_precision": ("train", "mixed_precision"),
+    "timesteps": ("prior", "num_timesteps"), "aux_loss_weight": ("train", "aux_loss_weight"),
 }
+#: Options that only the diffusion prior has.
+DIFFUSION_ONLY_OPTIONS = ("timesteps", "aux_loss_weight")
 
 
 def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vqaudio train-prior TOKENS_DIR --out PRIOR_DIR`` (see :data:`PRIOR_OPTIONS`)."""
-    d, t = PriorConfig(), PriorTrainConfig()
+    d, t, dd = PriorConfig(), PriorTrainConfig(), DiffusionPriorConfig()
     parser.add_argument("tokens_dir", metavar="TOKENS_DIR", help="folder written by `vqaudio tokenize`")
     parser.add_argument("--out", required=True, metavar="PRIOR_DIR", help="folder of the prior and its checkpoints")
+    parser.add_argument("--type", choices=tuple(PRIOR_TYPES), default=None,
+                        help="autoregressive: a causal Transformer, one pass per code (default); diffusion: "
+                             "VQ-Diffusion's mask-and-replace prior, a fixed number of passes per utterance")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in --out, with its saved settings (only "
                              "--max-steps may change; another value of any other option is refused)")
@@ -638,6 +715,8 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--heads", type=int, help=f"attention heads (default {d.n_heads})")
     model.add_argument("--max-len", type=int, help=f"context in codes (default {d.max_len})")
     model.add_argument("--dropout", type=float, help=f"dropout (default {d.dropout})")
+    model.add_argument("--timesteps", type=int,
+                       help=f"diffusion prior: T, steps of the forward process (default {dd.num_timesteps})")
     run = parser.add_argument_group("training")
     run.add_argument("--max-steps", "--steps", dest="steps", type=int,
                      help=f"optimizer steps in total, as in vqaudio train (default {t.steps})")
@@ -647,6 +726,9 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--learning-rate", "--lr", dest="lr", type=float,
                      help=f"peak learning rate (default {t.learning_rate})")
     run.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {t.weight_decay})")
+    run.add_argument("--aux-loss-weight", type=float,
+                     help=f"diffusion prior: weight of the clean-code cross-entropy beside the bound "
+                          f"(default {t.aux_loss_weight}, the paper's)")
     run.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {t.warmup_steps})")
     run.add_argument("--val-fraction", type=float,
                      help=f"utterances held out per speaker (default {t.val_fraction})")
@@ -667,19 +749,25 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def prior_configs_from_args(args: argparse.Namespace) -> tuple[PriorConfig, PriorTrainConfig]:
-    """The configs of ``vqaudio train-prior``: the options given over the defaults, or, when
-    resuming a run in ``--out``, over its saved configs.
+def prior_configs_from_args(args: argparse.Namespace) -> tuple[PriorConfig | DiffusionPriorConfig, PriorTrainConfig]:
+    """The configs of ``vqaudio train-prior``: the options given over the defaults (of the
+    ``--type`` of prior), or, when resuming a run in ``--out``, over its saved configs.
 
     Raises:
         ValueError: resuming with an option (other than ``--max-steps``) whose value differs
-            from the saved one; names each.
+            from the saved one, or with another ``--type``; a diffusion-only option for the
+            autoregressive prior.
     """
     given = {name: getattr(args, name) for name in PRIOR_OPTIONS if getattr(args, name, None) is not None}
     saved_path = Path(args.out) / TRAIN_CONFIG_NAME
+    prior_type = getattr(args, "type", None)
     if args.resume and saved_path.is_file():
         saved = json.loads(saved_path.read_text())
-        base = {"prior": config_from_dict(PriorConfig, saved["prior_config"]),
+        saved_type = saved.get("prior_type", "autoregressive")
+        if prior_type not in (None, saved_type):
+            raise ValueError(f"{args.out}: cannot resume a {saved_type} prior as --type {prior_type}")
+        prior_type = saved_type
+        base = {"prior": config_from_dict(PRIOR_TYPES[prior_type][1], saved["prior_config"]),
                 "train": config_from_dict(PriorTrainConfig, saved["train_config"])}
         differ = [f"--{name.replace('_', '-')}: saved {getattr(base[c], f)!r}, given {value!r}"
                   for name, value in given.items() for c, f in [PRIOR_OPTIONS[name]]
@@ -688,7 +776,12 @@ def prior_configs_from_args(args: argparse.Namespace) -> tuple[PriorConfig, Prio
             raise ValueError(f"{args.out}: cannot resume with other settings ({'; '.join(differ)}); "
                              f"only --max-steps may change")
     else:
-        base = {"prior": PriorConfig(), "train": PriorTrainConfig()}
+        prior_type = prior_type or "autoregressive"
+        base = {"prior": PRIOR_TYPES[prior_type][1](), "train": PriorTrainConfig()}
+    if prior_type != "diffusion":
+        wrong = [f"--{name.replace('_', '-')}" for name in DIFFUSION_ONLY_OPTIONS if name in given]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: only for --type diffusion")
     changes: dict[str, dict[str, Any]] = {"prior": {}, "train": {}}
     for name, value in given.items():
         c, f = PRIOR_OPTIONS[name]
@@ -773,10 +866,13 @@ __all__ = [
     "add_prior_recipe_arguments",
     "prior_configs_from_recipe_args",
     "CodeWindowDataset",
+    "PRIOR_TYPES",
     "PriorTrainConfig",
     "ValidationChunks",
     "add_train_prior_arguments",
     "entropy_bits",
+    "evaluate_diffusion_bound",
+    "prior_type_of",
     "latest_checkpoint",
     "load_code_sequences",
     "prior_configs_from_args",

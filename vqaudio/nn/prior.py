@@ -155,10 +155,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with rotary positions and an optional KV cache."""
+    """Multi-head self-attention with rotary positions and an optional KV cache; causal, or
+    bidirectional with ``causal=False`` (the diffusion prior's, :mod:`vqaudio.nn.diffusion_prior`).
 
-    def __init__(self, config: PriorConfig):
+    Args:
+        config: a :class:`PriorConfig` (or any config with ``d_model``, ``n_heads``,
+            ``head_dim`` and ``dropout``).
+        causal: each position attends to itself and earlier ones only.
+    """
+
+    def __init__(self, config: PriorConfig, causal: bool = True):
         super().__init__()
+        self.causal = causal
         self.n_heads = config.n_heads
         self.head_dim = config.head_dim
         self.dropout = config.dropout
@@ -173,12 +181,15 @@ class CausalSelfAttention(nn.Module):
         sin: torch.Tensor,
         start: int,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, T, d_model] at positions ``start .. start + T - 1`` -> [B, T, d_model].
 
         ``cos``/``sin`` are the rotary tables for those positions, ``[T, head_dim]``. With a
         cache ``(keys, values)`` (each ``[B, H, max_len, head_dim]``) the new keys/values are
         written at those positions and the queries attend over positions ``0 .. start + T - 1``.
+        ``key_mask`` (bidirectional attention only): [B, 1, 1, T] bool, False for keys (padding)
+        that no query may attend to.
         """
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)
@@ -193,7 +204,9 @@ class CausalSelfAttention(nn.Module):
             v = cache_v[:, :, : start + t]
         mask = None
         is_causal = False
-        if start == 0:
+        if not self.causal:
+            mask = key_mask
+        elif start == 0:
             is_causal = t > 1
         elif t > 1:
             # Queries at positions start..start+T-1 see keys 0..their own position. SDPA's
@@ -209,12 +222,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+    """Pre-LayerNorm Transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``; causal
+    attention unless ``causal=False`` (see :class:`CausalSelfAttention`)."""
 
-    def __init__(self, config: PriorConfig):
+    def __init__(self, config: PriorConfig, causal: bool = True):
         super().__init__()
         self.ln_attn = nn.LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, causal)
         self.ln_mlp = nn.LayerNorm(config.d_model)
         hidden = config.mlp_ratio * config.d_model
         self.mlp = nn.Sequential(
@@ -231,9 +245,10 @@ class Block(nn.Module):
         sin: torch.Tensor,
         start: int,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, T, d_model] -> [B, T, d_model]; see :meth:`CausalSelfAttention.forward`."""
-        x = x + self.attn(self.ln_attn(x), cos, sin, start, cache)
+        x = x + self.attn(self.ln_attn(x), cos, sin, start, cache, key_mask)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -556,6 +571,7 @@ class PriorTransformer(nn.Module):
 
 
 __all__ = [
+    "Block",
     "IGNORE_INDEX",
     "KVCache",
     "PriorConfig",

@@ -1,0 +1,546 @@
+"""Discrete-diffusion prior over VQ-VAE codes: VQ-Diffusion's mask-and-replace process.
+
+Gu et al. (CVPR 2022), "Vector Quantized Diffusion Model for Text-to-Image Synthesis", Sec. 3-4.
+Where the autoregressive prior (:mod:`vqaudio.nn.prior`) runs once per code, this prior denoises
+a whole utterance of codes at once in a fixed number of steps, and sees both sides of every code,
+so it can also fill a gap (:meth:`DiffusionPrior.infill`).
+
+Forward process (Eq. 5-8 of the paper). Codes take ``K + 1`` states: the ``K`` codes and
+``[MASK]`` (id ``K``). At step ``t`` a code is kept with probability ``alpha_t``, replaced by a
+uniformly drawn code with probability ``K beta_t`` (the draw may give the same code), or masked
+with probability ``gamma_t``; a masked code stays masked. After ``t`` steps from ``x_0``::
+
+    q(x_t = x_0 | x_0)    = abar_t + bbar_t
+    q(x_t = k   | x_0)    = bbar_t                 (any other code k)
+    q(x_t = MASK | x_0)   = gbar_t,    bbar_t = (1 - abar_t - gbar_t) / K
+
+with ``abar_t`` falling linearly from 0.99999 to ``alpha_bar_end`` and ``gbar_t`` rising linearly
+from 0.000009 to ``gamma_bar_end`` over ``t = 1 .. T`` (the paper's schedule; ``abar_0 = 1``,
+``gbar_0 = 0``). The transition between any two steps ``s < t`` is of the same family
+(``alpha = abar_t / abar_s``, ``1 - gamma = (1 - gbar_t) / (1 - gbar_s)``), which is what lets
+sampling skip steps (Sec. 4.3, "fast inference").
+
+Reverse process. The network predicts the clean codes, ``p(x_0 | x_t)`` (Eq. 11: the
+"reparameterisation" of the paper), and the reverse step mixes the true posterior over it::
+
+    p(x_s | x_t) = sum_k q(x_s | x_t, x_0 = k) p(x_0 = k | x_t),   s < t
+
+Training minimises the variational bound, ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))`` at
+a uniformly drawn ``t`` (``-log p(x_0 | x_1)`` at ``t = 1``), plus ``aux_loss_weight`` times the
+cross-entropy of ``p(x_0 | x_t)`` against the clean codes (the paper's auxiliary loss, Eq. 12).
+:meth:`DiffusionPrior.bound_bits` sums every term of the bound, ``L_T`` included, in bits per
+code: an upper bound on the code stream's cross-entropy, comparable with the autoregressive
+prior's exact bits per code.
+
+The network is a bidirectional Transformer with the autoregressive prior's blocks (pre-LN,
+rotary positions), a token embedding of ``K + 1`` ids, a speaker embedding and a timestep
+embedding added at every position, and a head to ``K`` logits. Padded positions are masked out
+of attention, so a window of codes is scored the same with or without padding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqaudio.checkpoint import CheckpointError, read_model_files, speaker_index, write_model_files
+from vqaudio.nn.prior import IGNORE_INDEX, Block, filter_logits, rotary_tables
+
+#: ``model_type`` written in a diffusion prior's ``config.json``.
+DIFFUSION_PRIOR_MODEL_TYPE = "diffusion-prior"
+
+
+@dataclass(frozen=True)
+class DiffusionPriorConfig:
+    """Configuration of :class:`DiffusionPrior`, saved in every diffusion prior checkpoint.
+
+    Attributes:
+        codebook_size: K, the number of VQ-VAE codes; the input vocabulary is ``K + 1`` (the
+            codes and ``[MASK]`` = ``K``), the output softmax covers the ``K`` codes.
+        num_speakers: rows of the speaker embedding table (the VQ-VAE's speaker table).
+        d_model, n_layers, n_heads, dropout, mlp_ratio, rope_base: the Transformer, as in
+            :class:`vqaudio.nn.prior.PriorConfig` (``d_model // n_heads`` must be even).
+        max_len: the longest code sequence the model takes (training windows and samples).
+        num_timesteps: T, the steps of the forward process (100 in the paper).
+        alpha_bar_end: ``abar_T``, the probability that a code survives all T steps unchanged.
+        gamma_bar_end: ``gbar_T``, the probability that it is masked after T steps.
+    """
+
+    codebook_size: int = 512
+    num_speakers: int = 1
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    max_len: int = 1024
+    dropout: float = 0.1
+    mlp_ratio: int = 4
+    rope_base: float = 10000.0
+    num_timesteps: int = 100
+    alpha_bar_end: float = 0.000009
+    gamma_bar_end: float = 0.99999
+
+    def __post_init__(self) -> None:
+        for name in ("codebook_size", "num_speakers", "d_model", "n_layers", "n_heads", "mlp_ratio",
+                     "num_timesteps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DiffusionPriorConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_len < 1:
+            raise ValueError(f"DiffusionPriorConfig.max_len must be >= 1, got {self.max_len}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model ({self.d_model}) must be n_heads ({self.n_heads}) times an even head width")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"DiffusionPriorConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not (0.0 <= self.alpha_bar_end < 0.99999 and 0.000009 < self.gamma_bar_end <= 1.0
+                and self.alpha_bar_end + self.gamma_bar_end <= 1.0):
+            raise ValueError("need 0 <= alpha_bar_end < 0.99999, 0.000009 < gamma_bar_end <= 1 and "
+                             f"alpha_bar_end + gamma_bar_end <= 1, got {self.alpha_bar_end}, {self.gamma_bar_end}")
+
+    @property
+    def mask_token(self) -> int:
+        """Input id of ``[MASK]``: ``codebook_size``."""
+        return self.codebook_size
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head: ``d_model // n_heads``."""
+        return self.d_model // self.n_heads
+
+
+class MaskAndReplaceSchedule:
+    """The cumulative schedule of the forward process and its posteriors (module docstring).
+
+    ``abar``, ``gbar``, ``bbar``: [T + 1] float64 tensors, index ``t = 0 .. T`` (``t = 0`` is
+    the clean data: 1, 0, 0). All probabilities below are float64 over ``K + 1`` states, the
+    last being ``[MASK]``.
+
+    Args:
+        codebook_size: K.
+        num_timesteps: T.
+        alpha_bar_end, gamma_bar_end: ``abar_T`` and ``gbar_T``.
+    """
+
+    def __init__(self, codebook_size: int, num_timesteps: int, alpha_bar_end: float, gamma_bar_end: float):
+        self.K, self.T = codebook_size, num_timesteps
+        abar = torch.ones(num_timesteps + 1, dtype=torch.float64)
+        gbar = torch.zeros(num_timesteps + 1, dtype=torch.float64)
+        abar[1:] = torch.linspace(0.99999, alpha_bar_end, num_timesteps, dtype=torch.float64)
+        gbar[1:] = torch.linspace(0.000009, gamma_bar_end, num_timesteps, dtype=torch.float64)
+        self.abar, self.gbar = abar, gbar
+        self.bbar = ((1.0 - abar - gbar) / codebook_size).clamp(min=0.0)
+
+    def step(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(alpha, beta, gamma)`` of the transition from step ``s`` to step ``t`` (``s < t``),
+        each shaped like ``t`` (int64 tensors of steps)."""
+        alpha = self.abar[t] / self.abar[s]
+        gamma = 1.0 - (1.0 - self.gbar[t]) / (1.0 - self.gbar[s])
+        beta = ((1.0 - alpha - gamma) / self.K).clamp(min=0.0)
+        return alpha, beta, gamma
+
+    def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``q(x_t | x_0)``: [B, L, K + 1] float64 for codes ``x0`` [B, L] int64 in [0, K) and
+        steps ``t`` [B] int64 in [0, T]."""
+        a, b, g = (v[t.cpu()].to(x0.device)[:, None, None] for v in (self.abar, self.bbar, self.gbar))
+        q = b.expand(*x0.shape, self.K + 1).clone()
+        q[..., self.K] = g[..., 0]
+        q.scatter_add_(-1, x0[..., None], a.expand(*x0.shape, 1).clone())
+        return q
+
+    def sample_marginal(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``x_t ~ q(x_t | x_0)``: [B, L] int64 in [0, K] (K = ``[MASK]``)."""
+        u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
+        a, g = self.abar[t.cpu()][:, None].to(x0.device), self.gbar[t.cpu()][:, None].to(x0.device)
+        uniform = torch.randint(0, self.K, x0.shape, generator=generator, device=x0.device)
+        xt = torch.where(u < a, x0, uniform)
+        return torch.where(u >= 1.0 - g, torch.full_like(x0, self.K), xt)
+
+    def posterior(self, x0_probs: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``p(x_s | x_t) = sum_k q(x_s | x_t, x_0 = k) x0_probs[k]`` for ``s < t``.
+
+        Args:
+            x0_probs: [B, L, K] float, a distribution over the clean code at each position
+                (one-hot for the true posterior ``q(x_s | x_t, x_0)``).
+            xt: [B, L] int64 in [0, K], the state at step ``t``.
+            t, s: [B] int64 steps, ``0 <= s < t <= T``.
+
+        Returns:
+            [B, L, K + 1] float64, a distribution over ``x_s`` at each position (no ``[MASK]``
+            mass when ``s = 0``, where it equals ``x0_probs``).
+        """
+        v = x0_probs.double()
+        K = self.K
+        dev = v.device
+        t, s = t.cpu(), s.cpu()
+        at, bt, gt = (z[t].to(dev)[:, None, None] for z in (self.abar, self.bbar, self.gbar))
+        as_, bs, gs = (z[s].to(dev)[:, None, None] for z in (self.abar, self.bbar, self.gbar))
+        alpha, beta, gamma = (z.to(dev)[:, None, None] for z in self.step(t, s))
+        masked = (xt == K)[..., None]
+        code = xt.clamp(max=K - 1)[..., None]
+        # r_k = q(x_t | x_0 = k); u_k = v_k / r_k
+        r = torch.where(masked, gt.expand_as(v), bt.expand_as(v).clone().scatter_add(
+            -1, code, (at).expand(*xt.shape, 1).clone()))
+        u = v / r.clamp(min=1e-300)
+        total = u.sum(-1, keepdim=True)
+        # m(x_s) = sum_k u_k q(x_s | x_0 = k), over the K codes and [MASK]
+        m_codes = as_ * u + bs * total
+        m_mask = gs * total
+        # times q(x_t | x_s) as a function of x_s
+        hit = torch.zeros_like(v).scatter(-1, code, 1.0)
+        trans_codes = torch.where(masked, gamma.expand_as(v), alpha * hit + beta)
+        trans_mask = torch.where(masked, torch.ones_like(m_mask), torch.zeros_like(m_mask))
+        p = torch.cat([m_codes * trans_codes, m_mask * trans_mask], dim=-1)
+        return p / p.sum(-1, keepdim=True).clamp(min=1e-300)
+
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """``L_T = KL(q(x_T | x_0) || p(x_T))`` in nats per code, [B, L] float64, with
+        ``p(x_T) = (bbar_T + abar_T / K, .., gbar_T)``, the marginal of a uniform ``x_0``."""
+        t = torch.full(x0.shape[:1], self.T, dtype=torch.long)
+        q = self.marginal(x0, t)
+        code_mass = float(self.bbar[self.T] + self.abar[self.T] / self.K)  # x_0 uniform over the codes
+        p = torch.full((self.K + 1,), code_mass, dtype=torch.float64, device=x0.device)
+        p[self.K] = self.gbar[self.T]
+        return (q * (q.clamp(min=1e-300).log() - p.clamp(min=1e-300).log())).sum(-1)
+
+
+class DiffusionPrior(nn.Module):
+    """Speaker-conditioned discrete-diffusion prior ``p(x_0 | x_t, t, speaker)`` over VQ-VAE codes.
+
+    See the module docstring for the process. Parameters: token embedding ``[K + 1, d_model]``
+    (codes and ``[MASK]``), speaker embedding ``[num_speakers, d_model]``, timestep embedding
+    ``[T + 1, d_model]``, ``n_layers`` bidirectional pre-LN blocks with rotary attention, a
+    final LayerNorm and a linear head to ``K`` logits.
+
+    Args:
+        config: the frozen :class:`DiffusionPriorConfig`.
+        speakers: the speaker table in id order (the VQ-VAE's); its length must equal
+            ``config.num_speakers``.
+        metadata: JSON-ready facts about the codes (the VQ-VAE's ``checkpoint_id``,
+            ``sample_rate``, ``hop_length``, ``codes_per_second``...); saved in ``config.json``.
+
+    Raises:
+        ValueError: the speaker table does not match ``config.num_speakers`` or has duplicates.
+    """
+
+    def __init__(self, config: DiffusionPriorConfig, speakers: list[str], metadata: dict[str, Any] | None = None):
+        super().__init__()
+        speakers = list(speakers)
+        if len(speakers) != config.num_speakers:
+            raise ValueError(f"{len(speakers)} speaker names for config.num_speakers={config.num_speakers}")
+        if len(set(speakers)) != len(speakers):
+            raise ValueError(f"duplicate names in the speaker table: {speakers}")
+        self.config = config
+        self.speakers = speakers
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.schedule = MaskAndReplaceSchedule(config.codebook_size, config.num_timesteps,
+                                               config.alpha_bar_end, config.gamma_bar_end)
+        self.token_embedding = nn.Embedding(config.codebook_size + 1, config.d_model)
+        self.speaker_embedding = nn.Embedding(config.num_speakers, config.d_model)
+        self.time_embedding = nn.Embedding(config.num_timesteps + 1, config.d_model)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.codebook_size, bias=False)
+        cos, sin = rotary_tables(config.head_dim, config.max_len, config.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    def speaker_id(self, name: str) -> int:
+        """Row of ``name`` in the speaker table.
+
+        Raises:
+            vqaudio.checkpoint.UnknownSpeakerError (a KeyError): the name is not in the table.
+        """
+        return speaker_index(self.speakers, name)
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------ the network
+    def forward(self, xt: torch.Tensor, t: torch.Tensor, speaker: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the clean codes, ``p(x_0 | x_t)``.
+
+        Args:
+            xt: [B, L] int64 in [0, K] (K = ``[MASK]``), ``L <= max_len``.
+            t: [B] int64 steps in [0, T].
+            speaker: [B] int64 speaker ids.
+            valid: optional [B, L] bool, False at padding (left out of attention).
+
+        Returns:
+            [B, L, K] float logits.
+
+        Raises:
+            ValueError: bad shapes or a sequence longer than ``max_len``.
+        """
+        if xt.ndim != 2 or t.shape != xt.shape[:1] or speaker.shape != xt.shape[:1]:
+            raise ValueError(f"xt must be [B, L], t and speaker [B]; got {tuple(xt.shape)}, "
+                             f"{tuple(t.shape)}, {tuple(speaker.shape)}")
+        b, length = xt.shape
+        if length > self.config.max_len:
+            raise ValueError(f"{length} codes exceed max_len={self.config.max_len}")
+        x = self.token_embedding(xt) + (self.speaker_embedding(speaker) + self.time_embedding(t))[:, None, :]
+        x = self.embed_dropout(x)
+        cos = self.rope_cos[:length].to(x.dtype)
+        sin = self.rope_sin[:length].to(x.dtype)
+        key_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, cos, sin, 0, None, key_mask=key_mask)
+        return self.head(self.ln_f(x))
+
+    # ------------------------------------------------------------------ training
+    def loss_terms(self, x0: torch.Tensor, speaker: torch.Tensor, t: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One Monte Carlo term of the variational bound at step ``t``, and the auxiliary loss.
+
+        Args:
+            x0: [B, L] int64 clean codes in [0, K); :data:`IGNORE_INDEX` marks padding.
+            speaker: [B] int64.
+            t: [B] int64 steps in [1, T]; drawn uniformly when None.
+            generator: for ``t`` and the noise of ``x_t``.
+
+        Returns:
+            dict of [B] float tensors (nats per code, over the non-padding codes of each
+            sequence): ``vlb`` (``L_{t-1}``: the KL of the posteriors for ``t > 1``,
+            ``-log p(x_0 | x_1)`` for ``t = 1``), ``aux`` (cross-entropy of ``p(x_0 | x_t)``),
+            and ``t``.
+        """
+        xt, t = self.noised(x0, t, generator)
+        return self.terms_from_logits(self(xt, t, speaker, x0 != IGNORE_INDEX), x0, xt, t)
+
+    def noised(self, x0: torch.Tensor, t: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``t`` (uniform in [1, T] when None) and ``x_t ~ q(x_t | x_0)``.
+
+        Args:
+            x0: [B, L] int64 codes, :data:`IGNORE_INDEX` at padding (noised as code 0; left
+                out of every loss and of attention).
+
+        Returns:
+            xt: [B, L] int64 in [0, K] (K = ``[MASK]``), and t: [B] int64.
+        """
+        if t is None:
+            t = torch.randint(1, self.schedule.T + 1, x0.shape[:1], generator=generator, device=x0.device)
+        return self.schedule.sample_marginal(x0.clamp(min=0), t, generator).to(x0.device), t
+
+    def terms_from_logits(self, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
+                          t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`loss_terms` from the network's logits ``[B, L, K]`` for ``(x_t, t)``."""
+        sched = self.schedule
+        valid = x0 != IGNORE_INDEX
+        clean = x0.clamp(min=0)
+        log_p0 = logits.float().log_softmax(-1)
+        count = valid.sum(-1).clamp(min=1)
+        nll = -log_p0.gather(-1, clean[..., None])[..., 0]  # [B, L]
+        aux = (nll * valid).sum(-1) / count
+        s = (t - 1).clamp(min=0)
+        q = sched.posterior(F.one_hot(clean, sched.K).double(), xt, t, s)
+        p = sched.posterior(log_p0.exp(), xt, t, s)
+        kl = (q * (q.clamp(min=1e-300).log() - p.clamp(min=1e-300).log())).sum(-1)  # [B, L]
+        per_code = torch.where((t == 1)[:, None], nll.double(), kl)
+        vlb = (per_code * valid).sum(-1) / count
+        return {"vlb": vlb.float(), "aux": aux, "t": t}
+
+    def loss(self, x0: torch.Tensor, speaker: torch.Tensor, aux_loss_weight: float = 5e-4,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss: ``L_{t-1} + aux_loss_weight * CE(p(x_0 | x_t), x_0)`` at a uniform
+        ``t``, averaged over the batch (the paper's objective, Eq. 12; 5e-4 is its weight).
+
+        Args:
+            x0: [B, L] int64 as in :meth:`loss_terms`; speaker: [B] int64.
+
+        Returns:
+            a scalar float tensor in nats per code.
+        """
+        terms = self.loss_terms(x0, speaker, generator=generator)
+        return (terms["vlb"] + aux_loss_weight * terms["aux"]).mean()
+
+    @torch.no_grad()
+    def bound_bits(self, x0: torch.Tensor, speaker: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The whole variational bound, ``L_T + sum_{t=1..T} L_{t-1}``, in bits per code.
+
+        One draw of ``x_t`` per step and sequence (seed ``generator`` for a repeatable
+        figure); T forward passes.
+
+        Args:
+            x0: [B, L] int64 codes, :data:`IGNORE_INDEX` at padding; speaker: [B] int64.
+
+        Returns:
+            [B] float64 bits per code of each sequence (its non-padding codes), an upper bound
+            on ``-log2 p(x_0)`` per code.
+        """
+        valid = x0 != IGNORE_INDEX
+        count = valid.sum(-1).clamp(min=1)
+        total = (self.schedule.prior_kl(x0.clamp(min=0)) * valid).sum(-1) / count
+        for step in range(1, self.schedule.T + 1):
+            t = torch.full(x0.shape[:1], step, dtype=torch.long, device=x0.device)
+            total = total + self.loss_terms(x0, speaker, t, generator)["vlb"].double()
+        return total / math.log(2)
+
+    # ------------------------------------------------------------------ sampling
+    def timesteps(self, steps: int | None) -> list[int]:
+        """The steps a reverse pass visits: ``steps + 1`` evenly spaced integers from T down to
+        0 (repeats dropped); ``None``: all of them."""
+        T = self.schedule.T
+        steps = T if steps is None else int(steps)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        points = torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()
+        return sorted(set(points), reverse=True)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        speaker: torch.Tensor,
+        num_codes: int,
+        steps: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        known: torch.Tensor | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Sample whole code sequences by the reverse process, from all ``[MASK]`` at step T.
+
+        Each reverse step ``t -> s`` predicts ``p(x_0 | x_t)`` (filtered by ``temperature``,
+        ``top_k``, ``top_p`` as :func:`vqaudio.nn.prior.filter_logits`; ``temperature = 0``
+        takes the most likely code), forms ``p(x_s | x_t)`` with the posterior and draws
+        ``x_s``; the last step (``s = 0``) draws the codes from ``p(x_0 | x_t)`` itself, so no
+        ``[MASK]`` is left. With ``steps < T`` the steps are skipped evenly (Sec. 4.3 of the
+        paper: the posterior between any two steps is exact).
+
+        Args:
+            speaker: [B] int64 speaker ids.
+            num_codes: codes per sequence, 1 .. ``max_len``.
+            steps: reverse steps (default T).
+            temperature, top_k, top_p: filtering of ``p(x_0 | x_t)``.
+            generator: a ``torch.Generator`` on the model's device.
+            known: optional [B, num_codes] int64: codes in [0, K) to keep, -1 where to sample
+                (see :meth:`infill`).
+            progress: a tqdm bar over the steps.
+
+        Returns:
+            [B, num_codes] int64 codes in [0, K); ``known`` codes are kept exactly.
+
+        Raises:
+            ValueError: bad ids, lengths or sampling parameters.
+        """
+        cfg = self.config
+        device = self.token_embedding.weight.device
+        speaker = torch.as_tensor(speaker, dtype=torch.long, device=device).reshape(-1)
+        b = speaker.shape[0]
+        if b == 0 or int(speaker.min()) < 0 or int(speaker.max()) >= cfg.num_speakers:
+            raise ValueError(f"speaker ids must be in [0, {cfg.num_speakers}), got {speaker.tolist()}")
+        if not 1 <= num_codes <= cfg.max_len:
+            raise ValueError(f"num_codes must be in [1, max_len={cfg.max_len}], got {num_codes}")
+        if temperature != 0:
+            filter_logits(torch.zeros(1, 1), temperature, top_k, top_p)  # check early
+        keep = None
+        if known is not None:
+            known = torch.as_tensor(known, dtype=torch.long, device=device)
+            if known.shape != (b, num_codes):
+                raise ValueError(f"known must be [{b}, {num_codes}], got {tuple(known.shape)}")
+            if int(known.max()) >= cfg.codebook_size or int(known.min()) < -1:
+                raise ValueError(f"known codes must be in [0, {cfg.codebook_size}) or -1")
+            keep = known >= 0
+        sched = self.schedule
+        points = self.timesteps(steps)
+        x = torch.full((b, num_codes), cfg.mask_token, dtype=torch.long, device=device)
+        if keep is not None:
+            t_first = torch.full((b,), points[0], dtype=torch.long)
+            x = torch.where(keep, sched.sample_marginal(known.clamp(min=0), t_first, generator).to(device), x)
+        was_training = self.training
+        self.eval()
+        pairs = list(zip(points[:-1], points[1:]))
+        if progress:
+            from tqdm.auto import tqdm
+
+            pairs = tqdm(pairs, desc="denoising codes", unit="step")
+        try:
+            for t_now, s_next in pairs:
+                t = torch.full((b,), t_now, dtype=torch.long, device=device)
+                s = torch.full((b,), s_next, dtype=torch.long, device=device)
+                logits = self(x, t, speaker).float()
+                if temperature == 0:
+                    v = F.one_hot(logits.argmax(-1), cfg.codebook_size).float()
+                else:
+                    flat = filter_logits(logits.reshape(-1, cfg.codebook_size), temperature, top_k, top_p)
+                    v = flat.softmax(-1).reshape(logits.shape)
+                probs = sched.posterior(v, x, t.cpu(), s.cpu())
+                x = torch.multinomial(probs.reshape(-1, cfg.codebook_size + 1).float(), 1,
+                                      generator=generator).reshape(b, num_codes)
+                if keep is not None:  # the known codes, noised to step s (RePaint-style)
+                    x = torch.where(keep, sched.sample_marginal(known.clamp(min=0), s.cpu(), generator).to(device), x)
+        finally:
+            self.train(was_training)
+        if keep is not None:
+            x = torch.where(keep, known, x)
+        if int(x.max()) >= cfg.codebook_size:  # cannot happen: s = 0 carries no [MASK] mass
+            raise RuntimeError("a [MASK] was left after the last reverse step")
+        return x
+
+    @torch.no_grad()
+    def infill(self, codes: torch.Tensor, span: torch.Tensor, speaker: torch.Tensor, steps: int | None = None,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Resample the codes inside ``span`` conditioned on the codes on both sides of it.
+
+        Args:
+            codes: [B, L] int64 codes in [0, K), ``L <= max_len``.
+            span: [B, L] bool, True for the codes to resample.
+            speaker: [B] int64 speaker ids.
+            steps, temperature, top_k, top_p, generator, progress: as in :meth:`sample`.
+
+        Returns:
+            [B, L] int64: ``codes`` outside ``span`` exactly, new codes inside it.
+
+        Raises:
+            ValueError: shapes differ, or bad ids or sampling parameters.
+        """
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        span = torch.as_tensor(span, dtype=torch.bool, device=codes.device)
+        if codes.ndim != 2 or span.shape != codes.shape:
+            raise ValueError(f"codes and span must both be [B, L], got {tuple(codes.shape)} and {tuple(span.shape)}")
+        known = torch.where(span, torch.full_like(codes, -1), codes)
+        return self.sample(speaker, codes.shape[1], steps=steps, temperature=temperature, top_k=top_k,
+                           top_p=top_p, generator=generator, known=known, progress=progress)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the checkpoint directory (:mod:`vqaudio.checkpoint`; ``config.json`` has
+        ``"model_type": "diffusion-prior"``); returns it."""
+        return write_model_files(directory, DIFFUSION_PRIOR_MODEL_TYPE, self.config, self.state_dict(),
+                                 self.speakers, self.metadata)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> DiffusionPrior:
+        """Load a diffusion prior written by :meth:`save_pretrained` (in eval mode).
+
+        Raises:
+            vqaudio.checkpoint.CheckpointError: a file is missing or malformed, the checkpoint
+                is not a diffusion prior, or its format version is newer than this code.
+        """
+        files = read_model_files(directory, DIFFUSION_PRIOR_MODEL_TYPE, DiffusionPriorConfig, map_location)
+        model = cls(files.config, files.speakers, metadata=files.meta.get("metadata") or {})
+        try:
+            model.load_state_dict(files.state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{directory}: the weights do not match the config ({exc})") from None
+        return model.to(map_location).eval()
+
+
+__all__ = ["DIFFUSION_PRIOR_MODEL_TYPE", "DiffusionPrior", "DiffusionPriorConfig", "MaskAndReplaceSchedule"]
