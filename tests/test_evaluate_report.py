@@ -221,6 +221,32 @@ def test_generation_with_a_saved_prior(tmp_path: Path) -> None:
     assert not (tmp_path / "r2").exists()  # checked before any work
 
 
+def test_generation_and_infilling_with_a_diffusion_prior(tmp_path: Path) -> None:
+    """A saved diffusion prior: samples per speaker at --steps, timed; the listening page shows
+    the clips with their middle third infilled, codes outside the span kept."""
+    from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
+
+    model = tiny_model()
+    torch.manual_seed(0)
+    prior = DiffusionPrior(DiffusionPriorConfig(codebook_size=32, num_speakers=len(SPEAKERS), d_model=16, n_layers=1,
+                                                n_heads=2, max_len=128, dropout=0.0, num_timesteps=6), SPEAKERS)
+    path = prior.save_pretrained(tmp_path / "prior")
+    out = tmp_path / "r"
+    report = evaluate(model, SAMPLE, out, prior=path, prior_steps=3, max_clips=6, baselines=(), generate_per_speaker=1,
+                      generate_seconds=0.1, skip=NO_EXTRA + ["conversion"], num_plot_clips=2, method="torch",
+                      num_threads=1, progress=False)
+    gen = report["generation"]
+    assert gen["samples"] == 6 and gen["prior"] == {"type": "diffusion", "path": str(path), "steps": 3}
+    assert gen["sampling_seconds_each"] > 0
+    assert len(gen["infilled"]["clips"]) == 2
+    page = (out / "report.html").read_text()
+    assert page.count("(diffusion prior)") == 2 and "infilled" in page
+    for utt, (first, stop) in zip(gen["infilled"]["clips"], gen["infilled"]["spans"]):
+        assert 0 < first < stop
+        assert sf.info(str(out / "audio" / "infill" / f"{utt}.wav")).frames > 0
+    assert "diffusion, 3 reverse steps" in (out / "report.md").read_text()
+
+
 def test_a_training_run_is_scored_on_the_utterances_it_held_out(tmp_path: Path) -> None:
     """A run trained with another split: evaluate takes its data.json's held-out utterances."""
     run = tmp_path / "run"

@@ -1,14 +1,22 @@
 #!/usr/bin/env python
-"""Sampling speed of the prior, in codes per second, with and without the key/value cache.
+"""Sampling speed of the two priors, in codes per second, side by side in one process.
 
-Both runs use the same model, seed, batch and number of codes, in one process, so the figures
-are comparable. With a trained prior (``--prior DIR``) the model is loaded from it; otherwise a
-randomly initialised prior of the given size is timed (speed does not depend on the weights).
+1. the autoregressive prior (:class:`vqaudio.nn.prior.PriorTransformer`) with its key/value
+   cache, and without it (the whole context recomputed at every code);
+2. the discrete-diffusion prior (:class:`vqaudio.nn.diffusion_prior.DiffusionPrior`) at each
+   ``--steps`` count of reverse steps for the whole utterance.
 
-    python tools/bench_prior_sampling.py --codes 500 --batch 1
-    python tools/bench_prior_sampling.py --prior runs/prior --codes 1000 --batch 4
+Every run samples ``--codes`` codes per sequence (default 4 s at the priors' code rate, 500 at
+8 kHz) for each ``--batch`` size, with the same seed. With trained priors (``--prior``,
+``--diffusion-prior``) the models are loaded; otherwise randomly initialised priors of one size
+are timed (speed does not depend on the weights). Each figure is the fastest of ``--repeat``
+runs after a warm-up; codes/s counts every sequence of the batch.
 
-Prints one line per mode (codes/s counts every sequence of the batch) and the speed-up.
+    python tools/bench_prior_sampling.py
+    python tools/bench_prior_sampling.py --prior runs/prior-ar --diffusion-prior runs/prior-diff --batch 1 10
+
+The last lines give, per batch size and steps count, the diffusion prior's codes/s over the
+autoregressive prior's with its cache.
 """
 
 from __future__ import annotations
@@ -19,67 +27,98 @@ import time
 
 import torch
 
+from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
 from vqaudio.nn.prior import PriorConfig, PriorTransformer
 
 
-def time_sampling(model: PriorTransformer, batch: int, codes: int, use_cache: bool, seed: int) -> tuple[float, torch.Tensor]:
-    """Seconds to sample ``codes`` codes for ``batch`` sequences, and the codes [batch, codes]."""
-    speaker = torch.arange(batch) % model.config.num_speakers
-    gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    out = model.sample(speaker, codes, generator=gen, use_cache=use_cache)
-    return time.perf_counter() - start, out
+def best_time(fn, repeat: int) -> float:
+    """The least wall time of ``repeat`` calls of ``fn`` (others on the machine only slow a run)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse arguments, time cached and uncached sampling, print codes/s for each."""
+    """Parse arguments, time both priors, print codes/s and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", help="a trained prior folder (default: a random prior of the size below)")
-    parser.add_argument("--codes", type=int, default=500, help="codes to sample per sequence (default 500)")
-    parser.add_argument("--batch", type=int, default=1, help="sequences sampled at once (default 1)")
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--prior", help="a trained autoregressive prior folder (default: a random one)")
+    parser.add_argument("--diffusion-prior", help="a trained diffusion prior folder (default: a random one)")
+    parser.add_argument("--codes", type=int, help="codes per sequence (default: 4 s at the priors' code rate, "
+                                                   "else 500)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 10], help="batch sizes (default 1 10)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 100],
+                        help="reverse steps of the diffusion prior (default 10 25 100)")
+    parser.add_argument("--d-model", type=int, default=128, help="size of the random priors (default: the "
+                                                                 "recipe's CPU prior, 128 x 4 layers)")
+    parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--max-len", type=int, default=1024)
-    parser.add_argument(
-        "--threads", type=int, default=1,
-        help="torch CPU threads (default 1: one code per step is latency-bound, and on a shared "
-        "machine extra threads spin-wait; 0 keeps torch's default)",
-    )
+    parser.add_argument("--timesteps", type=int, default=100, help="T of the random diffusion prior")
+    parser.add_argument("--no-uncached", action="store_true", help="skip the autoregressive run without cache")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per figure; the fastest counts (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1; 0 keeps torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    torch.manual_seed(args.seed)
     if args.prior:
-        model = PriorTransformer.from_pretrained(args.prior)
+        ar = PriorTransformer.from_pretrained(args.prior)
     else:
-        torch.manual_seed(args.seed)
-        cfg = PriorConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len, dropout=0.0)
-        model = PriorTransformer(cfg, ["speaker"]).eval()
-    cfg = model.config
-    print(
-        f"prior: d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} max_len={cfg.max_len} "
-        f"({model.num_parameters / 1e6:.2f} M parameters); batch={args.batch}, codes={args.codes}, "
-        f"threads={torch.get_num_threads()}, device=cpu"
-    )
-    time_sampling(model, args.batch, min(args.codes, 8), True, args.seed)  # warm-up
-    results = {}
-    outputs = {}
-    for use_cache in (True, False):
-        seconds, outputs[use_cache] = time_sampling(model, args.batch, args.codes, use_cache, args.seed)
-        rate = args.batch * args.codes / seconds
-        name = "with cache" if use_cache else "without cache"
-        results[name] = {"seconds": seconds, "codes_per_second": rate}
-        print(f"{name:>14}: {rate:10.1f} codes/s  ({args.batch} x {args.codes} codes in {seconds:.2f} s)")
-    speedup = results["with cache"]["codes_per_second"] / results["without cache"]["codes_per_second"]
-    same = bool(torch.equal(outputs[True], outputs[False]))
-    print(f"speed-up from the cache: {speedup:.1f}x; identical samples with the same seed: {same}")
+        ar = PriorTransformer(PriorConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                                          max_len=1024, dropout=0.0), ["speaker"]).eval()
+    if args.diffusion_prior:
+        diffusion = DiffusionPrior.from_pretrained(args.diffusion_prior)
+    else:
+        diffusion = DiffusionPrior(DiffusionPriorConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                                                        max_len=1024, dropout=0.0, num_timesteps=args.timesteps),
+                                   ["speaker"]).eval()
+    rate = ar.metadata.get("codes_per_second") or diffusion.metadata.get("codes_per_second")
+    codes = args.codes or (round(4 * rate) if rate else 500)
+    if codes > diffusion.config.max_len:
+        parser.error(f"--codes {codes} exceeds the diffusion prior's max_len={diffusion.config.max_len}")
+    for name, m in (("autoregressive", ar), ("diffusion", diffusion)):
+        c = m.config
+        print(f"{name} prior: d_model={c.d_model} n_layers={c.n_layers} n_heads={c.n_heads} max_len={c.max_len} "
+              f"({m.num_parameters / 1e6:.2f} M parameters)" + (f", T={c.num_timesteps}" if name == "diffusion" else ""))
+    print(f"{codes} codes per sequence" + (f" ({codes / rate:.2f} s at {rate:g} codes/s)" if rate else "")
+          + f"; threads={torch.get_num_threads()}, device=cpu, fastest of {args.repeat}")
+
+    def run(model, batch: int, **kw):
+        speaker = torch.arange(batch) % model.config.num_speakers
+        return lambda: model.sample(speaker, codes, generator=torch.Generator().manual_seed(args.seed), **kw)
+
+    run(ar, 1)  # warm-up
+    run(diffusion, 1, steps=2)()
+    results: list[dict] = []
+    print(f"{'prior':<26}{'batch':>6}{'seconds':>10}{'codes/s':>12}")
+    for batch in args.batch:
+        rows = [("autoregressive, KV cache", ar, {}, None)]
+        if not args.no_uncached:
+            rows.append(("autoregressive, no cache", ar, {"use_cache": False}, None))
+        rows += [(f"diffusion, {s} steps", diffusion, {"steps": s}, s) for s in args.steps]
+        for label, model, kw, steps in rows:
+            seconds = best_time(run(model, batch, **kw), args.repeat)
+            results.append({"prior": label, "batch": batch, "steps": steps, "seconds": seconds,
+                            "codes_per_second": batch * codes / seconds})
+            print(f"{label:<26}{batch:>6}{seconds:>10.3f}{batch * codes / seconds:>12.0f}")
+    ratios = []
+    for batch in args.batch:
+        base = next(r for r in results if r["batch"] == batch and r["prior"] == "autoregressive, KV cache")
+        for r in results:
+            if r["batch"] == batch and r["steps"] is not None:
+                ratio = r["codes_per_second"] / base["codes_per_second"]
+                ratios.append({"batch": batch, "steps": r["steps"], "ratio": ratio})
+                print(f"batch {batch}, {codes} codes: diffusion prior at {r['steps']} steps "
+                      f"{ratio:.2f}x the codes/s of the autoregressive prior with its cache")
     if args.json:
-        payload = {"config": vars(args), "results": results, "speedup": speedup, "identical_samples": same}
         with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
+            json.dump({"config": vars(args), "codes": codes, "results": results, "ratios": ratios}, f, indent=2)
 
 
 if __name__ == "__main__":

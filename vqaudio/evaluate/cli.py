@@ -17,7 +17,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="VQ-VAE checkpoint (directory, training run, or bundled name); "
                         "without it only the baselines are scored")
     parser.add_argument("--out", required=True, help="report folder (report.json, report.md, plots/, audio/)")
-    parser.add_argument("--prior", help="prior checkpoint: also generate and judge samples per speaker")
+    parser.add_argument("--prior", help="prior checkpoint (autoregressive or diffusion): also generate and judge "
+                                        "samples per speaker")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="reverse steps of a diffusion prior (default: all of its T steps)")
     parser.add_argument("--split", choices=("auto", "held-out", "all"), default="auto",
                         help="held-out split of a corpus folder (FSDD: takes 0-4), or all clips "
                         "(default auto: held-out for a folder, all for files)")
@@ -65,7 +68,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             baselines=baselines, skip=skip, join_seconds=args.join_seconds, gap_seconds=args.gap_seconds,
             batch_size=args.batch_size, temperature=args.temperature, seed=args.seed, method=args.method,
             num_plot_clips=args.plot_clips, num_threads=args.threads, overwrite=args.overwrite,
-            progress=not args.no_progress, device=args.device,
+            progress=not args.no_progress, device=args.device, prior_steps=args.steps,
         )
     except MissingExtraError as exc:
         print(f"vqaudio evaluate: error: {exc}", file=sys.stderr)

@@ -594,19 +594,30 @@ def codebook_statistics(codes: Sequence[np.ndarray], codebook_size: int) -> dict
 # ----- prior ---------------------------------------------------------------------------------
 
 
-def load_code_sampler(prior, model) -> CodeSampler:
+def load_code_sampler(prior, model, steps: int | None = None) -> CodeSampler:
     """A :data:`CodeSampler` from a prior: a callable (used as is), a
-    :class:`vqaudio.nn.prior.PriorTransformer`, or the path of a saved one.
+    :class:`vqaudio.nn.prior.PriorTransformer` or
+    :class:`vqaudio.nn.diffusion_prior.DiffusionPrior`, or the path of a saved one of either.
+
+    A sampler made from a prior carries ``description`` (``{"type", "path", "steps"}``) and, for
+    the diffusion prior, ``infill(codes [T'] int64, first, stop, speaker_id, generator)``.
+
+    Args:
+        steps: reverse steps of a diffusion prior (default: all of its T).
 
     Raises:
-        ValueError: the prior's speaker table or codebook size differs from the model's.
+        ValueError: the prior's speaker table or codebook size differs from the model's, or
+            ``steps`` for an autoregressive prior.
     """
     import torch
 
-    if isinstance(prior, (str, os.PathLike)):
-        from vqaudio.nn.prior import PriorTransformer
+    from vqaudio.nn.diffusion_prior import DiffusionPrior
 
-        prior = PriorTransformer.from_pretrained(prior)
+    path = str(prior) if isinstance(prior, (str, os.PathLike)) else None
+    if path is not None:
+        from vqaudio.generate import load_prior
+
+        prior = load_prior(prior)
     if hasattr(prior, "sample") and hasattr(prior, "speakers"):
         if list(prior.speakers) != list(model.speakers):
             raise ValueError(f"the prior's speakers {prior.speakers} differ from the checkpoint's {model.speakers}")
@@ -614,14 +625,28 @@ def load_code_sampler(prior, model) -> CodeSampler:
         if k != model.config.quantizer.codebook_size:
             raise ValueError(f"the prior has {k} codes, the checkpoint {model.config.quantizer.codebook_size}")
         module = prior
+        diffusion = isinstance(module, DiffusionPrior)
+        if steps is not None and not diffusion:
+            raise ValueError("--steps is for a diffusion prior; this prior is autoregressive")
+        extra = {"steps": steps} if diffusion else {}
 
         def sample(speaker_id: int, num_codes: int, generator) -> torch.Tensor:
-            return module.sample(torch.tensor([speaker_id]), num_codes, generator=generator)[0]
+            return module.sample(torch.tensor([speaker_id]), num_codes, generator=generator, **extra)[0]
 
+        sample.description = {"type": "diffusion" if diffusion else "autoregressive", "path": path,
+                              "steps": (steps or module.config.num_timesteps) if diffusion else None}
+        if diffusion:
+            from vqaudio.infill import infill_codes
+
+            def infill(codes, first: int, stop: int, speaker_id: int, generator) -> torch.Tensor:
+                return infill_codes(module, torch.as_tensor(codes, dtype=torch.long), first, stop, speaker_id,
+                                    steps=steps, generator=generator)
+
+            sample.infill = infill
         return sample
     if callable(prior):
         return prior
-    raise ValueError(f"prior must be a path, a PriorTransformer or a callable, got {type(prior).__name__}")
+    raise ValueError(f"prior must be a path, a prior model or a callable, got {type(prior).__name__}")
 
 
 # ----- the entry point -----------------------------------------------------------------------
@@ -653,6 +678,7 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     device: str | None = None,
+    prior_steps: int | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint and classic codecs on held-out audio; write report.json, report.md, plots.
 
@@ -662,8 +688,11 @@ def evaluate(
         data: corpus folder, files, or a file list (see :func:`load_clips`).
         out_dir: output folder: created, or a previous evaluation's folder (decoded audio
             there is reused; the report is replaced).
-        prior: for generation: a prior checkpoint path, a ``PriorTransformer``, or a callable
-            ``(speaker_id, num_codes, generator) -> codes [num_codes] int64``; None skips it.
+        prior: for generation: a prior checkpoint path (either kind), a ``PriorTransformer`` or
+            ``DiffusionPrior``, or a callable ``(speaker_id, num_codes, generator) -> codes
+            [num_codes] int64``; None skips it. With a diffusion prior the listening page also
+            shows the listening clips with their middle third infilled.
+        prior_steps: reverse steps of a diffusion prior (default: all of its T).
         split, num_held_out, max_clips: which clips (see :func:`load_clips`).
         max_conversions: at most this many conversions (default: one per clip).
         generate_per_speaker: prior samples per speaker.
@@ -717,8 +746,8 @@ def evaluate(
                 model = checkpoint
             model.eval()
         # Load the prior before any slow work, so a mismatched one fails at once.
-        sampler = load_code_sampler(prior, model) if (prior is not None and model is not None
-                                                      and "generation" not in skip) else None
+        sampler = load_code_sampler(prior, model, prior_steps) if (prior is not None and model is not None
+                                                                   and "generation" not in skip) else None
         _prepare_out_dir(out_dir, model, temperature, seed, overwrite)
 
         t = time.perf_counter()
@@ -820,6 +849,12 @@ def evaluate(
                                                  generate_seconds, batch_size, temperature, seed, method,
                                                  speaker_judge, recognizer is not None, progress)
                 timings["generation_s"] = time.perf_counter() - t
+                if hasattr(sampler, "infill") and "plots" not in skip and num_plot_clips > 0:
+                    t = time.perf_counter()
+                    examples["infilled"], generation["infilled"] = _infill_examples(
+                        model, sampler, ref.clips, codes, out_dir, num_plot_clips, batch_size, temperature, seed,
+                        method, progress)
+                    timings["infill_s"] = time.perf_counter() - t
 
         timings.update(ref.timings)
         timings["total_s"] = time.perf_counter() - started
@@ -891,6 +926,41 @@ def _prepare_out_dir(out_dir: Path, model, temperature: float, seed: int, overwr
     atomic_write_json(state_file, state, indent=1)
 
 
+def _infill_examples(model, sampler: CodeSampler, clips: Sequence[EvalClip], codes: Sequence[np.ndarray], out_dir: Path,
+                     num_clips: int, batch_size: int, temperature: float, seed: int, method: str,
+                     progress: bool) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Infill the middle third of each listening-page clip (:func:`vqaudio.evaluate.report.choose_clips`)
+    with the diffusion prior, conditioned on the codes on both sides, and decode it.
+
+    Returns:
+        the infilled audio per clip (empty where none) and ``{"clips", "spans"}``: the clip ids
+        and the resampled code spans ``[first, stop)``.
+    """
+    import torch
+
+    from vqaudio.evaluate.report import choose_clips
+
+    jobs, spans = [], {}
+    for i in choose_clips(clips, num_clips):
+        n = len(codes[i])
+        if n < 3:
+            continue
+        first, stop = n // 3, max(n // 3 + 1, (2 * n) // 3)
+        name = clips[i].utterance_id
+        sid = model.speaker_id(clips[i].speaker)
+        g = torch.Generator().manual_seed(seed * 7919 + i)
+        new = np.asarray(sampler.infill(codes[i], first, stop, sid, g).cpu(), np.int64)
+        jobs.append((name, new, sid))
+        spans[i] = (first, stop)
+    outs = _decode_batched(model, jobs, out_dir / "audio" / "infill", batch_size, temperature, seed + 3,
+                           method, progress, "vqaudio: decode infilled clips")
+    infilled = [np.zeros(0, np.float32)] * len(clips)
+    for i, o in zip(spans, outs):
+        infilled[i] = o
+    info = {"clips": [clips[i].utterance_id for i in spans], "spans": [list(spans[i]) for i in spans]}
+    return infilled, info
+
+
 def _generate_and_judge(model, sampler: CodeSampler, ref: _References, out_dir: Path, per_speaker: int, seconds: float | None,
                         batch_size: int, temperature: float, seed: int, method: str,
                         speaker_judge: SpeakerJudge | None, with_asr: bool, progress: bool) -> dict[str, Any]:
@@ -902,19 +972,26 @@ def _generate_and_judge(model, sampler: CodeSampler, ref: _References, out_dir: 
     num_codes = max(1, int(round(seconds * model.config.codes_per_second)))
     speakers = sorted({c.speaker for c in ref.clips if c.speaker is not None})
     jobs = []
+    sampling_s, sampled = 0.0, 0
     for s in speakers:
         sid = model.speaker_id(s)
         for k in range(per_speaker):
             name = f"{s}__{k}"
             if not (out_dir / "audio" / "generation" / f"{name}.wav").is_file():
                 g = torch.Generator().manual_seed(seed * 7919 + sid * 1009 + k)
+                t = time.perf_counter()
                 codes = np.asarray(torch.as_tensor(sampler(sid, num_codes, g)).cpu(), np.int64).reshape(-1)
+                sampling_s += time.perf_counter() - t
+                sampled += 1
             else:
                 codes = np.zeros(num_codes, np.int64)  # read back from disk, not decoded
             jobs.append((name, codes, sid))
     outs = _decode_batched(model, jobs, out_dir / "audio" / "generation", batch_size, temperature, seed + 2,
                            method, progress, "vqaudio: decode prior samples")
-    res: dict[str, Any] = {"samples": len(jobs), "seconds_each": num_codes / model.config.codes_per_second}
+    res: dict[str, Any] = {"samples": len(jobs), "seconds_each": num_codes / model.config.codes_per_second,
+                           "prior": getattr(sampler, "description", None)}
+    if sampled:  # samples drawn by this run (a resumed one reads the others back)
+        res["sampling_seconds_each"] = sampling_s / sampled
     requested = [name.split("__")[0] for name, _, _ in jobs]
     if speaker_judge is not None and ref.centroids is not None:
         emb = speaker_judge.embed(outs, ref.sample_rate)

@@ -128,8 +128,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{_fmt(conv.get('identified_as_source'), '.3f')} | {intel} |")
     gen = report.get("generation")
     if gen:
+        prior = gen.get("prior") or {}
+        kind = prior.get("type", "")
+        if prior.get("steps"):
+            kind += f", {prior['steps']} reverse steps"
         lines += ["", "## Generation with the prior", "",
-                  f"- {gen['samples']} samples of {gen['seconds_each']:.2f} s",
+                  f"- prior: {prior.get('path') or 'in memory'}" + (f" ({kind})" if kind else ""),
+                  f"- {gen['samples']} samples of {gen['seconds_each']:.2f} s"
+                  + (f", sampled in {gen['sampling_seconds_each']:.3f} s each" if "sampling_seconds_each" in gen else ""),
                   f"- identified as the requested speaker: {_fmt(gen.get('identified_as_requested'), '.3f')} "
                   f"(similarity {_fmt(gen.get('similarity_to_requested'), '.3f')})"]
         if "recognised_as_digit" in gen:
@@ -246,7 +252,8 @@ def choose_clips(clips: Sequence[Any], num_clips: int) -> list[int]:
 
 
 #: Versions shown per clip (key in ``examples`` -> label), after the original.
-SHOWN_VERSIONS = (("vqaudio", "reconstruction"), ("conversion", "conversion"), ("codec2-1200", "codec2-1200"))
+SHOWN_VERSIONS = (("vqaudio", "reconstruction"), ("conversion", "conversion"), ("infilled", "infilled"),
+                  ("codec2-1200", "codec2-1200"))
 
 
 def _versions(i: int, wavs: Sequence[np.ndarray], examples: dict[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
@@ -272,7 +279,8 @@ def write_listening_page(
 
     For :func:`choose_clips` clips (one per speaker first): a log-mel spectrogram row
     (``listen/UTT.png``) and an audio player per version: original, reconstruction, the
-    conversion (to ``conversion_targets[i]``) and Codec 2 at 1200 bit/s when present (16-bit
+    conversion (to ``conversion_targets[i]``), the clip with its middle infilled by a diffusion
+    prior (``report["generation"]["infilled"]``) and Codec 2 at 1200 bit/s when present (16-bit
     WAVs, ``listen/UTT/*.wav``). Above them, the headline scores of every system and of the
     conversions. Relative links only, so the folder can be copied or served as it is.
 
@@ -291,6 +299,9 @@ def write_listening_page(
 
     out_dir = Path(out_dir)
     esc = html.escape
+    infilled = (report.get("generation") or {}).get("infilled") or {}
+    spans = dict(zip(infilled.get("clips", []), infilled.get("spans", [])))
+    codes_per_second = (report.get("codebook") or {}).get("codes_per_second")
     rows = []
     for i in choose_clips(clips, num_clips):
         utt = clips[i].utterance_id
@@ -305,6 +316,9 @@ def write_listening_page(
             rel = f"listen/{utt}/{name}.wav"
             save_audio(out_dir / rel, np.asarray(wav, np.float32), sample_rate)
             title = f"conversion to {target}" if label == "conversion" and target else label
+            if label == "infilled" and utt in spans and codes_per_second:
+                a, b = (x / codes_per_second for x in spans[utt])
+                title = f"infilled {a:.2f}-{b:.2f} s (diffusion prior)"
             cells.append(f'<td><div>{esc(title)}</div><audio controls preload="none" src="{esc(rel)}"></audio></td>')
         speaker = f" ({esc(str(clips[i].speaker))})" if clips[i].speaker else ""
         rows.append(f'<section><h3>{esc(utt)}{speaker}</h3>'
