@@ -37,12 +37,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -536,14 +537,25 @@ def train_prior(
     step = 0
     resumed_loss = float("nan")
     if checkpoint is not None:
+        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+        step, history = int(state["step"]), list(state.get("history", []))
+        resumed_loss = float(state.get("running_loss", float("nan")))
+    batches: Iterator[dict[str, torch.Tensor]] = iter(
+        accelerator.skip_first_batches(train_loader, step) if step else train_loader)
+    if checkpoint is not None:
         old = checkpoint / "scheduler.bin"  # written before the scheduler was stepped outside Accelerate
         if old.is_file() and not (checkpoint / "custom_checkpoint_0.pkl").exists() and accelerator.is_main_process:
             shutil.copyfile(old, checkpoint / "custom_checkpoint_0.pkl")
         accelerator.wait_for_everyone()
         accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-        step, history = int(state["step"]), list(state.get("history", []))
-        resumed_loss = float(state.get("running_loss", float("nan")))
+        # Starting a DataLoader iterator (at its first batch) draws a seed from torch's
+        # generator, which the uninterrupted run did before its first step: the restored state
+        # is put back after it, so dropout and the diffusion noise go on exactly as they would
+        # have (tests/test_generate.py checks the weights bit for bit).
+        restored = torch.get_rng_state()
+        first = next(batches, None)
+        torch.set_rng_state(restored)
+        batches = itertools.chain([] if first is None else [first], batches)
         accelerator.print(f"resuming from {checkpoint} at step {step}")
 
     if accelerator.is_main_process:
@@ -617,7 +629,6 @@ def train_prior(
 
     running_loss = resumed_loss
     model.train()
-    batches = accelerator.skip_first_batches(train_loader, step) if step else train_loader
     bar = tqdm(total=train_config.steps, initial=step, desc="training prior", unit="step",
                disable=not (progress and accelerator.is_local_main_process))
     for batch in batches:
