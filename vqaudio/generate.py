@@ -329,13 +329,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", required=True, metavar="PRIOR_DIR", help="folder written by `vqaudio train-prior`")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for WAVs and codes (.npy)")
     parser.add_argument("--prompt", metavar="FILE", help="audio file whose codes are continued")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="reverse steps of a diffusion prior for the whole utterance (default: all "
-                             "of its T steps; fewer skip evenly); not used by the autoregressive prior")
-    parser.add_argument("--prior-temperature", type=float, default=1.0,
-                        help="prior sampling temperature (default 1; 0 is greedy)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
+    add_prior_sampling_arguments(parser)
     parser.add_argument("--temperature", "--decoder-temperature", dest="decoder_temperature", type=float, default=1.0,
                         help="WaveNet decoder sampling temperature, as in the other decoding commands "
                              "(default 1; 0 is greedy)")
@@ -345,6 +339,18 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WaveNet decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
     parser.add_argument("--overwrite", action="store_true", help="number files from 000, replacing existing ones")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_prior_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of sampling a prior, the same in ``generate`` and ``infill``: ``--steps``,
+    ``--prior-temperature``, ``--top-k``, ``--top-p`` and ``--allow-mismatch``."""
+    parser.add_argument("--steps", type=int, default=None,
+                        help="reverse steps of a diffusion prior for the whole utterance (default: all "
+                             "of its T steps; fewer skip evenly); not used by the autoregressive prior")
+    parser.add_argument("--prior-temperature", type=float, default=1.0,
+                        help="prior sampling temperature (default 1; 0 is greedy)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="use a prior trained on tokens of another VQ-VAE checkpoint")
 
@@ -375,6 +381,7 @@ def run_generate(args: argparse.Namespace) -> int:
 __all__ = [
     "GeneratedSample",
     "add_generate_arguments",
+    "add_prior_sampling_arguments",
     "check_compatible",
     "encode_prompt",
     "generate",

@@ -22,6 +22,7 @@ import torch
 
 from vqaudio.audio import load_audio, save_audio
 from vqaudio.config import DECODE_METHODS
+from vqaudio.generate import add_prior_sampling_arguments
 from vqaudio.nn.encoder import encoder_receptive_field
 
 
@@ -115,7 +116,7 @@ def infill_codes(prior, codes: torch.Tensor, first: int, stop: int, speaker: int
 def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.PathLike, start: float, end: float,
                 speaker: str, steps: int | None = None, prior_temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, temperature: float = 1.0, seed: int | None = 0, method: str = "auto",
-                overwrite: bool = False, progress: bool = True) -> InfilledFile:
+                overwrite: bool = False, allow_mismatch: bool = False, progress: bool = True) -> InfilledFile:
     """Infill ``[start, end)`` seconds of ``in_path`` and write the decoded result to ``out_path``
     (and its codes to ``out_path`` with suffix ``.npy``).
 
@@ -131,6 +132,7 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
         seed: seeds the prior's sampling and the decoder's noise.
         method: decoder implementation (see :meth:`vqaudio.model.VQVAE.decode`).
         overwrite: replace existing outputs.
+        allow_mismatch: see :func:`vqaudio.generate.check_compatible`.
 
     Raises:
         vqaudio.audio.AudioError: the input cannot be read (named).
@@ -138,7 +140,7 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
         FileExistsError: an output exists and ``overwrite`` is False.
         ValueError: a bad stretch, an autoregressive prior, or incompatible models.
     """
-    from vqaudio.generate import check_compatible, speaker_ids
+    from vqaudio.generate import check_compatible, save_codes, speaker_ids
     from vqaudio.nn.diffusion_prior import DiffusionPrior
 
     if not isinstance(prior, DiffusionPrior):
@@ -149,7 +151,7 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
     for p in (out_path, codes_path):
         if p.exists() and not overwrite:
             raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
-    check_compatible(vqvae, prior)
+    check_compatible(vqvae, prior, allow_mismatch)
     vqvae_id, prior_id = speaker_ids(vqvae, prior, speaker)
     wav = load_audio(in_path, vqvae.sample_rate)
     if len(wav) < vqvae.hop_length:
@@ -164,8 +166,6 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
     decoder_generator = torch.Generator(device=vqvae.device).manual_seed(seed + 1) if seed is not None else None
     out = vqvae.decode(new[None].to(vqvae.device), vqvae_id, temperature=temperature, generator=decoder_generator,
                        method=method, progress=progress)
-    from vqaudio.generate import save_codes
-
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_audio(out_path, out[0, 0], vqvae.sample_rate)
     save_codes(codes_path, new.numpy().astype(np.int64))
@@ -187,11 +187,7 @@ def add_infill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", required=True, metavar="PRIOR_DIR",
                         help="a diffusion prior (`vqaudio train-prior --type diffusion`)")
     parser.add_argument("--out", required=True, help="output WAV path (its codes go beside it as .npy)")
-    parser.add_argument("--steps", type=int, default=None, help="reverse steps of the prior (default: all T)")
-    parser.add_argument("--prior-temperature", type=float, default=1.0,
-                        help="prior sampling temperature (default 1; 0 is greedy)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
+    add_prior_sampling_arguments(parser)
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="WaveNet decoder sampling temperature, as in the other decoding commands (0: most likely sample)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -221,7 +217,8 @@ def run_infill(args: argparse.Namespace) -> int:
     result = infill_file(vqvae, prior, args.input, args.out, args.start, args.end, speaker, steps=args.steps,
                          prior_temperature=args.prior_temperature, top_k=args.top_k, top_p=args.top_p,
                          temperature=args.temperature, seed=args.seed, method=args.method,
-                         overwrite=args.overwrite, progress=not args.no_progress)
+                         overwrite=args.overwrite, allow_mismatch=args.allow_mismatch,
+                         progress=not args.no_progress)
     first, stop = result.span
     print(f"wrote {result.path} ({result.seconds:.2f} s, speaker {result.speaker}): codes {first}..{stop - 1} of "
           f"{result.num_codes} resampled, the rest kept; codes in {result.codes_path.name}")

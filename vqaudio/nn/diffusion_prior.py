@@ -41,62 +41,40 @@ of attention, so a window of codes is scored the same with or without padding.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqaudio.checkpoint import CheckpointError, read_model_files, speaker_index, write_model_files
-from vqaudio.nn.prior import IGNORE_INDEX, Block, filter_logits, rotary_tables
+from vqaudio.nn.prior import IGNORE_INDEX, TransformerConfig, TransformerPrior, filter_logits
 
 #: ``model_type`` written in a diffusion prior's ``config.json``.
 DIFFUSION_PRIOR_MODEL_TYPE = "diffusion-prior"
 
 
 @dataclass(frozen=True)
-class DiffusionPriorConfig:
-    """Configuration of :class:`DiffusionPrior`, saved in every diffusion prior checkpoint.
+class DiffusionPriorConfig(TransformerConfig):
+    """Configuration of :class:`DiffusionPrior`, saved in every diffusion prior checkpoint: the
+    :class:`vqaudio.nn.prior.TransformerConfig` fields (the input vocabulary is ``K + 1``, the
+    codes and ``[MASK]`` = ``K``; ``max_len`` is the longest code sequence the model takes,
+    training windows and samples), and the forward process:
 
     Attributes:
-        codebook_size: K, the number of VQ-VAE codes; the input vocabulary is ``K + 1`` (the
-            codes and ``[MASK]`` = ``K``), the output softmax covers the ``K`` codes.
-        num_speakers: rows of the speaker embedding table (the VQ-VAE's speaker table).
-        d_model, n_layers, n_heads, dropout, mlp_ratio, rope_base: the Transformer, as in
-            :class:`vqaudio.nn.prior.PriorConfig` (``d_model // n_heads`` must be even).
-        max_len: the longest code sequence the model takes (training windows and samples).
         num_timesteps: T, the steps of the forward process (100 in the paper).
         alpha_bar_end: ``abar_T``, the probability that a code survives all T steps unchanged.
         gamma_bar_end: ``gbar_T``, the probability that it is masked after T steps.
     """
 
-    codebook_size: int = 512
-    num_speakers: int = 1
-    d_model: int = 256
-    n_layers: int = 6
-    n_heads: int = 4
-    max_len: int = 1024
-    dropout: float = 0.1
-    mlp_ratio: int = 4
-    rope_base: float = 10000.0
     num_timesteps: int = 100
     alpha_bar_end: float = 0.000009
     gamma_bar_end: float = 0.99999
 
     def __post_init__(self) -> None:
-        for name in ("codebook_size", "num_speakers", "d_model", "n_layers", "n_heads", "mlp_ratio",
-                     "num_timesteps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DiffusionPriorConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_len < 1:
-            raise ValueError(f"DiffusionPriorConfig.max_len must be >= 1, got {self.max_len}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model ({self.d_model}) must be n_heads ({self.n_heads}) times an even head width")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"DiffusionPriorConfig.dropout must be in [0, 1), got {self.dropout}")
+        super().__post_init__()
+        if self.num_timesteps < 1:
+            raise ValueError(f"DiffusionPriorConfig.num_timesteps must be >= 1, got {self.num_timesteps}")
         if not (0.0 <= self.alpha_bar_end < 0.99999 and 0.000009 < self.gamma_bar_end <= 1.0
                 and self.alpha_bar_end + self.gamma_bar_end <= 1.0):
             raise ValueError("need 0 <= alpha_bar_end < 0.99999, 0.000009 < gamma_bar_end <= 1 and "
@@ -106,11 +84,6 @@ class DiffusionPriorConfig:
     def mask_token(self) -> int:
         """Input id of ``[MASK]``: ``codebook_size``."""
         return self.codebook_size
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head: ``d_model // n_heads``."""
-        return self.d_model // self.n_heads
 
 
 class MaskAndReplaceSchedule:
@@ -208,66 +181,31 @@ class MaskAndReplaceSchedule:
         return (q * (q.clamp(min=1e-300).log() - p.clamp(min=1e-300).log())).sum(-1)
 
 
-class DiffusionPrior(nn.Module):
+class DiffusionPrior(TransformerPrior):
     """Speaker-conditioned discrete-diffusion prior ``p(x_0 | x_t, t, speaker)`` over VQ-VAE codes.
 
-    See the module docstring for the process. Parameters: token embedding ``[K + 1, d_model]``
-    (codes and ``[MASK]``), speaker embedding ``[num_speakers, d_model]``, timestep embedding
-    ``[T + 1, d_model]``, ``n_layers`` bidirectional pre-LN blocks with rotary attention, a
-    final LayerNorm and a linear head to ``K`` logits.
+    See the module docstring for the process. A :class:`vqaudio.nn.prior.TransformerPrior`
+    with bidirectional attention whose special token is ``[MASK]``, plus a timestep embedding
+    ``[T + 1, d_model]`` added at every position; ``model_type`` ``"diffusion-prior"``.
 
     Args:
         config: the frozen :class:`DiffusionPriorConfig`.
-        speakers: the speaker table in id order (the VQ-VAE's); its length must equal
-            ``config.num_speakers``.
-        metadata: JSON-ready facts about the codes (the VQ-VAE's ``checkpoint_id``,
-            ``sample_rate``, ``hop_length``, ``codes_per_second``...); saved in ``config.json``.
+        speakers, metadata: see :class:`vqaudio.nn.prior.TransformerPrior`.
 
     Raises:
         ValueError: the speaker table does not match ``config.num_speakers`` or has duplicates.
     """
 
+    MODEL_TYPE = DIFFUSION_PRIOR_MODEL_TYPE
+    CONFIG_CLASS = DiffusionPriorConfig
+    CAUSAL = False
+
     def __init__(self, config: DiffusionPriorConfig, speakers: list[str], metadata: dict[str, Any] | None = None):
-        super().__init__()
-        speakers = list(speakers)
-        if len(speakers) != config.num_speakers:
-            raise ValueError(f"{len(speakers)} speaker names for config.num_speakers={config.num_speakers}")
-        if len(set(speakers)) != len(speakers):
-            raise ValueError(f"duplicate names in the speaker table: {speakers}")
-        self.config = config
-        self.speakers = speakers
-        self.metadata: dict[str, Any] = dict(metadata or {})
+        super().__init__(config, speakers, metadata)
         self.schedule = MaskAndReplaceSchedule(config.codebook_size, config.num_timesteps,
                                                config.alpha_bar_end, config.gamma_bar_end)
-        self.token_embedding = nn.Embedding(config.codebook_size + 1, config.d_model)
-        self.speaker_embedding = nn.Embedding(config.num_speakers, config.d_model)
         self.time_embedding = nn.Embedding(config.num_timesteps + 1, config.d_model)
-        self.embed_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.codebook_size, bias=False)
-        cos, sin = rotary_tables(config.head_dim, config.max_len, config.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        for block in self.blocks:
-            for proj in (block.attn.proj, block.mlp[2]):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    def speaker_id(self, name: str) -> int:
-        """Row of ``name`` in the speaker table.
-
-        Raises:
-            vqaudio.checkpoint.UnknownSpeakerError (a KeyError): the name is not in the table.
-        """
-        return speaker_index(self.speakers, name)
-
-    @property
-    def num_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        self._init_weights()
 
     # ------------------------------------------------------------------ the network
     def forward(self, xt: torch.Tensor, t: torch.Tensor, speaker: torch.Tensor,
@@ -518,29 +456,6 @@ class DiffusionPrior(nn.Module):
         known = torch.where(span, torch.full_like(codes, -1), codes)
         return self.sample(speaker, codes.shape[1], steps=steps, temperature=temperature, top_k=top_k,
                            top_p=top_p, generator=generator, known=known, progress=progress)
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the checkpoint directory (:mod:`vqaudio.checkpoint`; ``config.json`` has
-        ``"model_type": "diffusion-prior"``); returns it."""
-        return write_model_files(directory, DIFFUSION_PRIOR_MODEL_TYPE, self.config, self.state_dict(),
-                                 self.speakers, self.metadata)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> DiffusionPrior:
-        """Load a diffusion prior written by :meth:`save_pretrained` (in eval mode).
-
-        Raises:
-            vqaudio.checkpoint.CheckpointError: a file is missing or malformed, the checkpoint
-                is not a diffusion prior, or its format version is newer than this code.
-        """
-        files = read_model_files(directory, DIFFUSION_PRIOR_MODEL_TYPE, DiffusionPriorConfig, map_location)
-        model = cls(files.config, files.speakers, metadata=files.meta.get("metadata") or {})
-        try:
-            model.load_state_dict(files.state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{directory}: the weights do not match the config ({exc})") from None
-        return model.to(map_location).eval()
 
 
 __all__ = ["DIFFUSION_PRIOR_MODEL_TYPE", "DiffusionPrior", "DiffusionPriorConfig", "MaskAndReplaceSchedule"]

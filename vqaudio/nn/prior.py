@@ -45,20 +45,18 @@ IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
-class PriorConfig:
-    """Configuration of :class:`PriorTransformer`, saved in every prior checkpoint.
+class TransformerConfig:
+    """The Transformer that both priors share (this module's and
+    :mod:`vqaudio.nn.diffusion_prior`'s); each prior's config extends it.
 
     Attributes:
-        codebook_size: K, the number of VQ-VAE codes (the size of the output softmax). The
-            input vocabulary is ``K + 1``: the codes and the start token ``K``.
+        codebook_size: K, the number of VQ-VAE codes (the size of the output softmax).
         num_speakers: rows of the speaker embedding table (the VQ-VAE's speaker table).
         d_model: width of the residual stream.
         n_layers: Transformer blocks.
         n_heads: attention heads; ``d_model`` must be divisible by it and the head width
             ``d_model // n_heads`` must be even (rotary embeddings rotate pairs).
-        max_len: the most input positions the model attends over, the start token included:
-            a training window holds at most ``max_len`` codes, and sampling slides its context
-            once ``max_len`` positions are in the cache.
+        max_len: the most positions the model attends over.
         dropout: dropout rate on attention weights and residual branches (training only).
         mlp_ratio: hidden width of each feed-forward block, in multiples of ``d_model``.
         rope_base: base of the rotary embedding frequencies (10000 in Su et al. 2021).
@@ -75,27 +73,43 @@ class PriorConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
-        for name in ("codebook_size", "num_speakers", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+        kind = type(self).__name__
+        for name in ("codebook_size", "num_speakers", "d_model", "n_layers", "n_heads", "mlp_ratio", "max_len"):
             if getattr(self, name) < 1:
-                raise ValueError(f"PriorConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_len < 2:
-            raise ValueError(f"PriorConfig.max_len must be >= 2, got {self.max_len}")
+                raise ValueError(f"{kind}.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"the head width d_model // n_heads ({self.d_model // self.n_heads}) must be even")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"PriorConfig.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def start_token(self) -> int:
-        """Input id of the start token: ``codebook_size``."""
-        return self.codebook_size
+            raise ValueError(f"{kind}.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def head_dim(self) -> int:
         """Width of one attention head: ``d_model // n_heads``."""
         return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class PriorConfig(TransformerConfig):
+    """Configuration of :class:`PriorTransformer`, saved in every prior checkpoint: the
+    :class:`TransformerConfig` fields, where
+
+    - the input vocabulary is ``K + 1``: the codes and the start token ``K``;
+    - ``max_len`` (at least 2) counts input positions, the start token included: a training
+      window holds at most ``max_len`` codes, and sampling slides its context once ``max_len``
+      positions are in the cache.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_len < 2:
+            raise ValueError(f"PriorConfig.max_len must be >= 2, got {self.max_len}")
+
+    @property
+    def start_token(self) -> int:
+        """Input id of the start token: ``codebook_size``."""
+        return self.codebook_size
 
 
 @dataclass
@@ -159,12 +173,11 @@ class CausalSelfAttention(nn.Module):
     bidirectional with ``causal=False`` (the diffusion prior's, :mod:`vqaudio.nn.diffusion_prior`).
 
     Args:
-        config: a :class:`PriorConfig` (or any config with ``d_model``, ``n_heads``,
-            ``head_dim`` and ``dropout``).
+        config: the prior's :class:`TransformerConfig`.
         causal: each position attends to itself and earlier ones only.
     """
 
-    def __init__(self, config: PriorConfig, causal: bool = True):
+    def __init__(self, config: TransformerConfig, causal: bool = True):
         super().__init__()
         self.causal = causal
         self.n_heads = config.n_heads
@@ -225,7 +238,7 @@ class Block(nn.Module):
     """Pre-LayerNorm Transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``; causal
     attention unless ``causal=False`` (see :class:`CausalSelfAttention`)."""
 
-    def __init__(self, config: PriorConfig, causal: bool = True):
+    def __init__(self, config: TransformerConfig, causal: bool = True):
         super().__init__()
         self.ln_attn = nn.LayerNorm(config.d_model)
         self.attn = CausalSelfAttention(config, causal)
@@ -250,6 +263,20 @@ class Block(nn.Module):
         """x: [B, T, d_model] -> [B, T, d_model]; see :meth:`CausalSelfAttention.forward`."""
         x = x + self.attn(self.ln_attn(x), cos, sin, start, cache, key_mask)
         return x + self.mlp(self.ln_mlp(x))
+
+
+def speaker_table(speakers: list[str], num_speakers: int) -> list[str]:
+    """``speakers`` as a list, checked against a config's ``num_speakers``.
+
+    Raises:
+        ValueError: another number of names, or a name twice.
+    """
+    speakers = list(speakers)
+    if len(speakers) != num_speakers:
+        raise ValueError(f"{len(speakers)} speaker names for config.num_speakers={num_speakers}")
+    if len(set(speakers)) != len(speakers):
+        raise ValueError(f"duplicate names in the speaker table: {speakers}")
+    return speakers
 
 
 def filter_logits(
@@ -294,16 +321,18 @@ def filter_logits(
     return logits
 
 
-class PriorTransformer(nn.Module):
-    """Speaker-conditioned autoregressive prior ``p(c_t | c_<t, speaker)`` over VQ-VAE codes.
+class TransformerPrior(nn.Module):
+    """What both priors share: a speaker-conditioned Transformer over codes, its speaker table,
+    metadata and checkpoint files. Subclasses set :attr:`MODEL_TYPE` and :attr:`CONFIG_CLASS`
+    and whether attention is :attr:`CAUSAL`.
 
-    See the module docstring for the sequence layout. Parameters: a token embedding
-    ``[K + 1, d_model]`` (codes and the start token), a speaker embedding
-    ``[num_speakers, d_model]`` added at every position, ``n_layers`` pre-LN blocks with rotary
-    causal self-attention, a final LayerNorm and a linear head to ``K`` logits.
+    Parameters: a token embedding ``[K + 1, d_model]`` (the codes and one special token), a
+    speaker embedding ``[num_speakers, d_model]`` added at every position, ``n_layers`` pre-LN
+    blocks with rotary self-attention, a final LayerNorm and a linear head to ``K`` logits;
+    GPT-2 initialisation.
 
     Args:
-        config: the frozen :class:`PriorConfig`.
+        config: the subclass's frozen config (a :class:`TransformerConfig`).
         speakers: the speaker table in id order (the VQ-VAE's); its length must equal
             ``config.num_speakers``.
         metadata: JSON-ready facts about the codes the prior was fitted to (e.g. the VQ-VAE's
@@ -314,26 +343,24 @@ class PriorTransformer(nn.Module):
         ValueError: the speaker table does not match ``config.num_speakers`` or has duplicates.
     """
 
-    def __init__(self, config: PriorConfig, speakers: list[str], metadata: dict[str, Any] | None = None):
+    MODEL_TYPE = ""
+    CONFIG_CLASS: type = TransformerConfig
+    CAUSAL = True
+
+    def __init__(self, config: TransformerConfig, speakers: list[str], metadata: dict[str, Any] | None = None):
         super().__init__()
-        speakers = list(speakers)
-        if len(speakers) != config.num_speakers:
-            raise ValueError(f"{len(speakers)} speaker names for config.num_speakers={config.num_speakers}")
-        if len(set(speakers)) != len(speakers):
-            raise ValueError(f"duplicate names in the speaker table: {speakers}")
         self.config = config
-        self.speakers = speakers
+        self.speakers = speaker_table(speakers, config.num_speakers)
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.token_embedding = nn.Embedding(config.codebook_size + 1, config.d_model)
         self.speaker_embedding = nn.Embedding(config.num_speakers, config.d_model)
         self.embed_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, causal=self.CAUSAL) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.codebook_size, bias=False)
         cos, sin = rotary_tables(config.head_dim, config.max_len, config.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self._init_weights()
 
     def _init_weights(self) -> None:
         """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers)."""
@@ -344,7 +371,6 @@ class PriorTransformer(nn.Module):
             for proj in (block.attn.proj, block.mlp[2]):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layers))
 
-    # ------------------------------------------------------------------ speakers
     def speaker_id(self, name: str) -> int:
         """Row of ``name`` in the speaker table.
 
@@ -358,6 +384,49 @@ class PriorTransformer(nn.Module):
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the checkpoint directory (:mod:`vqaudio.checkpoint`; ``config.json`` has the
+        class's ``model_type`` and the model's ``metadata``); returns it."""
+        return write_model_files(directory, self.MODEL_TYPE, self.config, self.state_dict(), self.speakers, self.metadata)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"):
+        """Load a prior of this class written by :meth:`save_pretrained` (in eval mode).
+
+        Raises:
+            vqaudio.checkpoint.CheckpointError: a file is missing or malformed, the checkpoint
+                is of another model type, or its format version is newer than this code.
+        """
+        files = read_model_files(directory, cls.MODEL_TYPE, cls.CONFIG_CLASS, map_location)
+        model = cls(files.config, files.speakers, metadata=files.meta.get("metadata") or {})
+        try:
+            model.load_state_dict(files.state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{directory}: the weights do not match the config ({exc})") from None
+        return model.to(map_location).eval()
+
+
+class PriorTransformer(TransformerPrior):
+    """Speaker-conditioned autoregressive prior ``p(c_t | c_<t, speaker)`` over VQ-VAE codes.
+
+    See the module docstring for the sequence layout. A :class:`TransformerPrior` with causal
+    attention whose special token is the start token; ``model_type`` ``"prior"``.
+
+    Args:
+        config: the frozen :class:`PriorConfig`.
+        speakers, metadata: see :class:`TransformerPrior`.
+
+    Raises:
+        ValueError: the speaker table does not match ``config.num_speakers`` or has duplicates.
+    """
+
+    MODEL_TYPE = PRIOR_MODEL_TYPE
+    CONFIG_CLASS = PriorConfig
+
+    def __init__(self, config: PriorConfig, speakers: list[str], metadata: dict[str, Any] | None = None):
+        super().__init__(config, speakers, metadata)
+        self._init_weights()
 
     # ------------------------------------------------------------------ forward passes
     def logits(self, tokens: torch.Tensor, speaker: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -547,28 +616,6 @@ class PriorTransformer(nn.Module):
             return codes, logits_out
         return codes
 
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the checkpoint directory (:mod:`vqaudio.checkpoint`; ``config.json`` has
-        ``"model_type": "prior"`` and the model's ``metadata``); returns it."""
-        return write_model_files(directory, PRIOR_MODEL_TYPE, self.config, self.state_dict(), self.speakers, self.metadata)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> PriorTransformer:
-        """Load a prior written by :meth:`save_pretrained` (in eval mode).
-
-        Raises:
-            vqaudio.checkpoint.CheckpointError: a file is missing or malformed, the checkpoint
-                is not a prior, or its format version is newer than this code.
-        """
-        files = read_model_files(directory, PRIOR_MODEL_TYPE, PriorConfig, map_location)
-        model = cls(files.config, files.speakers, metadata=files.meta.get("metadata") or {})
-        try:
-            model.load_state_dict(files.state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{directory}: the weights do not match the config ({exc})") from None
-        return model.to(map_location).eval()
-
 
 __all__ = [
     "Block",
@@ -576,7 +623,10 @@ __all__ = [
     "KVCache",
     "PriorConfig",
     "PriorTransformer",
+    "TransformerConfig",
+    "TransformerPrior",
     "apply_rotary",
     "filter_logits",
     "rotary_tables",
+    "speaker_table",
 ]
