@@ -247,6 +247,26 @@ def test_generation_and_infilling_with_a_diffusion_prior(tmp_path: Path) -> None
     assert "diffusion, 3 reverse steps" in (out / "report.md").read_text()
 
 
+def test_two_priors_are_compared_in_one_report(tmp_path: Path) -> None:
+    from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
+    from vqaudio.nn.prior import PriorConfig, PriorTransformer
+
+    model = tiny_model()
+    torch.manual_seed(0)
+    sizes = dict(codebook_size=32, num_speakers=len(SPEAKERS), d_model=16, n_layers=1, n_heads=2, max_len=64, dropout=0.0)
+    ar = PriorTransformer(PriorConfig(**sizes), SPEAKERS).save_pretrained(tmp_path / "ar")
+    diffusion = DiffusionPrior(DiffusionPriorConfig(**sizes, num_timesteps=4), SPEAKERS).save_pretrained(tmp_path / "diff")
+    report = evaluate(model, SAMPLE, tmp_path / "r", prior=[ar, diffusion], max_clips=6, baselines=(),
+                      generate_per_speaker=1, generate_seconds=0.1, skip=NO_EXTRA + ["conversion", "plots"],
+                      method="torch", num_threads=1, progress=False)
+    gens = report["generations"]
+    assert [g["label"] for g in gens] == ["ar", "diff"] and report["generation"] is gens[0]
+    assert [g["prior"]["type"] for g in gens] == ["autoregressive", "diffusion"]
+    for label in ("ar", "diff"):
+        assert len(list((tmp_path / "r" / "audio" / "generation" / label).glob("*.wav"))) == 6
+    assert "## The priors compared (same seeds)" in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_a_training_run_is_scored_on_the_utterances_it_held_out(tmp_path: Path) -> None:
     """A run trained with another split: evaluate takes its data.json's held-out utterances."""
     run = tmp_path / "run"

@@ -17,8 +17,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="VQ-VAE checkpoint (directory, training run, or bundled name); "
                         "without it only the baselines are scored")
     parser.add_argument("--out", required=True, help="report folder (report.json, report.md, plots/, audio/)")
-    parser.add_argument("--prior", help="prior checkpoint (autoregressive or diffusion): also generate and judge "
-                                        "samples per speaker")
+    parser.add_argument("--prior", nargs="+", metavar="PRIOR_DIR",
+                        help="prior checkpoint(s) (autoregressive or diffusion): also generate and judge samples "
+                             "per speaker; several are compared in one report on the same seeds")
     parser.add_argument("--steps", type=int, default=None,
                         help="reverse steps of a diffusion prior (default: all of its T steps)")
     parser.add_argument("--split", choices=("auto", "held-out", "all"), default="auto",
@@ -62,7 +63,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data = args.data[0] if len(args.data) == 1 else args.data
     try:
         report = evaluate(
-            args.checkpoint, data, args.out, prior=args.prior, split=args.split, num_held_out=args.num_held_out,
+            args.checkpoint, data, args.out, prior=(args.prior[0] if args.prior and len(args.prior) == 1 else args.prior), split=args.split, num_held_out=args.num_held_out,
             max_clips=args.max_clips, max_conversions=args.max_conversions,
             generate_per_speaker=args.generate_per_speaker, generate_seconds=args.generate_seconds,
             baselines=baselines, skip=skip, join_seconds=args.join_seconds, gap_seconds=args.gap_seconds,

@@ -690,8 +690,11 @@ def evaluate(
             there is reused; the report is replaced).
         prior: for generation: a prior checkpoint path (either kind), a ``PriorTransformer`` or
             ``DiffusionPrior``, or a callable ``(speaker_id, num_codes, generator) -> codes
-            [num_codes] int64``; None skips it. With a diffusion prior the listening page also
-            shows the listening clips with their middle third infilled.
+            [num_codes] int64``; None skips it. A list of them compares them in one report:
+            ``report["generations"]`` holds each one's result (labelled by its folder name;
+            audio in ``audio/generation/LABEL/``), ``report["generation"]`` the first's. With a
+            diffusion prior the listening page also shows the listening clips with their
+            middle third infilled.
         prior_steps: reverse steps of a diffusion prior (default: all of its T).
         split, num_held_out, max_clips: which clips (see :func:`load_clips`).
         max_conversions: at most this many conversions (default: one per clip).
@@ -745,9 +748,17 @@ def evaluate(
             else:
                 model = checkpoint
             model.eval()
-        # Load the prior before any slow work, so a mismatched one fails at once.
-        sampler = load_code_sampler(prior, model, prior_steps) if (prior is not None and model is not None
-                                                                   and "generation" not in skip) else None
+        # Load the priors before any slow work, so a mismatched one fails at once.
+        samplers: list[tuple[str, CodeSampler]] = []
+        if prior is not None and model is not None and "generation" not in skip:
+            several = isinstance(prior, (list, tuple))
+            for i, p in enumerate(prior if several else [prior]):
+                label = Path(p).name if isinstance(p, (str, os.PathLike)) else f"prior{i + 1}"
+                if any(label == other for other, _ in samplers):
+                    label = f"{label}-{i + 1}"
+                samplers.append((label, load_code_sampler(p, model, prior_steps)))
+            if not several:  # one prior: its samples in audio/generation/, as before priors could be compared
+                samplers = [("", samplers[0][1])]
         _prepare_out_dir(out_dir, model, temperature, seed, overwrite)
 
         t = time.perf_counter()
@@ -799,6 +810,7 @@ def evaluate(
         conversion_targets: dict[int, str] = {}
         conversion = None
         generation = None
+        generations: list[dict[str, Any]] = []  # with several priors: each one's result
         if model is not None:
             t = time.perf_counter()
             codes = _encode_all(model, wavs, progress)
@@ -843,18 +855,22 @@ def evaluate(
                     conversion["targets"] = {clips[i].utterance_id: tgt for i, tgt in pairs}
                 timings["conversion_s"] = time.perf_counter() - t
 
-            if sampler is not None:
+            for label, sampler in samplers:
                 t = time.perf_counter()
-                generation = _generate_and_judge(model, sampler, ref, out_dir, generate_per_speaker,
-                                                 generate_seconds, batch_size, temperature, seed, method,
-                                                 speaker_judge, recognizer is not None, progress)
-                timings["generation_s"] = time.perf_counter() - t
-                if hasattr(sampler, "infill") and "plots" not in skip and num_plot_clips > 0:
+                result = _generate_and_judge(model, sampler, ref, out_dir / "audio" / "generation" / label,
+                                             generate_per_speaker, generate_seconds, batch_size, temperature, seed,
+                                             method, speaker_judge, recognizer is not None, progress)
+                timings[f"generation_{label}_s" if label else "generation_s"] = time.perf_counter() - t
+                if label:
+                    result["label"] = label
+                    generations.append(result)
+                if hasattr(sampler, "infill") and "infilled" not in examples and "plots" not in skip and num_plot_clips > 0:
                     t = time.perf_counter()
-                    examples["infilled"], generation["infilled"] = _infill_examples(
+                    examples["infilled"], result["infilled"] = _infill_examples(
                         model, sampler, ref.clips, codes, out_dir, num_plot_clips, batch_size, temperature, seed,
                         method, progress)
                     timings["infill_s"] = time.perf_counter() - t
+                generation = generation or result
 
         timings.update(ref.timings)
         timings["total_s"] = time.perf_counter() - started
@@ -878,6 +894,7 @@ def evaluate(
             "codebook": codebook,
             "conversion": conversion,
             "generation": generation,
+            **({"generations": generations} if generations else {}),
             "timings": timings,
         }
         if "plots" not in skip:
@@ -961,10 +978,12 @@ def _infill_examples(model, sampler: CodeSampler, clips: Sequence[EvalClip], cod
     return infilled, info
 
 
-def _generate_and_judge(model, sampler: CodeSampler, ref: _References, out_dir: Path, per_speaker: int, seconds: float | None,
+def _generate_and_judge(model, sampler: CodeSampler, ref: _References, folder: Path, per_speaker: int, seconds: float | None,
                         batch_size: int, temperature: float, seed: int, method: str,
                         speaker_judge: SpeakerJudge | None, with_asr: bool, progress: bool) -> dict[str, Any]:
-    """Sample codes from the prior for each speaker present in the data, decode and judge them."""
+    """Sample codes from the prior for each speaker present in the data, decode them into
+    ``folder`` and judge them. The samples' seeds depend on the speaker and the sample's
+    index only, so several priors are compared on the same draws."""
     import torch
 
     if seconds is None:
@@ -977,7 +996,7 @@ def _generate_and_judge(model, sampler: CodeSampler, ref: _References, out_dir: 
         sid = model.speaker_id(s)
         for k in range(per_speaker):
             name = f"{s}__{k}"
-            if not (out_dir / "audio" / "generation" / f"{name}.wav").is_file():
+            if not (folder / f"{name}.wav").is_file():
                 g = torch.Generator().manual_seed(seed * 7919 + sid * 1009 + k)
                 t = time.perf_counter()
                 codes = np.asarray(torch.as_tensor(sampler(sid, num_codes, g)).cpu(), np.int64).reshape(-1)
@@ -986,7 +1005,7 @@ def _generate_and_judge(model, sampler: CodeSampler, ref: _References, out_dir: 
             else:
                 codes = np.zeros(num_codes, np.int64)  # read back from disk, not decoded
             jobs.append((name, codes, sid))
-    outs = _decode_batched(model, jobs, out_dir / "audio" / "generation", batch_size, temperature, seed + 2,
+    outs = _decode_batched(model, jobs, folder, batch_size, temperature, seed + 2,
                            method, progress, "vqaudio: decode prior samples")
     res: dict[str, Any] = {"samples": len(jobs), "seconds_each": num_codes / model.config.codes_per_second,
                            "prior": getattr(sampler, "description", None)}

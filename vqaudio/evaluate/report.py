@@ -141,6 +141,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "recognised_as_digit" in gen:
             lines.append(f"- heard as one digit word (digits vs 240 common words): {_fmt(gen['recognised_as_digit'], '.3f')} "
                          f"(original clips, same test: {_fmt(gen['recognised_as_digit_original'], '.3f')})")
+    gens = report.get("generations") or []
+    if gens:
+        lines += ["", "## The priors compared (same seeds)", "",
+                  "| prior | type | reverse steps | sampling s/sample | ID as requested ↑ | similarity ↑ | heard as a digit ↑ |",
+                  "|---|---|---|---|---|---|---|"]
+        for g in gens:
+            p = g.get("prior") or {}
+            lines.append(f"| {g['label']} | {p.get('type', '–')} | {p.get('steps') or '–'} | "
+                         f"{_fmt(g.get('sampling_seconds_each'), '.3f')} | {_fmt(g.get('identified_as_requested'), '.3f')} | "
+                         f"{_fmt(g.get('similarity_to_requested'), '.3f')} | {_fmt(g.get('recognised_as_digit'), '.3f')} |")
     if report.get("listening_page"):
         lines += ["", f"Listening page (original, reconstruction, conversion, Codec 2 side by side): "
                       f"[{report['listening_page']}]({report['listening_page']})"]
