@@ -6,7 +6,7 @@ Runs on a CPU in a few minutes, offline, on ``samples/fsdd`` (900 clips of the F
 Digit Dataset, 8 kHz, 6 speakers; takes 0-4 are held out). Each stage is the ``vqaudio``
 command a user would type, printed before it runs:
 
-1. ``vqaudio train``: a VQ-VAE at 8 kHz on the training takes (5-14) for ``--steps`` steps.
+1. ``vqaudio train``: a VQ-VAE at 8 kHz on the training takes (5-14) for ``--max-steps`` steps.
 2. ``vqaudio tokenize``: codes of the held-out takes (one code per 64 samples, 125 codes/s).
 3. ``vqaudio reconstruct`` / ``vqaudio convert``: one held-out clip per speaker, decoded with
    its own speaker and with the next speaker in the table.
@@ -61,8 +61,10 @@ def write_list(path: Path, files: list[Path]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run folder (default runs/quickstart)")
-    parser.add_argument("--steps", type=int, default=150, help="VQ-VAE training steps (default 150, a few minutes on 2 cores)")
-    parser.add_argument("--prior-steps", type=int, default=300, help="prior training steps (default 300)")
+    parser.add_argument("--max-steps", "--steps", dest="steps", type=int, default=150,
+                        help="VQ-VAE training steps (default 150, a few minutes on 2 cores)")
+    parser.add_argument("--prior-max-steps", "--prior-steps", dest="prior_steps", type=int, default=300,
+                        help="prior training steps (default 300)")
     parser.add_argument("--checkpoint", help="use this VQ-VAE (directory or bundled name) instead of training one")
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of FSDD clips (default: the bundled sample)")
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds generated per speaker (default 2)")

@@ -149,7 +149,7 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     vqvae, _ = saved_vqvae
     tokens = _real_tokens(vqvae, tmp_path / "tokens")
     out = tmp_path / "prior"
-    done = _train_prior_cmd(tokens, out, "--steps", "20")
+    done = _train_prior_cmd(tokens, out, "--max-steps", "20")
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 20
@@ -164,7 +164,7 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):  # raised before any Accelerator exists
         train_prior(tokens, out)
 
-    resumed = _train_prior_cmd(tokens, out, "--steps", "30", "--resume")
+    resumed = _train_prior_cmd(tokens, out, "--max-steps", "30", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "step_00000020" in resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -172,12 +172,12 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     assert json.loads((out / "train_config.json").read_text())["mixed_precision"] in ("bf16", "no")  # auto, resolved
 
     # another setting on resume is refused, naming it, instead of being ignored
-    refused = _train_prior_cmd(tokens, out, "--steps", "40", "--resume", "--d-model", "64", "--lr", "1e-3")
+    refused = _train_prior_cmd(tokens, out, "--max-steps", "40", "--resume", "--d-model", "64", "--lr", "1e-3")
     assert refused.returncode == 2
     assert "(--d-model: saved 32, given 64; --lr: saved 0.003, given 0.001); only --max-steps may change" in refused.stderr
 
     # out of time after one more step: validated and checkpointed there; --resume goes on from it
-    stopped = _train_prior_cmd(tokens, out, "--steps", "1000", "--resume", "--max-minutes", "0.0001")
+    stopped = _train_prior_cmd(tokens, out, "--max-steps", "1000", "--resume", "--max-minutes", "0.0001")
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped after 0.0001 minutes at step 31" in stopped.stdout
     assert (out / "checkpoints" / "step_00000031" / "trainer_state.json").is_file()
@@ -209,7 +209,7 @@ def test_prior_schedule_is_the_same_with_two_processes(saved_vqvae, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(29500 + (os.getpid() + 7) % 1000), "-m", "vqaudio.cli", "train-prior", str(tokens),
            "--out", str(tmp_path / "prior"), "--d-model", "32", "--layers", "1", "--heads", "2", "--max-len", "64",
-           "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "10", "--steps", "10", "--eval-every", "5",
+           "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "10", "--max-steps", "10", "--eval-every", "5",
            "--save-every", "10", "--val-fraction", "0.2", "--cpu", "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -231,14 +231,14 @@ def test_prior_resume_continues_exactly_like_an_uninterrupted_run(saved_vqvae, t
     tokens = _real_tokens(vqvae, tmp_path / "tokens")
     extra = ("--type", prior_type, "--dropout", "0.1", "--mixed-precision", "no") + (
         ("--timesteps", "8") if prior_type == "diffusion" else ())
-    whole = _train_prior_cmd(tokens, tmp_path / "whole", "--steps", "20", *extra)
+    whole = _train_prior_cmd(tokens, tmp_path / "whole", "--max-steps", "20", *extra)
     assert whole.returncode == 0, whole.stderr
     split = tmp_path / "split"
     shutil.copytree(tmp_path / "whole", split)
     shutil.rmtree(split / "checkpoints" / "step_00000020")
     for name in ("model.safetensors", "config.json", "speakers.json", "metrics.json"):
         (split / name).unlink()
-    second = _train_prior_cmd(tokens, split, "--steps", "20", "--resume")
+    second = _train_prior_cmd(tokens, split, "--max-steps", "20", "--resume")
     assert second.returncode == 0, second.stderr
     assert "step_00000010" in second.stdout
     a, b = load_prior(tmp_path / "whole"), load_prior(tmp_path / "split")
@@ -260,7 +260,7 @@ def test_train_diffusion_prior_on_real_tokens_resume_and_generate(saved_vqvae, t
     vqvae, ckpt = saved_vqvae
     tokens = _real_tokens(vqvae, tmp_path / "tokens")
     out = tmp_path / "prior"
-    done = _train_prior_cmd(tokens, out, "--type", "diffusion", "--timesteps", "8", "--steps", "20")
+    done = _train_prior_cmd(tokens, out, "--type", "diffusion", "--timesteps", "8", "--max-steps", "20")
     assert done.returncode == 0, done.stderr
     assert "diffusion prior:" in done.stdout and "validation bound" in done.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -268,12 +268,12 @@ def test_train_diffusion_prior_on_real_tokens_resume_and_generate(saved_vqvae, t
     assert math.isfinite(metrics["val_bits_per_code"]) and metrics["unigram_entropy_bits"] > 1.0
     prior = DiffusionPrior.from_pretrained(out)
     assert prior.config.num_timesteps == 8 and prior.metadata["checkpoint_id"] == vqvae.checkpoint_id
-    resumed = _train_prior_cmd(tokens, out, "--steps", "30", "--resume")
+    resumed = _train_prior_cmd(tokens, out, "--max-steps", "30", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert [h["step"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [10, 20, 30]
-    wrong = _train_prior_cmd(tokens, out, "--steps", "40", "--resume", "--type", "autoregressive")
+    wrong = _train_prior_cmd(tokens, out, "--max-steps", "40", "--resume", "--type", "autoregressive")
     assert wrong.returncode == 2 and "cannot resume a diffusion prior as --type autoregressive" in wrong.stderr
-    only = _train_prior_cmd(tokens, tmp_path / "ar", "--steps", "5", "--timesteps", "8")
+    only = _train_prior_cmd(tokens, tmp_path / "ar", "--max-steps", "5", "--timesteps", "8")
     assert only.returncode == 2 and "--timesteps: only for --type diffusion" in only.stderr
 
     parser = argparse.ArgumentParser()
@@ -425,5 +425,5 @@ def test_shared_flag_names_map_like_the_other_commands():
     add_train_prior_arguments(p)
     new = p.parse_args(["t", "--out", "o", "--max-steps", "5", "--learning-rate", "1e-3", "--valid-every", "2",
                         "--checkpoint-every", "3"])
-    old = p.parse_args(["t", "--out", "o", "--steps", "5", "--lr", "1e-3", "--eval-every", "2", "--save-every", "3"])
+    old = p.parse_args(["t", "--out", "o", "--max-steps", "5", "--lr", "1e-3", "--eval-every", "2", "--save-every", "3"])
     assert vars(new) == vars(old) and (new.steps, new.lr, new.eval_every, new.save_every) == (5, 1e-3, 2, 3)

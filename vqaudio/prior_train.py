@@ -729,7 +729,7 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--timesteps", type=int,
                        help=f"diffusion prior: T, steps of the forward process (default {dd.num_timesteps})")
     run = parser.add_argument_group("training")
-    run.add_argument("--max-steps", "--steps", dest="steps", type=int,
+    run.add_argument("--max-steps", dest="steps", type=int,
                      help=f"optimizer steps in total, as in vqaudio train (default {t.steps})")
     run.add_argument("--batch-size", type=int, help=f"windows per step (default {t.batch_size})")
     run.add_argument("--window", type=int,
@@ -820,7 +820,7 @@ CPU_PRIOR = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_len": 256, "windo
 
 def add_prior_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of a recipe's prior stage, prefixed ``--prior-`` so they do not clash with the
-    VQ-VAE's (``--prior-steps``, ``--prior-d-model``, ...). ``--resume``, ``--cpu`` and
+    VQ-VAE's (``--prior-max-steps``, ``--prior-d-model``, ...). ``--resume``, ``--cpu`` and
     ``--seed`` are the recipe's own. Sizes left out fit the device the recipe runs on:
     :class:`PriorConfig` / :class:`PriorTrainConfig` defaults on a GPU, :data:`CPU_PRIOR` on a CPU."""
     d, t, c = PriorConfig(), PriorTrainConfig(), CPU_PRIOR
@@ -829,7 +829,8 @@ def add_prior_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         return f"default {gpu} on a GPU, {cpu} on a CPU"
 
     g = parser.add_argument_group("prior stage")
-    g.add_argument("--prior-steps", type=int, help=f"prior training steps ({both(t.steps, c['steps'])})")
+    g.add_argument("--prior-max-steps", "--prior-steps", dest="prior_steps", type=int,
+                   help=f"prior training steps ({both(t.steps, c['steps'])})")
     g.add_argument("--prior-batch-size", type=int, default=t.batch_size, help=f"default {t.batch_size}")
     g.add_argument("--prior-lr", type=float, help=both(t.learning_rate, c["learning_rate"]))
     g.add_argument("--prior-window", type=int,
