@@ -17,6 +17,36 @@ FSDD_SAMPLE = REPO_ROOT / "samples" / "fsdd"
 _DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
+def tiny_vqvae_config(*, num_speakers: int = 2, sample_rate: int = 8000, codebook_size: int = 16, dim: int = 8,
+                      ema: bool = True, encoder_channels: tuple[int, ...] = (4, 4, 8, 8, 8, 8), **decoder):
+    """A VQ-VAE config small enough for a test to train, encode and decode in milliseconds: hop
+    64 (six stride-2 layers), K = ``codebook_size`` codes of ``dim``, and a 1 x 3 WaveNet
+    (residual 8, gate 16, skip 8, local 8, speaker 4, kernel 2) unless ``decoder`` says otherwise."""
+    from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
+
+    sizes = dict(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16, skip_channels=8,
+                 local_channels=8, speaker_channels=4, kernel_size=2)
+    sizes.update(decoder)
+    return VQVAEConfig(
+        sample_rate=sample_rate,
+        encoder=EncoderConfig(channels=tuple(encoder_channels)),
+        quantizer=QuantizerConfig(codebook_size=codebook_size, dim=dim, ema=ema),
+        decoder=DecoderConfig(num_speakers=num_speakers, **sizes),
+    )
+
+
+def tiny_vqvae(speakers: Sequence[str], seed: int = 0, **sizes):
+    """A randomly initialised VQ-VAE of :func:`tiny_vqvae_config` (``sizes`` passed on) with
+    the speaker table ``speakers``, its weights drawn after ``torch.manual_seed(seed)``; eval mode."""
+    import torch
+
+    from vqaudio.model import VQVAE
+
+    config = tiny_vqvae_config(num_speakers=len(speakers), **sizes)
+    torch.manual_seed(seed)
+    return VQVAE(config, list(speakers)).eval()
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models run per-sample loops: one torch thread beats two, whose OpenMP workers

@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
+from conftest import tiny_vqvae
 from vqaudio.cli import main
-from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
 from vqaudio.inference import infer_speaker
-from vqaudio.model import VQVAE
 
 HOP = 64
 
@@ -20,16 +18,8 @@ HOP = 64
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny random VQ-VAE at 8 kHz whose speakers are two of the bundled FSDD sample's."""
-    torch.manual_seed(0)
-    config = VQVAEConfig(
-        sample_rate=8000,
-        encoder=EncoderConfig(channels=(4, 4, 8, 8, 8, 8)),
-        quantizer=QuantizerConfig(codebook_size=16, dim=8),
-        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16,
-                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=2),
-    )
     path = tmp_path_factory.mktemp("cli") / "ckpt"
-    VQVAE(config, ["george", "jackson"]).save_pretrained(path)
+    tiny_vqvae(["george", "jackson"]).save_pretrained(path)
     return path
 
 

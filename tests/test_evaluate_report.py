@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
+from conftest import tiny_vqvae
 from vqaudio.evaluate import MissingExtraError, evaluate, load_clips
 from vqaudio.evaluate.optional import INSTALL_HINT, available
 from vqaudio.evaluate.pipeline import codebook_statistics, conversion_pairs
@@ -29,15 +29,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def tiny_model(seed: int = 0) -> VQVAE:
     """A tiny random VQ-VAE at 8 kHz: 6 stride-2 layers (hop 64), K=32, 1 x 3 WaveNet layers."""
-    cfg = VQVAEConfig(
-        sample_rate=8000,
-        encoder=EncoderConfig(channels=(4, 4, 4, 4, 4, 4)),
-        quantizer=QuantizerConfig(codebook_size=32, dim=8),
-        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16,
-                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=len(SPEAKERS)),
-    )
-    torch.manual_seed(seed)
-    return VQVAE(cfg, SPEAKERS).eval()
+    return tiny_vqvae(SPEAKERS, seed, encoder_channels=(4,) * 6, codebook_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +181,7 @@ def test_clip_selection(tmp_path: Path, checkpoint: Path) -> None:
 
 
 def test_unknown_speakers_are_a_clear_error(tmp_path: Path) -> None:
-    model = VQVAE(tiny_model().config.__class__(
-        sample_rate=8000, encoder=EncoderConfig(channels=(4,) * 6), quantizer=QuantizerConfig(codebook_size=32, dim=8),
-        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16,
-                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=2)), ["p225", "p226"])
+    model = tiny_vqvae(["p225", "p226"], encoder_channels=(4,) * 6, codebook_size=32)
     with pytest.raises(ValueError, match="no clip .* has a speaker the checkpoint knows"):
         evaluate(model, SAMPLE, tmp_path / "r", max_clips=2, baselines=(), skip=NO_EXTRA, progress=False)
 
@@ -256,12 +245,12 @@ def test_two_priors_are_compared_in_one_report(tmp_path: Path) -> None:
     sizes = dict(codebook_size=32, num_speakers=len(SPEAKERS), d_model=16, n_layers=1, n_heads=2, max_len=64, dropout=0.0)
     ar = PriorTransformer(PriorConfig(**sizes), SPEAKERS).save_pretrained(tmp_path / "ar")
     diffusion = DiffusionPrior(DiffusionPriorConfig(**sizes, num_timesteps=4), SPEAKERS).save_pretrained(tmp_path / "diff")
-    report = evaluate(model, SAMPLE, tmp_path / "r", prior=[ar, diffusion], max_clips=6, baselines=(),
+    report = evaluate(model, SAMPLE, tmp_path / "r", prior=[ar, diffusion], prior_steps=2, max_clips=6, baselines=(),
                       generate_per_speaker=1, generate_seconds=0.1, skip=NO_EXTRA + ["conversion", "plots"],
                       method="torch", num_threads=1, progress=False)
     gens = report["generations"]
     assert [g["label"] for g in gens] == ["ar", "diff"] and report["generation"] is gens[0]
-    assert [g["prior"]["type"] for g in gens] == ["autoregressive", "diffusion"]
+    assert [(g["prior"]["type"], g["prior"]["steps"]) for g in gens] == [("autoregressive", None), ("diffusion", 2)]
     for label in ("ar", "diff"):
         assert len(list((tmp_path / "r" / "audio" / "generation" / label).glob("*.wav"))) == 6
     assert "## The priors compared (same seeds)" in (tmp_path / "r" / "report.md").read_text()

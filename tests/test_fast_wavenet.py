@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
+from conftest import tiny_vqvae
+from vqaudio.config import DecoderConfig
 from vqaudio.model import VQVAE
 from vqaudio.nn.fast_wavenet import FastWaveNet, export_weights, partition_streams, past_tap_blocks
 from vqaudio.nn.wavenet import SILENCE, WaveNet
@@ -122,19 +123,12 @@ def test_device_steps_equal_torch_incremental(kernel_size):
         net.generate_static(local, speaker, noise=noise, cuda_graph=True)
 
 
-def tiny_vqvae() -> VQVAE:
-    cfg = VQVAEConfig(
-        sample_rate=8000,
-        encoder=EncoderConfig(channels=(4, 4, 8, 8, 8, 8)),
-        quantizer=QuantizerConfig(codebook_size=16, dim=8),
-        decoder=tiny_decoder(2, num_speakers=2),
-    )
-    torch.manual_seed(0)
-    return VQVAE(cfg, ["alice", "bob"]).eval()
+def two_speaker_vqvae() -> VQVAE:
+    return tiny_vqvae(["alice", "bob"], num_stacks=2, layers_per_stack=5)
 
 
 def test_decode_methods_agree_and_batch_equals_rows():
-    model = tiny_vqvae()
+    model = two_speaker_vqvae()
     codes = torch.randint(0, 16, (2, 3), generator=torch.Generator().manual_seed(0))
     outs = {}
     for method in ("auto", "numba", "torch"):
@@ -156,7 +150,7 @@ def test_decode_methods_agree_and_batch_equals_rows():
 
 
 def test_decode_rejects_bad_requests():
-    model = tiny_vqvae()
+    model = two_speaker_vqvae()
     codes = torch.zeros(1, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="unknown decode method"):
         model.decode(codes, 0, method="fastest")

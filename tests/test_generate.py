@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
+from conftest import tiny_vqvae as random_tiny_vqvae
 from vqaudio.generate import add_generate_arguments, generate, run_generate
 from vqaudio.model import VQVAE, UnknownSpeakerError
 from vqaudio.nn.prior import PriorConfig, PriorTransformer
@@ -39,15 +39,7 @@ def tiny_vqvae(seed: int = 0) -> VQVAE:
     quantizer's data-dependent init on the first training batch), so its codes vary."""
     from vqaudio.audio import load_audio
 
-    torch.manual_seed(seed)
-    cfg = VQVAEConfig(
-        sample_rate=8000,
-        encoder=EncoderConfig(channels=(4, 4, 8, 8, 8, 8)),
-        quantizer=QuantizerConfig(codebook_size=16, dim=8),
-        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16,
-                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=2),
-    )
-    model = VQVAE(cfg, SPEAKERS)
+    model = random_tiny_vqvae(SPEAKERS, seed)
     wavs = [load_audio(f, 8000)[:2048] for f in sorted(RECORDINGS.glob("*_jackson_*.wav"))[:8]]
     batch = torch.from_numpy(np.stack([np.pad(w, (0, 2048 - len(w))) for w in wavs]))[:, None]
     with torch.no_grad():

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from conftest import tiny_vqvae_config
 from vqaudio.audio import mu_law_decode, mu_law_encode
 from vqaudio.config import (
-    DecoderConfig,
     EncoderConfig,
     QuantizerConfig,
     VQVAEConfig,
@@ -24,16 +24,7 @@ from vqaudio.nn.wavenet import SILENCE, CausalConv1d, WaveNet, sample_from_logit
 
 
 def tiny_config(ema: bool = True, num_speakers: int = 2, kernel_size: int = 2) -> VQVAEConfig:
-    return VQVAEConfig(
-        sample_rate=8000,
-        encoder=EncoderConfig(channels=(4, 4, 8, 8, 8, 8)),
-        quantizer=QuantizerConfig(codebook_size=16, dim=8, ema=ema),
-        decoder=DecoderConfig(
-            num_stacks=2, layers_per_stack=3, residual_channels=8, gate_channels=16,
-            skip_channels=8, kernel_size=kernel_size, local_channels=8, speaker_channels=4,
-            num_speakers=num_speakers,
-        ),
-    )
+    return tiny_vqvae_config(num_speakers=num_speakers, ema=ema, kernel_size=kernel_size, num_stacks=2)
 
 
 def test_mu_law_round_trip_and_silence():

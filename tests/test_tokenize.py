@@ -13,8 +13,8 @@ import soundfile as sf
 import torch
 
 import vqaudio.tokenize as tk
+from conftest import tiny_vqvae
 from vqaudio.audio import load_audio
-from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
 from vqaudio.model import VQVAE
 from vqaudio.tokens import read_tokens
 
@@ -31,15 +31,8 @@ def _fsdd_recordings() -> Path:
 
 
 def _tiny_model(sample_rate: int = 8000, seed: int = 0, bias: float | None = None) -> VQVAE:
-    torch.manual_seed(seed)
-    cfg = VQVAEConfig(
-        sample_rate=sample_rate,
-        encoder=EncoderConfig(channels=(8, 8, 16, 16, 16, 16)),
-        quantizer=QuantizerConfig(codebook_size=32, dim=8),
-        decoder=DecoderConfig(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=8,
-                              skip_channels=8, local_channels=8, speaker_channels=4, num_speakers=6),
-    )
-    model = VQVAE(cfg, FSDD_SPEAKERS)
+    model = tiny_vqvae(FSDD_SPEAKERS, seed, sample_rate=sample_rate, encoder_channels=(8, 8, 16, 16, 16, 16),
+                       codebook_size=32, gate_channels=8).train()
     # Variance-preserving weights and a codebook spread over the latents' range, so that
     # latents are well separated from each other (not all within float rounding of one
     # code, as with PyTorch's default init) and many codes are used.

@@ -21,7 +21,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig, config_to_dict
+from conftest import tiny_vqvae
+from vqaudio.config import EncoderConfig, VQVAEConfig, config_to_dict
 from vqaudio.model import VQVAE
 from vqaudio.plots import log_spectrogram, plot_spectrograms, plot_training_curves
 from vqaudio.train import (
@@ -198,14 +199,9 @@ def test_training_curves_png(tmp_path):
 
 
 def test_write_examples_decodes_reconstruction_and_conversion(tmp_path):
-    torch.manual_seed(0)
-    cfg = VQVAEConfig(
-        sample_rate=8000, encoder=EncoderConfig(channels=(4,) * 6),
-        quantizer=QuantizerConfig(codebook_size=8, dim=4),
-        decoder=DecoderConfig(num_stacks=1, layers_per_stack=2, residual_channels=4, gate_channels=8,
-                              skip_channels=4, local_channels=4, speaker_channels=2, num_speakers=3),
-    )
-    model = VQVAE(cfg, ["george", "jackson", "theo"])
+    model = tiny_vqvae(["george", "jackson", "theo"], encoder_channels=(4,) * 6, codebook_size=8, dim=4,
+                       layers_per_stack=2, residual_channels=4, gate_channels=8, skip_channels=4,
+                       local_channels=4, speaker_channels=2).train()
     written = write_examples(model, RECORDINGS / "3_jackson_5.wav", "jackson", tmp_path / "ex", num_samples=500)
     assert set(written) == {"original", "reconstruction", "conversion_to_theo", "spectrograms"}
     for name in ("original", "reconstruction", "conversion_to_theo"):

@@ -36,50 +36,27 @@ Prior = PriorTransformer | DiffusionPrior
 
 
 def load_prior(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Prior:
-    """Load a prior of either kind from its checkpoint directory (by ``model_type`` in its
-    ``config.json``: ``"prior"`` or ``"diffusion-prior"``).
+    """Load a prior of either kind (by ``model_type`` in its ``config.json``: ``"prior"`` or
+    ``"diffusion-prior"``) from its directory (a ``train-prior --out`` folder) or a bundled
+    name (``fsdd-8k-prior``, ``fsdd-8k-diffusion``: :data:`vqaudio.model.PRETRAINED_DIR`).
 
     Raises:
         vqaudio.checkpoint.CheckpointError: not a prior checkpoint, or a missing or malformed file.
     """
     from vqaudio.checkpoint import CONFIG_NAME, CheckpointError
+    from vqaudio.model import resolve_checkpoint
 
-    path = Path(directory) / CONFIG_NAME
+    path = resolve_checkpoint(directory)
     try:
-        kind = json.loads(path.read_text()).get("model_type")
-    except FileNotFoundError:
-        if not Path(directory).is_dir():
-            raise CheckpointError(f"{directory}: no such checkpoint directory") from None
-        raise CheckpointError(f"{directory}: incomplete checkpoint, {CONFIG_NAME} is missing") from None
+        kind = json.loads((path / CONFIG_NAME).read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+        raise CheckpointError(f"{path / CONFIG_NAME}: not valid JSON ({exc})") from None
     if kind == DIFFUSION_PRIOR_MODEL_TYPE:
-        return DiffusionPrior.from_pretrained(directory, map_location)
+        return DiffusionPrior.from_pretrained(path, map_location)
     if kind != PRIOR_MODEL_TYPE:
-        raise CheckpointError(f"{path}: model_type is {kind!r}, expected a prior "
+        raise CheckpointError(f"{path / CONFIG_NAME}: model_type is {kind!r}, expected a prior "
                               f"({PRIOR_MODEL_TYPE!r} or {DIFFUSION_PRIOR_MODEL_TYPE!r})")
-    return PriorTransformer.from_pretrained(directory, map_location)
-
-
-@dataclass(frozen=True)
-class GeneratedSample:
-    """One generated utterance written by :func:`generate`.
-
-    Attributes:
-        wav_path: the 16-bit WAV at the VQ-VAE's sample rate.
-        codes_path: ``.npy`` of the decoded codes, [T'] int64 in [0, K) (prompt codes first).
-        speaker: the speaker name that conditioned the prior and the decoder.
-        num_codes: codes decoded, the prompt's included.
-        prompt_codes: codes taken from the prompt (0 without one).
-        seconds: duration of the WAV in seconds.
-    """
-
-    wav_path: Path
-    codes_path: Path
-    speaker: str
-    num_codes: int
-    prompt_codes: int
-    seconds: float
+    return PriorTransformer.from_pretrained(path, map_location)
 
 
 def check_compatible(vqvae, prior: Prior, allow_mismatch: bool = False) -> None:
@@ -326,7 +303,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds to sample per utterance (default 2)")
     parser.add_argument("--num", type=int, default=1, help="utterances per speaker (default 1)")
     parser.add_argument("--checkpoint", required=True, help="VQ-VAE checkpoint (directory, run directory or bundled name)")
-    parser.add_argument("--prior", required=True, metavar="PRIOR_DIR", help="folder written by `vqaudio train-prior`")
+    parser.add_argument("--prior", required=True, metavar="PRIOR_DIR",
+                        help="folder written by `vqaudio train-prior`, or a bundled prior's name")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for WAVs and codes (.npy)")
     parser.add_argument("--prompt", metavar="FILE", help="audio file whose codes are continued")
     add_prior_sampling_arguments(parser)

@@ -594,7 +594,7 @@ def codebook_statistics(codes: Sequence[np.ndarray], codebook_size: int) -> dict
 # ----- prior ---------------------------------------------------------------------------------
 
 
-def load_code_sampler(prior, model, steps: int | None = None) -> CodeSampler:
+def load_code_sampler(prior, model, steps: int | None = None, steps_need_diffusion: bool = True) -> CodeSampler:
     """A :data:`CodeSampler` from a prior: a callable (used as is), a
     :class:`vqaudio.nn.prior.PriorTransformer` or
     :class:`vqaudio.nn.diffusion_prior.DiffusionPrior`, or the path of a saved one of either.
@@ -604,10 +604,12 @@ def load_code_sampler(prior, model, steps: int | None = None) -> CodeSampler:
 
     Args:
         steps: reverse steps of a diffusion prior (default: all of its T).
+        steps_need_diffusion: ``steps`` given for an autoregressive prior is an error (else,
+            when several priors are compared, it is for the diffusion ones only).
 
     Raises:
         ValueError: the prior's speaker table or codebook size differs from the model's, or
-            ``steps`` for an autoregressive prior.
+            ``steps`` for an autoregressive prior with ``steps_need_diffusion``.
     """
     import torch
 
@@ -626,7 +628,7 @@ def load_code_sampler(prior, model, steps: int | None = None) -> CodeSampler:
             raise ValueError(f"the prior has {k} codes, the checkpoint {model.config.quantizer.codebook_size}")
         module = prior
         diffusion = isinstance(module, DiffusionPrior)
-        if steps is not None and not diffusion:
+        if steps is not None and not diffusion and steps_need_diffusion:
             raise ValueError("--steps is for a diffusion prior; this prior is autoregressive")
         extra = {"steps": steps} if diffusion else {}
 
@@ -756,7 +758,7 @@ def evaluate(
                 label = Path(p).name if isinstance(p, (str, os.PathLike)) else f"prior{i + 1}"
                 if any(label == other for other, _ in samplers):
                     label = f"{label}-{i + 1}"
-                samplers.append((label, load_code_sampler(p, model, prior_steps)))
+                samplers.append((label, load_code_sampler(p, model, prior_steps, steps_need_diffusion=not several)))
             if not several:  # one prior: its samples in audio/generation/, as before priors could be compared
                 samplers = [("", samplers[0][1])]
         _prepare_out_dir(out_dir, model, temperature, seed, overwrite)
