@@ -88,7 +88,9 @@ def test_full_report_on_real_clips(checkpoint: Path, tmp_path: Path) -> None:
         assert png in report["plots"]
     assert len(list((out / "audio" / "conversion").glob("*.wav"))) == 6
     page = (out / "report.html").read_text()
-    assert page.count("<section>") == 2 and page.count("<audio") == 2 * 4  # original, reconstruction, conversion, codec2
+    clips, samples = page.split("<h2>Prior samples")
+    assert clips.count("<section>") == 2 and clips.count("<audio") == 2 * 4  # original, reconstruction, conversion, codec2
+    assert samples.count("<audio") == 6  # the stand-in prior's sample of each speaker
     assert "conversion to " in page and "codec2-1200" in page
     assert len(list((out / "audio" / "generation").glob("*.wav"))) == 6
 
@@ -230,6 +232,7 @@ def test_generation_and_infilling_with_a_diffusion_prior(tmp_path: Path) -> None
     assert len(gen["infilled"]["clips"]) == 2
     page = (out / "report.html").read_text()
     assert page.count("(diffusion prior)") == 2 and "infilled" in page
+    assert "Prior samples" in page and (out / "listen" / "samples" / "george.wav").is_file()
     for utt, (first, stop) in zip(gen["infilled"]["clips"], gen["infilled"]["spans"]):
         assert 0 < first < stop
         assert sf.info(str(out / "audio" / "infill" / f"{utt}.wav")).frames > 0

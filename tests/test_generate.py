@@ -241,6 +241,19 @@ def test_prior_resume_continues_exactly_like_an_uninterrupted_run(saved_vqvae, t
     assert [h["val_bits_per_code"] for h in ha] == [h["val_bits_per_code"] for h in hb]
 
 
+def test_bundled_priors_load_by_name_and_fit_the_bundled_model():
+    """fsdd-8k-prior and fsdd-8k-diffusion were fitted to tokens of the bundled fsdd-8k: new
+    fsdd-8k weights must ship with priors retrained on their tokens (each card says how)."""
+    from vqaudio.generate import check_compatible, load_prior
+    from vqaudio.nn.diffusion_prior import DiffusionPrior
+
+    vqvae = VQVAE.from_pretrained("fsdd-8k")
+    for name, kind in (("fsdd-8k-prior", PriorTransformer), ("fsdd-8k-diffusion", DiffusionPrior)):
+        prior = load_prior(name)
+        assert isinstance(prior, kind) and prior.speakers == vqvae.speakers
+        check_compatible(vqvae, prior)  # the checkpoint_id of the tokens' VQ-VAE is fsdd-8k's
+
+
 # ----------------------------------------------------------------------------- generation
 
 

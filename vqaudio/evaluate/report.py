@@ -292,7 +292,8 @@ def write_listening_page(
     conversion (to ``conversion_targets[i]``), the clip with its middle infilled by a diffusion
     prior (``report["generation"]["infilled"]``) and Codec 2 at 1200 bit/s when present (16-bit
     WAVs, ``listen/UTT/*.wav``). Above them, the headline scores of every system and of the
-    conversions. Relative links only, so the folder can be copied or served as it is.
+    conversions; below them, with a prior, one sample per requested speaker of each prior
+    (``listen/samples/``). Relative links only, so the folder can be copied or served as it is.
 
     Args:
         report: the evaluation report (``systems``, ``conversion``, ``checkpoint``, ``data``).
@@ -349,6 +350,7 @@ def write_listening_page(
                  f"{esc(_fmt(conv.get('identified_as_target'), '.3f'))}, {esc(_intel(conv))}.</p>" if conv else "")
     ck = report.get("checkpoint") or {}
     data = report.get("data", {})
+    samples = _prior_sample_rows(out_dir, report, esc)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vqaudio listening page</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}}
@@ -362,11 +364,38 @@ data {esc(str(data.get('data')))} ({esc(str(data.get('split')))} split, {esc(str
 {conv_line}
 <h2>Clips</h2>
 {"".join(rows)}
+{samples}
 </body></html>
 """
     path = out_dir / "report.html"
     atomic_write_text(path, page)
     return path
+
+
+def _prior_sample_rows(out_dir: Path, report: dict[str, Any], esc) -> str:
+    """The listening page's section of prior samples: the first sample of each speaker from
+    each prior of ``report["generations"]`` (or the one of ``report["generation"]``), copied
+    from ``audio/generation[/LABEL]/`` into ``listen/samples[/LABEL]/``; empty without a prior."""
+    import shutil
+
+    gens = report.get("generations") or ([report["generation"]] if report.get("generation") else [])
+    rows = []
+    for g in gens:
+        label = g.get("label", "")
+        src = out_dir / "audio" / "generation" / label
+        cells = []
+        for wav in sorted(src.glob("*__0.wav")) if src.is_dir() else []:
+            rel = Path("listen") / "samples" / label / f"{wav.stem.split('__')[0]}.wav"
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(wav, out_dir / rel)
+            cells.append(f'<td><div>{esc(rel.stem)}</div><audio controls preload="none" src="{esc(rel.as_posix())}"></audio></td>')
+        if cells:
+            p = g.get("prior") or {}
+            kind = p.get("type", "") + (f", {p['steps']} reverse steps" if p.get("steps") else "")
+            title = f"{label or p.get('path') or 'prior'} ({kind}): identified as the requested speaker " \
+                    f"{_fmt(g.get('identified_as_requested'), '.3f')}"
+            rows.append(f"<section><h3>{esc(title)}</h3><table><tr>{''.join(cells)}</tr></table></section>")
+    return "<h2>Prior samples (one per requested speaker)</h2>" + "".join(rows) if rows else ""
 
 
 def write_plots(

@@ -27,7 +27,8 @@ Reverse process. The network predicts the clean codes, ``p(x_0 | x_t)`` (Eq. 11:
 
 Training minimises the variational bound, ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))`` at
 a uniformly drawn ``t`` (``-log p(x_0 | x_1)`` at ``t = 1``), plus ``aux_loss_weight`` times the
-cross-entropy of ``p(x_0 | x_t)`` against the clean codes (the paper's auxiliary loss, Eq. 12).
+cross-entropy of ``p(x_0 | x_t)`` against the clean codes (the paper's auxiliary loss, Eq. 12;
+weight 1 by default here, 5e-4 in the paper).
 :meth:`DiffusionPrior.bound_bits` sums every term of the bound, ``L_T`` included, in bits per
 code: an upper bound on the code stream's cross-entropy, comparable with the autoregressive
 prior's exact bits per code.
@@ -292,10 +293,11 @@ class DiffusionPrior(TransformerPrior):
         vlb = (per_code * valid).sum(-1) / count
         return {"vlb": vlb.float(), "aux": aux, "t": t}
 
-    def loss(self, x0: torch.Tensor, speaker: torch.Tensor, aux_loss_weight: float = 5e-4,
+    def loss(self, x0: torch.Tensor, speaker: torch.Tensor, aux_loss_weight: float = 1.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """The training loss: ``L_{t-1} + aux_loss_weight * CE(p(x_0 | x_t), x_0)`` at a uniform
-        ``t``, averaged over the batch (the paper's objective, Eq. 12; 5e-4 is its weight).
+        ``t``, averaged over the batch (the paper's objective, Eq. 12; its weight is 5e-4, which
+        learns far slower in short runs: see :class:`vqaudio.prior_train.PriorTrainConfig`).
 
         Args:
             x0: [B, L] int64 as in :meth:`loss_terms`; speaker: [B] int64.
