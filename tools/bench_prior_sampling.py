@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from vqaudio.generate import load_prior
 from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
 from vqaudio.nn.prior import PriorConfig, PriorTransformer
 
@@ -44,8 +45,8 @@ def best_time(fn, repeat: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, time both priors, print codes/s and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", help="a trained autoregressive prior folder (default: a random one)")
-    parser.add_argument("--diffusion-prior", help="a trained diffusion prior folder (default: a random one)")
+    parser.add_argument("--prior", help="a trained autoregressive prior: folder or bundled name (default: a random one)")
+    parser.add_argument("--diffusion-prior", help="a trained diffusion prior: folder or bundled name (default: a random one)")
     parser.add_argument("--codes", type=int, help="codes per sequence (default: 4 s at the priors' code rate, "
                                                    "else 500)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 10], help="batch sizes (default 1 10)")
@@ -68,12 +69,16 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     if args.prior:
-        ar = PriorTransformer.from_pretrained(args.prior)
+        ar = load_prior(args.prior)
+        if not isinstance(ar, PriorTransformer):
+            parser.error(f"--prior {args.prior} is not an autoregressive prior")
     else:
         ar = PriorTransformer(PriorConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                                           max_len=1024, dropout=0.0), ["speaker"]).eval()
     if args.diffusion_prior:
-        diffusion = DiffusionPrior.from_pretrained(args.diffusion_prior)
+        diffusion = load_prior(args.diffusion_prior)
+        if not isinstance(diffusion, DiffusionPrior):
+            parser.error(f"--diffusion-prior {args.diffusion_prior} is not a diffusion prior")
     else:
         diffusion = DiffusionPrior(DiffusionPriorConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                                                         max_len=1024, dropout=0.0, num_timesteps=args.timesteps),

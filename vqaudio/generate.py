@@ -59,6 +59,27 @@ def load_prior(directory: str | os.PathLike, map_location: str | torch.device = 
     return PriorTransformer.from_pretrained(path, map_location)
 
 
+@dataclass(frozen=True)
+class GeneratedSample:
+    """One generated utterance written by :func:`generate`.
+
+    Attributes:
+        wav_path: the 16-bit WAV at the VQ-VAE's sample rate.
+        codes_path: ``.npy`` of the decoded codes, [T'] int64 in [0, K) (prompt codes first).
+        speaker: the speaker name that conditioned the prior and the decoder.
+        num_codes: codes decoded, the prompt's included.
+        prompt_codes: codes taken from the prompt (0 without one).
+        seconds: duration of the WAV in seconds.
+    """
+
+    wav_path: Path
+    codes_path: Path
+    speaker: str
+    num_codes: int
+    prompt_codes: int
+    seconds: float
+
+
 def check_compatible(vqvae, prior: Prior, allow_mismatch: bool = False) -> None:
     """Check that ``prior`` was fitted to codes of ``vqvae``.
 
