@@ -249,7 +249,7 @@ def test_two_priors_are_compared_in_one_report(tmp_path: Path) -> None:
     ar = PriorTransformer(PriorConfig(**sizes), SPEAKERS).save_pretrained(tmp_path / "ar")
     diffusion = DiffusionPrior(DiffusionPriorConfig(**sizes, num_timesteps=4), SPEAKERS).save_pretrained(tmp_path / "diff")
     report = evaluate(model, SAMPLE, tmp_path / "r", prior=[ar, diffusion], prior_steps=2, max_clips=6, baselines=(),
-                      generate_per_speaker=1, generate_seconds=0.1, skip=NO_EXTRA + ["conversion", "plots"],
+                      generate_per_speaker=1, generate_seconds=0.1, skip=NO_EXTRA + ["conversion"], num_plot_clips=1,
                       method="torch", num_threads=1, progress=False)
     gens = report["generations"]
     assert [g["label"] for g in gens] == ["ar", "diff"] and report["generation"] is gens[0]
@@ -257,6 +257,8 @@ def test_two_priors_are_compared_in_one_report(tmp_path: Path) -> None:
     for label in ("ar", "diff"):
         assert len(list((tmp_path / "r" / "audio" / "generation" / label).glob("*.wav"))) == 6
     assert "## The priors compared (same seeds)" in (tmp_path / "r" / "report.md").read_text()
+    assert "infilled" in gens[1] and "infilled" not in gens[0]  # by the diffusion prior, titled on the page
+    assert "(diffusion prior)" in (tmp_path / "r" / "report.html").read_text()
 
 
 def test_a_training_run_is_scored_on_the_utterances_it_held_out(tmp_path: Path) -> None:

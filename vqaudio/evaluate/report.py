@@ -290,7 +290,7 @@ def write_listening_page(
     For :func:`choose_clips` clips (one per speaker first): a log-mel spectrogram row
     (``listen/UTT.png``) and an audio player per version: original, reconstruction, the
     conversion (to ``conversion_targets[i]``), the clip with its middle infilled by a diffusion
-    prior (``report["generation"]["infilled"]``) and Codec 2 at 1200 bit/s when present (16-bit
+    prior (``"infilled"`` of ``report["generation"]`` or of one of ``report["generations"]``) and Codec 2 at 1200 bit/s when present (16-bit
     WAVs, ``listen/UTT/*.wav``). Above them, the headline scores of every system and of the
     conversions; below them, with a prior, one sample per requested speaker of each prior
     (``listen/samples/``). Relative links only, so the folder can be copied or served as it is.
@@ -310,7 +310,8 @@ def write_listening_page(
 
     out_dir = Path(out_dir)
     esc = html.escape
-    infilled = (report.get("generation") or {}).get("infilled") or {}
+    gens = report.get("generations") or [report.get("generation") or {}]
+    infilled = next((g["infilled"] for g in gens if g.get("infilled")), {})
     spans = dict(zip(infilled.get("clips", []), infilled.get("spans", [])))
     codes_per_second = (report.get("codebook") or {}).get("codes_per_second")
     rows = []
