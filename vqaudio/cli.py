@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable
 
 from vqaudio import __version__
+from vqaudio._command import run_command
 from vqaudio.config import DECODE_METHODS
 
 #: subcommand -> (module, name used in add_*_arguments / run_*, one-line help)
@@ -129,32 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # the subcommand's usage, not the top-level one
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return run_command(args.command, args._run, args)
-
-
-def run_command(command: str, run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run one subcommand as :func:`main` does (also for ``python -m vqaudio.tokenize``): its
-    exit status; expected errors as one line (status 2), Ctrl-C as status 130, and the
-    torch.distributed process group shut down at the end under a launcher."""
-    import os
-
-    from vqaudio.audio import AudioError
-    from vqaudio.checkpoint import CheckpointError, UnknownSpeakerError
-
-    try:
-        return int(run(args) or 0)
-    except (AudioError, CheckpointError, UnknownSpeakerError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        if os.environ.get("VQAUDIO_DEBUG"):
-            raise
-        print(f"vqaudio {command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"vqaudio {command}: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if "torch.distributed" in sys.modules:  # launched by torchrun / accelerate launch
-            from vqaudio.train import shutdown_distributed
-
-            shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -1338,8 +1338,8 @@ def run_detokenize(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m vqaudio.tokenize`` / ``accelerate launch -m vqaudio.tokenize``: the same as
     ``vqaudio tokenize`` (error messages, exit statuses and process-group shutdown of
-    :func:`vqaudio.cli.run_command`), without importing the other commands."""
-    from vqaudio.cli import run_command
+    :func:`vqaudio._command.run_command`), without importing the other commands."""
+    from vqaudio._command import run_command
 
     parser = argparse.ArgumentParser(prog="vqaudio tokenize", description=__doc__.split("\n")[0])
     add_tokenize_arguments(parser)

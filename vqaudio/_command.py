@@ -1,0 +1,38 @@
+"""Running one ``vqaudio`` subcommand: its exit status and its one-line errors.
+
+Kept apart from :mod:`vqaudio.cli` (which builds the parser of every command) so that a
+command's own entry point, such as ``python -m vqaudio.tokenize`` under ``accelerate launch``,
+runs with the same error handling without importing the other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+
+def run_command(command: str, run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run one subcommand as :func:`vqaudio.cli.main` does (also for ``python -m
+    vqaudio.tokenize``): its exit status; expected errors as one line (status 2), Ctrl-C as status 130, and the
+    torch.distributed process group shut down at the end under a launcher."""
+    import os
+
+    from vqaudio.audio import AudioError
+    from vqaudio.checkpoint import CheckpointError, UnknownSpeakerError
+
+    try:
+        return int(run(args) or 0)
+    except (AudioError, CheckpointError, UnknownSpeakerError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("VQAUDIO_DEBUG"):
+            raise
+        print(f"vqaudio {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vqaudio {command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # launched by torchrun / accelerate launch
+            from vqaudio.train import shutdown_distributed
+
+            shutdown_distributed()
