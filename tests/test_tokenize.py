@@ -16,6 +16,7 @@ import vqaudio.tokenize as tk
 from conftest import tiny_vqvae
 from vqaudio.audio import load_audio
 from vqaudio.model import VQVAE
+from vqaudio.nn.encoder import PaddedEncoder
 from vqaudio.tokens import read_tokens
 
 FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -157,12 +158,12 @@ def test_padded_batch_encodes_like_single_clips(corpus):
         row[0, 0, at : at + n] = torch.from_numpy(w[:n])
         segments.append((at, at + n))
         at += n + 64
-    packed = tk.PaddedEncoder(model).encode_packed(row, [segments])
+    packed = PaddedEncoder(model.encoder, model.quantizer).encode_packed(row, [segments])
     for (a, z), w in zip(segments, wavs):
         ref = model.encode(torch.from_numpy(w)[None, None])[0]
         torch.testing.assert_close(packed[0, a // 64 : z // 64], ref, rtol=0, atol=0)
     with pytest.raises(ValueError, match="one hop apart"):
-        tk.PaddedEncoder(model).encode_packed(row, [[(0, 640), (640, 1280)]])
+        PaddedEncoder(model.encoder, model.quantizer).encode_packed(row, [[(0, 640), (640, 1280)]])
 
 
 @pytest.mark.parametrize("sample_rate", [8000, 16000])

@@ -46,7 +46,8 @@ import torch
 from vqaudio.audio import find_audio_files, load_audio
 from vqaudio.config import VQVAEConfig
 from vqaudio.model import VQVAE
-from vqaudio.tokenize import PaddedEncoder, auto_num_processes, tokenize
+from vqaudio.nn.encoder import PaddedEncoder
+from vqaudio.tokenize import auto_num_processes, tokenize
 from vqaudio.tokens import read_tokens
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def plain_loop(model: VQVAE, files: list[Path], threads: int) -> tuple[float, Cl
 def encoder_alone(model: VQVAE, wavs: list[np.ndarray], precision: str, threads: int, batch_size: int) -> tuple[float, Clock]:
     """PaddedEncoder on length-sorted padded batches of audio in memory -> (audio seconds, clock)."""
     torch.set_num_threads(threads)
-    encoder = PaddedEncoder(model, precision)
+    encoder = PaddedEncoder(model.encoder, model.quantizer, precision)
     wavs = sorted(wavs, key=len, reverse=True)
     batches = []
     for i in range(0, len(wavs), batch_size):

@@ -30,7 +30,7 @@ from vqaudio.checkpoint import (  # the errors are part of this module's API too
     write_model_files,
 )
 from vqaudio.config import DECODE_METHODS, VQVAEConfig
-from vqaudio.nn.encoder import Encoder
+from vqaudio.nn.encoder import Encoder, PaddedEncoder
 from vqaudio.nn.quantizer import QuantizerOutput, VectorQuantizer
 from vqaudio.nn.wavenet import SILENCE, WaveNet
 
@@ -164,7 +164,9 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """Waveform -> codes.
+        """Waveform -> codes, by :class:`vqaudio.nn.encoder.PaddedEncoder` (what ``vqaudio
+        tokenize`` runs too, so both give the same codes): the encoder and the nearest-code
+        search of the training forward pass, laid out for speed (equal up to float rounding).
 
         Args:
             wav: [B, 1, T] float32 in [-1, 1] at ``sample_rate`` Hz. Trailing samples beyond
@@ -182,7 +184,7 @@ class VQVAE(nn.Module):
         if n == 0:
             raise ValueError(f"audio of {wav.shape[-1]} samples is shorter than one hop ({self.hop_length})")
         wav = wav[..., : n * self.hop_length].to(self.device)
-        return self.quantizer.encode(self.encoder(wav))
+        return PaddedEncoder(self.encoder, self.quantizer)(wav, [n * self.hop_length] * wav.shape[0])
 
     @torch.no_grad()
     def decode(
