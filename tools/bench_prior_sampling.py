@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         speaker = torch.arange(batch) % model.config.num_speakers
         return lambda: model.sample(speaker, codes, generator=torch.Generator().manual_seed(args.seed), **kw)
 
-    run(ar, 1)  # warm-up
-    run(diffusion, 1, steps=2)()
+    for batch in args.batch:  # warm-up: kernels built for each shape before any timing
+        run(ar, batch)()
+        run(diffusion, batch, steps=2)()
     results: list[dict] = []
     print(f"{'prior':<26}{'batch':>6}{'seconds':>10}{'codes/s':>12}")
     for batch in args.batch:
