@@ -108,7 +108,7 @@ def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None) -> dict[
                     for s in sessions if s["device"].startswith("cpu")) / 3600
     gpu_minutes = sum(s["session_seconds"] * s["num_processes"] for s in sessions
                       if not s["device"].startswith("cpu")) / 60
-    hardware = sorted({f"{s['cpu_model']} ({s['cores']} cores)" if s["device"].startswith("cpu") else s["device"]
+    hardware = sorted({f"{s['cpu_model']} ({s['cores']} cores)" if s["device"].startswith("cpu") else s.get("gpu") or s["device"]
                        for s in sessions})
     valid = list(iter_metric(read_metrics(run), "valid/bits_per_sample"))
     init = _read_json(run / INIT_FROM_NAME, default={})

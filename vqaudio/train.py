@@ -19,8 +19,8 @@ Run directory (``RUN``, given by ``--out``)::
       examples/step_0001000/     original.wav, reconstruction.wav, conversion_to_NAME.wav,
                                  spectrograms.png (a held-out utterance)
       sessions.jsonl             one line per finished train() call: start and end step, why it
-                                 stopped, mixed precision used, device, processes, threads, CPU,
-                                 wall seconds, samples seen, command line
+                                 stopped, mixed precision used, device (and GPU name), processes,
+                                 threads, CPU, wall seconds, samples seen, command line
       init_from.json             (runs started with ``init_from``) the checkpoint and its id
 
 Metrics (``metrics.jsonl``, one line per ``log_every`` steps, means over those steps and all
@@ -622,6 +622,7 @@ def train(
         "mixed_precision": mixed_precision, "device": str(accelerator.device),
         "num_processes": accelerator.num_processes, "num_threads": torch.get_num_threads(),
         "cores": available_cores(), "cpu_model": _cpu_model(), "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None,
         "argv": " ".join(shlex.quote(a) for a in sys.argv),
     }
     accelerator.print(f"mixed precision: {mixed_precision} (asked: {cfg.mixed_precision}); "
