@@ -254,6 +254,31 @@ def test_bundled_priors_load_by_name_and_fit_the_bundled_model():
         check_compatible(vqvae, prior)  # the checkpoint_id of the tokens' VQ-VAE is fsdd-8k's
 
 
+def test_train_prior_stops_at_sigterm_with_a_checkpoint(saved_vqvae, tmp_path):
+    import signal
+    import time
+
+    vqvae, _ = saved_vqvae
+    tokens = _real_tokens(vqvae, tmp_path / "tokens")
+    out = tmp_path / "prior"
+    cmd = [sys.executable, "-m", "vqaudio.cli", "train-prior", str(tokens), "--out", str(out), "--d-model", "32",
+           "--layers", "1", "--heads", "2", "--max-len", "64", "--batch-size", "4", "--max-steps", "100000",
+           "--valid-every", "5", "--checkpoint-every", "100000", "--val-fraction", "0.2", "--cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.json").is_file():  # written at the first validation, step 5
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    step = json.loads((out / "metrics.json").read_text())["step"]
+    assert step >= 5 and f"stopped by a signal at step {step}, with a checkpoint" in stdout
+    assert (out / "checkpoints" / f"step_{step:08d}" / "trainer_state.json").is_file()
+    assert (out / "model.safetensors").is_file()
+
+
 # ----------------------------------------------------------------------------- generation
 
 

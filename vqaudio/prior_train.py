@@ -59,7 +59,7 @@ from vqaudio.config import config_from_dict, config_to_dict
 from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
 from vqaudio.nn.quantizer import code_entropy
-from vqaudio.train import CHECKPOINTS_DIR, latest_checkpoint, wants_cpu
+from vqaudio.train import CHECKPOINTS_DIR, _catch_stop_signals, _restore_signals, latest_checkpoint, wants_cpu
 from vqaudio.train import save_checkpoint as save_training_state
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -446,7 +446,8 @@ def train_prior(
         progress: show a progress bar.
         max_minutes: stop after this many minutes of wall time in this call, at the end of a
             step, with a validation, a checkpoint and the exported prior; ``resume``
-            continues the run.
+            continues the run. SIGTERM and Ctrl-C (SIGINT) stop the same way (a second one
+            kills).
 
     Returns:
         the final metrics (also in ``out_dir/metrics.json``): ``step``,
@@ -630,37 +631,49 @@ def train_prior(
         save_training_state(accelerator, out_dir, step, train_config.keep_checkpoints,
                             extra_files={TRAINER_STATE_NAME: state}, digits=8)
 
+    def _train_steps() -> None:
+        """The loop: one optimizer step a batch until ``steps``, the time limit or a signal."""
+        nonlocal step, running_loss
+        for batch in batches:
+            if step >= train_config.steps:
+                return
+            loss = _training_loss(model, accelerator, prior_type, batch, train_config.aux_loss_weight)
+            accelerator.backward(loss)
+            if train_config.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            value = float(loss.detach())
+            running_loss = value if math.isnan(running_loss) else 0.95 * running_loss + 0.05 * value
+            bar.update(1)
+            bar.set_postfix(loss=f"{running_loss:.3f}", bits=f"{running_loss / math.log(2):.2f}",
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
+            code = 2 * bool(stop_request) + out_of_time
+            if accelerator.num_processes > 1:  # the same answer everywhere
+                code = int(accelerator.reduce(torch.tensor(code, device=accelerator.device), reduction="max"))
+            stop = code > 0
+            if step % train_config.eval_every == 0 or step == train_config.steps or stop:
+                run_eval()
+            if step % train_config.save_every == 0 or step == train_config.steps or stop:
+                save_checkpoint()
+            if stop:
+                why = "by a signal" if code >= 2 else f"after {max_minutes:g} minutes"
+                accelerator.print(f"stopped {why} at step {step}, with a checkpoint; continue with --resume")
+                return
+
     running_loss = resumed_loss
     model.train()
     bar = tqdm(total=train_config.steps, initial=step, desc="training prior", unit="step",
                disable=not (progress and accelerator.is_local_main_process))
-    for batch in batches:
-        if step >= train_config.steps:
-            break
-        loss = _training_loss(model, accelerator, prior_type, batch, train_config.aux_loss_weight)
-        accelerator.backward(loss)
-        if train_config.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        value = float(loss.detach())
-        running_loss = value if math.isnan(running_loss) else 0.95 * running_loss + 0.05 * value
-        bar.update(1)
-        bar.set_postfix(loss=f"{running_loss:.3f}", bits=f"{running_loss / math.log(2):.2f}",
-                        lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
-        if accelerator.num_processes > 1 and max_minutes is not None:  # the same answer everywhere
-            flag = torch.tensor(float(out_of_time), device=accelerator.device)
-            out_of_time = bool(accelerator.reduce(flag, reduction="sum") > 0)
-        if step % train_config.eval_every == 0 or step == train_config.steps or out_of_time:
-            run_eval()
-        if step % train_config.save_every == 0 or step == train_config.steps or out_of_time:
-            save_checkpoint()
-        if out_of_time:
-            accelerator.print(f"stopped after {max_minutes:g} minutes at step {step}; continue with --resume")
-            break
+    stop_request: list[int] = []  # filled by SIGTERM / SIGINT: stop at the end of the step
+    handlers = _catch_stop_signals(stop_request)
+    try:
+        _train_steps()
+    finally:
+        _restore_signals(handlers)
     bar.close()
     if not history or history[-1]["step"] != step:
         run_eval()
