@@ -47,6 +47,20 @@ def tiny_vqvae(speakers: Sequence[str], seed: int = 0, **sizes):
     return VQVAE(config, list(speakers)).eval()
 
 
+def sigterm_when(proc, ready: Callable[[], bool], timeout: float = 120) -> tuple[str, str]:
+    """Wait until ``ready()`` (polling every 0.1 s) while the subprocess ``proc`` runs, send it
+    SIGTERM, and return its ``(stdout, stderr)``; fails if it ends first or ``timeout`` passes."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout)
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models run per-sample loops: one torch thread beats two, whose OpenMP workers

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from conftest import sigterm_when
 from conftest import tiny_vqvae as random_tiny_vqvae
 from vqaudio.generate import add_generate_arguments, generate, run_generate
 from vqaudio.model import VQVAE, UnknownSpeakerError
@@ -255,9 +256,6 @@ def test_bundled_priors_load_by_name_and_fit_the_bundled_model():
 
 
 def test_train_prior_stops_at_sigterm_with_a_checkpoint(saved_vqvae, tmp_path):
-    import signal
-    import time
-
     vqvae, _ = saved_vqvae
     tokens = _real_tokens(vqvae, tmp_path / "tokens")
     out = tmp_path / "prior"
@@ -266,12 +264,7 @@ def test_train_prior_stops_at_sigterm_with_a_checkpoint(saved_vqvae, tmp_path):
            "--valid-every", "5", "--checkpoint-every", "100000", "--val-fraction", "0.2", "--cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not (out / "metrics.json").is_file():  # written at the first validation, step 5
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = sigterm_when(proc, lambda: (out / "metrics.json").is_file())  # the first validation, step 5
     assert proc.returncode == 0, stderr
     step = json.loads((out / "metrics.json").read_text())["step"]
     assert step >= 5 and f"stopped by a signal at step {step}, with a checkpoint" in stdout

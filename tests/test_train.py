@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import tiny_vqvae
+from conftest import sigterm_when, tiny_vqvae
 from vqaudio.config import EncoderConfig, VQVAEConfig, config_to_dict
 from vqaudio.model import VQVAE
 from vqaudio.plots import log_spectrogram, plot_spectrograms, plot_training_curves
@@ -407,21 +407,14 @@ def test_resume_keeps_the_runs_split_and_warns_about_padding_only_segments(tmp_p
 
 
 def test_sigterm_stops_at_the_end_of_a_step_with_a_checkpoint(tmp_path):
-    import signal
-    import time
-
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "vqaudio.cli", "train", str(REPO / "samples" / "fsdd"), "--out", str(run),
            "--cpu", "--quiet", *TINY_MODEL, "--max-steps", "100000", "--batch-size", "4",
            "--segment-seconds", "0.128", "--log-every", "1", "--valid-every", "0", "--example-seconds", "0.02"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    metrics = run / "metrics.jsonl"
+    out, err = sigterm_when(proc, lambda: metrics.is_file() and bool(metrics.read_text().strip()))
     assert proc.returncode == 0, err
     step = json.loads((run / "sessions.jsonl").read_text())["end_step"]
     assert f"stopped by a signal at step {step}" in out
