@@ -90,7 +90,8 @@ def test_padding_is_left_out_of_attention_and_losses():
     torch.testing.assert_close(full[:, :12], alone, atol=1e-5, rtol=1e-5)
     a = model.terms_from_logits(full, padded, xt, t)
     b = model.terms_from_logits(alone, codes, xt[:, :12], t)
-    torch.testing.assert_close(a["vlb"], b["vlb"]) and torch.testing.assert_close(a["aux"], b["aux"])
+    torch.testing.assert_close(a["vlb"], b["vlb"])
+    torch.testing.assert_close(a["aux"], b["aux"])
 
 
 def test_training_lowers_the_bound_on_tiny_data():

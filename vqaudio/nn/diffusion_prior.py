@@ -155,20 +155,17 @@ class MaskAndReplaceSchedule:
         as_, bs, gs = (z[s].to(dev)[:, None, None] for z in (self.abar, self.bbar, self.gbar))
         alpha, beta, gamma = (z.to(dev)[:, None, None] for z in self.step(t, s))
         masked = (xt == K)[..., None]
-        code = xt.clamp(max=K - 1)[..., None]
+        hit = torch.zeros_like(v).scatter(-1, xt.clamp(max=K - 1)[..., None], 1.0)  # one-hot of x_t's code
         # r_k = q(x_t | x_0 = k); u_k = v_k / r_k
-        r = torch.where(masked, gt.expand_as(v), bt.expand_as(v).clone().scatter_add(
-            -1, code, (at).expand(*xt.shape, 1).clone()))
+        r = torch.where(masked, gt, bt + at * hit)
         u = v / r.clamp(min=1e-300)
         total = u.sum(-1, keepdim=True)
         # m(x_s) = sum_k u_k q(x_s | x_0 = k), over the K codes and [MASK]
         m_codes = as_ * u + bs * total
         m_mask = gs * total
-        # times q(x_t | x_s) as a function of x_s
-        hit = torch.zeros_like(v).scatter(-1, code, 1.0)
-        trans_codes = torch.where(masked, gamma.expand_as(v), alpha * hit + beta)
-        trans_mask = torch.where(masked, torch.ones_like(m_mask), torch.zeros_like(m_mask))
-        p = torch.cat([m_codes * trans_codes, m_mask * trans_mask], dim=-1)
+        # times q(x_t | x_s) as a function of x_s (a masked x_s stays masked)
+        trans_codes = torch.where(masked, gamma, alpha * hit + beta)
+        p = torch.cat([m_codes * trans_codes, m_mask * masked], dim=-1)
         return p / p.sum(-1, keepdim=True).clamp(min=1e-300)
 
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
