@@ -148,9 +148,9 @@ def stage_prior(args: argparse.Namespace) -> Path:
     prior_config, train_config = prior_configs_from_recipe_args(args)
     final = train_prior(Path(args.out) / "tokens", prior_dir, prior_config, train_config,
                         resume=bool(args.resume), progress=not getattr(args, "no_progress", False),
-                        max_minutes=args.max_minutes)
-    if final["step"] < train_config.steps:
-        raise StageStopped("prior", "max_minutes")
+                        max_minutes=args.max_minutes, log_with=getattr(args, "log_with", ()))
+    if final["stopped"] != "max_steps":
+        raise StageStopped("prior", final["stopped"])
     return prior_dir
 
 

@@ -114,6 +114,9 @@ def test_free_speech_recogniser_returns_words() -> None:
     text = rec(np.concatenate([clip(3, "theo", 0), clip(8, "theo", 1)]), 8000)
     assert isinstance(text, str) and text == text.lower()
     assert "(" not in text
+    # a clip's words do not depend on what was recognised before it (the feature state is reset)
+    rec(0.05 * np.random.default_rng(1).standard_normal(8000).astype(np.float32), 8000)
+    assert rec(np.concatenate([clip(3, "theo", 0), clip(8, "theo", 1)]), 8000) == text
 
 
 @needs("pocketsphinx")

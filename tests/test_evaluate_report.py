@@ -275,3 +275,25 @@ def test_a_training_run_is_scored_on_the_utterances_it_held_out(tmp_path: Path) 
     (run / "data.json").write_text(json.dumps({"valid_utterances": ["not_in_the_data"]}))
     with pytest.raises(ValueError, match="holds none of the 1 utterances the run held out"):
         evaluate(run, SAMPLE, tmp_path / "r2", baselines=(), skip=NO_EXTRA, progress=False)
+
+
+def test_conversion_matrix_on_the_listening_page(tmp_path: Path) -> None:
+    """Two clips decoded in every voice of the checkpoint: a row each on the listening page,
+    the clip's own voice labelled as its reconstruction, every linked file present."""
+    out = tmp_path / "r"
+    report = evaluate(tiny_model(), SAMPLE / "recordings", out, max_clips=6, baselines=(), skip=NO_EXTRA,
+                      num_plot_clips=2, conversion_matrix=2, method="torch", num_threads=1, progress=False)
+    matrix = report["conversion_matrix"]
+    assert matrix["speakers"] == SPEAKERS and len(matrix["clips"]) == 2
+    assert len({c.split("_")[1] for c in matrix["clips"]}) == 2  # one clip per speaker first
+    assert len(list((out / "audio" / "matrix").glob("*.wav"))) == 2 * len(SPEAKERS)
+    page = (out / "report.html").read_text()
+    section = page.split("<h2>Conversion matrix</h2>")[1]
+    assert section.count("<tr><th>") == 1 + 2 and section.count("<audio") == 2 * (1 + len(SPEAKERS))  # header + 2 rows
+    assert section.count("<div>reconstruction</div>") == 2
+    for link in re.findall(r'src="(listen/matrix/[^"]+)"', section):
+        assert (out / link).is_file(), link
+    # the same clip in another voice is another signal, of the clip's length
+    own, other = (sf.read(str(out / "listen" / "matrix" / matrix["clips"][0] / f"as_{s}.wav"))[0]
+                  for s in (matrix["clips"][0].split("_")[1], "theo" if "theo" not in matrix["clips"][0] else "george"))
+    assert len(own) == len(other) and not np.array_equal(own, other)

@@ -16,10 +16,13 @@ import pytest
 import soundfile as sf
 import torch
 
+import vqaudio
+
 from conftest import sigterm_when
 from conftest import tiny_vqvae as random_tiny_vqvae
 from vqaudio.generate import add_generate_arguments, generate, run_generate
 from vqaudio.model import VQVAE, UnknownSpeakerError
+from vqaudio.runs import iter_metric, read_metrics
 from vqaudio.nn.prior import PriorConfig, PriorTransformer
 from vqaudio.prior_train import (
     CodeSequence,
@@ -142,8 +145,15 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     vqvae, _ = saved_vqvae
     tokens = _real_tokens(vqvae, tmp_path / "tokens")
     out = tmp_path / "prior"
-    done = _train_prior_cmd(tokens, out, "--max-steps", "20")
+    done = _train_prior_cmd(tokens, out, "--max-steps", "20", "--log-every", "5")
     assert done.returncode == 0, done.stderr
+    # the learning curve and the session records of a VQ-VAE run, written by the same code
+    curve = read_metrics(out)
+    assert [step for step, _ in iter_metric(curve, "train/loss")] == [5, 10, 15, 20]
+    assert [step for step, _ in iter_metric(curve, "valid/bits_per_code")] == [10, 20]
+    assert all(r["train/lr"] > 0 and r["train/codes_per_second"] > 0 for r in curve if "train/loss" in r)
+    session = json.loads((out / "sessions.jsonl").read_text())
+    assert (session["start_step"], session["end_step"], session["stopped"]) == (0, 20, "max_steps")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 20
     assert math.isfinite(metrics["val_bits_per_code"])
@@ -156,18 +166,26 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
 
     with pytest.raises(FileExistsError, match="--resume"):  # raised before any Accelerator exists
         train_prior(tokens, out)
+    with pytest.raises(ValueError, match="not both"):
+        train_prior(tokens, out, resume=True, overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a prior run"):
+        train_prior(tokens, tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
     resumed = _train_prior_cmd(tokens, out, "--max-steps", "30", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "step_00000020" in resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 30 and [h["step"] for h in metrics["history"]] == [10, 20, 30]
+    assert [step for step, _ in iter_metric(read_metrics(out), "train/loss")] == [5, 10, 15, 20, 25, 30]
     assert json.loads((out / "train_config.json").read_text())["mixed_precision"] in ("bf16", "no")  # auto, resolved
 
     # another setting on resume is refused, naming it, instead of being ignored
     refused = _train_prior_cmd(tokens, out, "--max-steps", "40", "--resume", "--d-model", "64", "--lr", "1e-3")
     assert refused.returncode == 2
-    assert "(--d-model: saved 32, given 64; --lr: saved 0.003, given 0.001); only --max-steps may change" in refused.stderr
+    assert "(--d-model: saved 32, given 64; --learning-rate: saved 0.003, given 0.001); only --max-steps may change" in refused.stderr
 
     # out of time after one more step: validated and checkpointed there; --resume goes on from it
     stopped = _train_prior_cmd(tokens, out, "--max-steps", "1000", "--resume", "--max-minutes", "0.0001")
@@ -175,6 +193,15 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     assert "stopped after 0.0001 minutes at step 31" in stopped.stdout
     assert (out / "checkpoints" / "step_00000031" / "trainer_state.json").is_file()
     assert json.loads((out / "metrics.json").read_text())["history"][-1]["step"] == 31
+    sessions = [json.loads(ln) for ln in (out / "sessions.jsonl").read_text().splitlines()]
+    assert [(s["start_step"], s["end_step"], s["stopped"]) for s in sessions] == [
+        (0, 20, "max_steps"), (20, 30, "max_steps"), (30, 31, "max_minutes")]
+
+    # --overwrite: the run is deleted and trained again from step 0
+    again = _train_prior_cmd(tokens, out, "--max-steps", "2", "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "metrics.json").read_text())["step"] == 2
+    assert len((out / "sessions.jsonl").read_text().splitlines()) == 1
 
 
 def test_recipe_prior_sizes_fit_the_device(monkeypatch):
@@ -185,12 +212,12 @@ def test_recipe_prior_sizes_fit_the_device(monkeypatch):
     parser.add_argument("--cpu", action="store_true")
     model, train = prior_configs_from_recipe_args(parser.parse_args(["--cpu"]))
     assert (model.d_model, model.n_layers, model.max_len) == (CPU_PRIOR["d_model"], CPU_PRIOR["n_layers"], 256)
-    assert (train.steps, train.window, train.learning_rate) == (3000, 128, 1e-3)
+    assert (train.max_steps, train.window, train.learning_rate) == (3000, 128, 1e-3)
     model, train = prior_configs_from_recipe_args(parser.parse_args(["--cpu", "--prior-d-model", "64", "--prior-steps", "7"]))
-    assert (model.d_model, train.steps) == (64, 7)
+    assert (model.d_model, train.max_steps) == (64, 7)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     model, train = prior_configs_from_recipe_args(parser.parse_args([]))
-    assert (model.d_model, train.steps, train.window) == (PriorConfig().d_model, PriorTrainConfig().steps, None)
+    assert (model.d_model, train.max_steps, train.window) == (PriorConfig().d_model, PriorTrainConfig().max_steps, None)
 
 
 def test_prior_schedule_is_the_same_with_two_processes(saved_vqvae, tmp_path):
@@ -222,7 +249,7 @@ def test_prior_resume_continues_exactly_like_an_uninterrupted_run(saved_vqvae, t
 
     vqvae, _ = saved_vqvae
     tokens = _real_tokens(vqvae, tmp_path / "tokens")
-    extra = ("--type", prior_type, "--dropout", "0.1", "--mixed-precision", "no") + (
+    extra = ("--type", prior_type, "--dropout", "0.1", "--mixed-precision", "no", "--log-every", "5") + (
         ("--timesteps", "8") if prior_type == "diffusion" else ())
     whole = _train_prior_cmd(tokens, tmp_path / "whole", "--max-steps", "20", *extra)
     assert whole.returncode == 0, whole.stderr
@@ -240,6 +267,11 @@ def test_prior_resume_continues_exactly_like_an_uninterrupted_run(saved_vqvae, t
     ha = json.loads((tmp_path / "whole" / "metrics.json").read_text())["history"]
     hb = json.loads((tmp_path / "split" / "metrics.json").read_text())["history"]
     assert [h["val_bits_per_code"] for h in ha] == [h["val_bits_per_code"] for h in hb]
+    # metrics.jsonl: the lines after the resumed checkpoint were dropped and logged again, the same
+    untimed = [{k: v for k, v in r.items() if k not in ("wall_seconds", "train/codes_per_second")}
+               for r in read_metrics(split)]
+    assert untimed == [{k: v for k, v in r.items() if k not in ("wall_seconds", "train/codes_per_second")}
+                       for r in read_metrics(tmp_path / "whole")]
 
 
 def test_bundled_priors_load_by_name_and_fit_the_bundled_model():
@@ -449,4 +481,19 @@ def test_shared_flag_names_map_like_the_other_commands():
     new = p.parse_args(["t", "--out", "o", "--max-steps", "5", "--learning-rate", "1e-3", "--valid-every", "2",
                         "--checkpoint-every", "3"])
     old = p.parse_args(["t", "--out", "o", "--max-steps", "5", "--lr", "1e-3", "--eval-every", "2", "--save-every", "3"])
-    assert vars(new) == vars(old) and (new.steps, new.lr, new.eval_every, new.save_every) == (5, 1e-3, 2, 3)
+    assert vars(new) == vars(old) and (new.max_steps, new.learning_rate, new.valid_every, new.checkpoint_every) == (5, 1e-3, 2, 3)
+
+
+def test_prior_train_config_of_an_older_run_loads_under_the_shared_names():
+    from vqaudio.prior_train import prior_train_config_from_dict
+
+    old = {"steps": 7, "eval_every": 2, "save_every": 3, "keep_checkpoints": 4, "grad_clip": 0.5, "batch_size": 5}
+    cfg = prior_train_config_from_dict(old)
+    assert (cfg.max_steps, cfg.valid_every, cfg.checkpoint_every, cfg.keep_last, cfg.max_grad_norm, cfg.batch_size) == (
+        7, 2, 3, 4, 0.5, 5)
+    # the bundled priors' records (written before the rename) load too
+    for name in ("fsdd-8k-prior", "fsdd-8k-diffusion"):
+        saved = json.loads((Path(vqaudio.__file__).parent / "pretrained" / name / "train_config.json").read_text())
+        assert prior_train_config_from_dict(saved["train_config"]).max_steps in (3000, 6000)
+    with pytest.raises(ValueError, match="given twice"):
+        prior_train_config_from_dict({"steps": 1, "max_steps": 2})

@@ -238,3 +238,21 @@ def test_loss_falls_below_the_unigram_entropy_on_real_tokens():
     assert before > math.log(k) - 0.5, before
     assert after < unigram, (after, unigram, before)
     assert after < 0.6 * before, (after, before)
+
+
+def test_attention_dropout_is_its_own_setting_and_off_by_default():
+    # Dropout on the attention weights makes PyTorch keep every T x T weight matrix (11 GB at
+    # batch 16 x 1,300 codes), so it is a separate setting, 0 by default; residual dropout stays.
+    from vqaudio.nn.prior import CausalSelfAttention
+
+    assert PriorConfig().attention_dropout == 0.0 and PriorConfig().dropout == 0.1
+    with pytest.raises(ValueError, match="attention_dropout"):
+        PriorConfig(attention_dropout=1.0)
+    x = torch.randn(2, 8, 32)
+    cos, sin = torch.ones(8, 16), torch.zeros(8, 16)
+    for attention_dropout, same in ((0.0, True), (0.5, False)):
+        torch.manual_seed(0)
+        attn = CausalSelfAttention(PriorConfig(d_model=32, n_heads=2, dropout=0.0, attention_dropout=attention_dropout))
+        y_eval = attn.eval()(x, cos, sin, 0, None)
+        y_train = attn.train()(x, cos, sin, 0, None)
+        assert torch.allclose(y_eval, y_train) == same

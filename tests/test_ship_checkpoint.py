@@ -79,3 +79,20 @@ def test_ship_two_stretches_of_one_lineage(tmp_path: Path) -> None:
         ship.ship(run2, "tiny", evaluation, pretrained_dir=pretrained)
     # weights over the size limit are refused
     assert ship.main([str(run2), "--name", "tiny", "--max-mb", "0.001"]) == 2
+
+
+def test_log_of_a_sentence_corpus_reports_word_error_rates(tmp_path: Path) -> None:
+    report = {"checkpoint": {"checkpoint_id": "abc"}, "data": {"clips": 120},
+              "systems": {"codec2-3200": {"wer_vs_original": 0.41}, "codec2-1200": {"wer_vs_original": 0.62},
+                          "vqaudio": {"wer_vs_original": 0.83, "speaker_identification": 0.9}},
+              "conversion": {"identified_as_target": 0.5, "wer_vs_original": 0.88}, "codebook": {"codebook_usage": 0.9}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    scores = ship.evaluation_scores(tmp_path, "abc")
+    assert scores["digit_accuracy"] is None and scores["wer_vs_original"] == 0.83
+    assert scores["conversion_wer_vs_original"] == 0.88 and scores["codec2_3200_wer_vs_original"] == 0.41
+    row = {"stretch": 1, "date": "2026-11-27", "steps": 10, "total_steps": 10, "samples": 1e6, "total_samples": 1e6,
+           "cpu_hours": 0.1, "total_cpu_hours": 0.1, "gpu_minutes": 0, "hardware": ["cpu"], "mixed_precision": ["bf16"],
+           "valid_bits_per_sample": 4.0, "scores": scores, "commands": []}
+    table = ship.render_log([row])
+    assert "| WER vs original |" in table and "digit acc" not in table
+    assert "| 0.83 | 0.90 | 0.50 | 0.88 |" in table

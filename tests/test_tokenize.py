@@ -216,6 +216,17 @@ def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path, ckpt, corpus, 
     again = tk.tokenize(corpus, ckpt, tmp_path / "killed", **opts)
     assert again.num_tokenized == 0 and again.num_skipped == 8
     assert _final_bytes(tmp_path / "killed") == _final_bytes(tmp_path / "clean")
+    # --overwrite starts again from nothing (and deletes only token directories)
+    (tmp_path / "killed" / "shards" / "stale.json").write_text("{}")
+    fresh = tk.tokenize(corpus, ckpt, tmp_path / "killed", overwrite=True, **opts)
+    assert (fresh.num_tokenized, fresh.num_skipped) == (8, 0)
+    assert not (tmp_path / "killed" / "shards" / "stale.json").exists()
+    assert _final_bytes(tmp_path / "killed") == _final_bytes(tmp_path / "clean")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a vqaudio token directory"):
+        tk.tokenize(corpus, ckpt, tmp_path / "mine", overwrite=True, **opts)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_two_processes_give_the_one_process_output(tmp_path, ckpt, corpus):
@@ -288,7 +299,7 @@ def test_refuses_foreign_output_and_other_checkpoint(tmp_path, ckpt, corpus):
 
 
 @pytest.mark.parametrize("fmt", ["bin", "jsonl"])
-def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt):
+def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt, capsys):
     src = _fsdd_recordings()
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -315,6 +326,7 @@ def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt):
     (tmp_path / "one" / one[1].name).unlink()
     resumed = tk.detokenize(tmp_path / "tok", ckpt, tmp_path / "one", progress=False)
     assert [p.name for p in resumed] == [one[1].name]
+    assert "1 of the WAV files exist" in capsys.readouterr().err  # and says that it kept one
     np.testing.assert_array_equal(sf.read(str(resumed[0]))[0], sf.read(str(tmp_path / "wav" / one[1].name))[0])
     # Tokens of another checkpoint are refused.
     other = tmp_path / "other"

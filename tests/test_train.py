@@ -25,17 +25,20 @@ from conftest import sigterm_when, tiny_vqvae
 from vqaudio.config import EncoderConfig, VQVAEConfig, config_to_dict
 from vqaudio.model import VQVAE
 from vqaudio.plots import log_spectrogram, plot_spectrograms, plot_training_curves
+from vqaudio.runs import (
+    checkpoint_dirs,
+    iter_metric,
+    latest_checkpoint,
+    learning_rate_factor,
+    read_metrics,
+)
 from vqaudio.train import (
     RESUMABLE_FIELDS,
     TrainConfig,
     add_train_arguments,
     build_model_config,
-    checkpoint_dirs,
     configs_from_args,
     initialize_from,
-    iter_metric,
-    latest_checkpoint,
-    read_metrics,
     train,
     write_examples,
 )
@@ -386,6 +389,25 @@ def test_init_from_max_minutes_and_warmup_through_the_recipe(tmp_path):
     proc = run_recipe(data, tmp_path / "third", *second, "--max-steps", "1", "--residual-channels", "8", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "residual_channels: checkpoint 16, given 8" in proc.stderr
+
+
+def test_learning_rate_schedules_shared_by_both_trainers(tmp_path):
+    assert [learning_rate_factor(s, 2, 10, "constant") for s in (0, 1, 2, 9, 50)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+    cosine = [learning_rate_factor(s, 2, 10, "cosine") for s in range(12)]
+    assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[6] == pytest.approx(0.55) and cosine[10:] == [0.1, 0.1]
+    assert all(a > b for a, b in zip(cosine[2:10], cosine[3:11]))
+    with pytest.raises(ValueError, match="constant"):
+        learning_rate_factor(0, 0, 10, "linear")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+    # the VQ-VAE trainer follows it step by step (the prior's LambdaLR uses the same function)
+    data, _ = short_fsdd(tmp_path / "fsdd", speakers=("nicolas", "theo"))
+    run_recipe(data, tmp_path / "out", "--batch-size", "2", "--segment-seconds", "0.128", "--lr", "1e-3",
+               "--valid-every", "0", "--example-seconds", "0.02", "--log-every", "1", "--max-steps", "4",
+               "--warmup-steps", "1", "--lr-schedule", "cosine")
+    lr = dict(iter_metric(read_metrics(tmp_path / "out" / "vqvae"), "train/lr"))
+    assert lr == pytest.approx({s + 1: 1e-3 * learning_rate_factor(s, 1, 4, "cosine") for s in range(4)})
 
 
 def test_resume_keeps_the_runs_split_and_warns_about_padding_only_segments(tmp_path):

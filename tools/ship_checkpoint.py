@@ -11,9 +11,10 @@ continues a run with ``--resume``), and at its end this tool
    threads x processes of every session in ``RUN/sessions.jsonl``) or GPU minutes, hardware,
    validation bits/sample (the run's last ``valid/bits_per_sample``), and, with
    ``--evaluation DIR`` (a ``vqaudio evaluate`` folder of these very weights), the scores of the
-   model card: digit accuracy and speaker identification of reconstructions, conversions
-   identified as the target and their digit accuracy, STOI, codebook usage, next to Codec 2
-   1200's from the same run; and the commands of the sessions;
+   model card: intelligibility (digit accuracy on FSDD, word error rate against the
+   recogniser's words on the original audio for sentences) and speaker identification of
+   reconstructions, conversions identified as the target and their intelligibility, STOI,
+   codebook usage, next to Codec 2's from the same run; and the commands of the sessions;
 3. keeps the run's own logs beside the model: ``logs/stretch-NN/`` with its ``metrics.jsonl``
    (the learning curve), ``sessions.jsonl`` and configs (not part of the installed package);
 4. rewrites the generated sections of the model card ``README.md`` (between
@@ -44,7 +45,8 @@ sys.path.insert(0, str(REPO))
 from vqaudio._files import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from vqaudio.checkpoint import CONFIG_NAME, SPEAKERS_NAME, WEIGHTS_NAME  # noqa: E402
 from vqaudio.model import PRETRAINED_DIR, file_sha256  # noqa: E402
-from vqaudio.train import INIT_FROM_NAME, MODEL_DIR, SESSIONS_NAME, iter_metric, read_metrics  # noqa: E402
+from vqaudio.runs import SESSIONS_NAME, iter_metric, read_metrics  # noqa: E402
+from vqaudio.train import INIT_FROM_NAME, MODEL_DIR  # noqa: E402
 
 LOG_NAME = "training_log.json"
 CARD_NAME = "README.md"
@@ -88,16 +90,21 @@ def evaluation_scores(evaluation: Path, checkpoint_id: str) -> dict[str, Any]:
     conv = report.get("conversion") or {}
     codebook = report.get("codebook") or {}
     codec2 = systems.get("codec2-1200", {})
+    codec2_3200 = systems.get("codec2-3200", {})
     return {
         "clips": report["data"]["clips"],
         "digit_accuracy": ours.get("digit_accuracy"),
+        "wer_vs_original": ours.get("wer_vs_original"),
         "speaker_identification": ours.get("speaker_identification"),
         "conversion_identified_as_target": conv.get("identified_as_target"),
         "conversion_digit_accuracy": conv.get("digit_accuracy"),
+        "conversion_wer_vs_original": conv.get("wer_vs_original"),
         "stoi": ours.get("stoi"),
         "codebook_usage": codebook.get("codebook_usage"),
         "codec2_1200_digit_accuracy": codec2.get("digit_accuracy"),
+        "codec2_1200_wer_vs_original": codec2.get("wer_vs_original"),
         "codec2_1200_speaker_identification": codec2.get("speaker_identification"),
+        "codec2_3200_wer_vs_original": codec2_3200.get("wer_vs_original"),
     }
 
 
@@ -205,12 +212,19 @@ def _f(value: Any, fmt: str = ".2f") -> str:
 
 
 def render_log(log: list[dict[str, Any]]) -> str:
-    """The training-log table of the card, one row per stretch."""
+    """The training-log table of the card, one row per stretch; intelligibility is digit accuracy
+    (FSDD) or, for sentences, the word error rate against the recogniser's words on the
+    original audio."""
+    wer = any((r.get("scores") or {}).get("wer_vs_original") is not None for r in log)
+    heard, conv_heard = ("WER vs original", "conv. WER vs original") if wer else ("digit acc", "conv. digit acc")
     lines = ["| stretch | date | steps (total) | samples seen (total) | CPU hours (total) | GPU min | hardware | "
-             "valid bits/sample | digit acc | speaker ID | conv. as target | conv. digit acc | STOI | codes used |",
+             f"valid bits/sample | {heard} | speaker ID | conv. as target | {conv_heard} | STOI | codes used |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in log:
         s = r.get("scores") or {}
+        if wer:
+            s = {**s, "digit_accuracy": s.get("wer_vs_original"),
+                 "conversion_digit_accuracy": s.get("conversion_wer_vs_original")}
         lines.append(
             f"| {r['stretch']} | {r['date']} | {r['steps']:,} ({r['total_steps']:,}) | "
             f"{r['samples']:.3g} ({r['total_samples']:.3g}) | {r['cpu_hours']:.2f} ({r['total_cpu_hours']:.2f}) | "

@@ -27,15 +27,20 @@ Metric:
 
 Output folder ``PRIOR_DIR``:
     ``config.json``, ``model.safetensors``, ``speakers.json`` (the prior, loadable with
-    :meth:`PriorTransformer.from_pretrained`), ``train_config.json``, ``metrics.json``, and
-    ``checkpoints/step_XXXXXXXX/`` (``accelerator.save_state`` plus ``trainer_state.json``)
-    for ``--resume``.
+    :meth:`PriorTransformer.from_pretrained`), ``train_config.json``, ``metrics.json`` (the
+    summary), and, written by the same code as a VQ-VAE run's (:mod:`vqaudio.runs`):
+    ``metrics.jsonl`` (every ``log_every`` steps ``train/loss`` in nats per code,
+    ``train/bits_per_code``, ``train/lr``, ``train/codes_per_second``, ``wall_seconds``; at each
+    validation ``valid/bits_per_code``), ``sessions.jsonl`` (one line per call: steps, why it
+    stopped, device, threads, command) and ``checkpoints/step_XXXXXXXX/``
+    (``accelerator.save_state`` plus ``trainer_state.json``) for ``--resume``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -59,10 +64,27 @@ from vqaudio.config import config_from_dict, config_to_dict
 from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
 from vqaudio.nn.quantizer import code_entropy
-from vqaudio.train import CHECKPOINTS_DIR, _catch_stop_signals, _restore_signals, latest_checkpoint, wants_cpu
-from vqaudio.train import save_checkpoint as save_training_state
+from vqaudio.runs import (
+    CHECKPOINTS_DIR,
+    LR_SCHEDULES,
+    JSONLinesTracker,
+    append_session,
+    catch_stop_signals,
+    flat_config,
+    latest_checkpoint,
+    learning_rate_factor,
+    restore_signals,
+    session_record,
+    stop_reason,
+    truncate_metrics,
+)
+from vqaudio.runs import METRICS_NAME as CURVE_NAME
+from vqaudio.runs import save_checkpoint as save_training_state
+from vqaudio.train import wants_cpu
 
 TRAIN_CONFIG_NAME = "train_config.json"
+#: The run's summary (best and last validation, baselines, history); the learning curve is
+#: ``metrics.jsonl`` (:data:`CURVE_NAME`), as in a VQ-VAE run.
 METRICS_NAME = "metrics.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 
@@ -83,22 +105,25 @@ class PriorTrainConfig:
     """Settings of one prior training run (saved in ``train_config.json``).
 
     Attributes:
-        steps: optimizer steps in total.
+        max_steps: optimizer steps in total.
         batch_size: windows per step and process.
         window: codes per training window; ``None``: the 90th percentile of the training
             utterance lengths, at most the prior's ``max_len``.
-        learning_rate: peak AdamW learning rate, reached after ``warmup_steps``, then cosine
-            decay to 10 % of it at ``steps``.
+        learning_rate: peak AdamW learning rate, reached after ``warmup_steps``.
+        lr_schedule: after the warm-up, ``"cosine"`` decay to 10 % of ``learning_rate`` at
+            ``max_steps`` or ``"constant"`` (:func:`vqaudio.train.learning_rate_factor`).
         weight_decay: AdamW weight decay of the matrices (not of norms and embeddings).
         warmup_steps: linear warm-up steps.
-        grad_clip: maximum global gradient norm (0 disables clipping).
+        max_grad_norm: maximum global gradient norm (0 disables clipping).
         start_prob: probability that a window starts at the start of its utterance (otherwise
             its offset is uniform), so the prior also learns how utterances begin.
         val_fraction: fraction of each speaker's utterances held out for validation (at
             least one per speaker that has two or more).
-        eval_every: steps between validations (and at the end).
-        save_every: steps between checkpoints (and at the end).
-        keep_checkpoints: most recent checkpoints kept on disk.
+        valid_every: steps between validations (and at the end).
+        checkpoint_every: steps between checkpoints (and at the end).
+        keep_last: most recent checkpoints kept on disk.
+        log_every: steps between lines of ``metrics.jsonl`` (means over the steps since the
+            previous line, as in :class:`vqaudio.train.TrainConfig`).
         eval_batch_size: windows per validation batch.
         seed: seed of the model's initialisation and of the training windows.
         num_workers: DataLoader worker processes.
@@ -112,18 +137,20 @@ class PriorTrainConfig:
             3.38 with 1.0 (the unigram entropy is 8.56), so 1.0 is the default.
     """
 
-    steps: int = 20000
+    max_steps: int = 20000
     batch_size: int = 16
     window: int | None = None
     learning_rate: float = 5e-4
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.1
     warmup_steps: int = 200
-    grad_clip: float = 1.0
+    max_grad_norm: float = 1.0
     start_prob: float = 0.25
     val_fraction: float = 0.05
-    eval_every: int = 500
-    save_every: int = 1000
-    keep_checkpoints: int = 2
+    valid_every: int = 500
+    checkpoint_every: int = 1000
+    keep_last: int = 2
+    log_every: int = 50
     eval_batch_size: int = 16
     seed: int = 0
     num_workers: int = 0
@@ -132,7 +159,8 @@ class PriorTrainConfig:
     aux_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "save_every", "keep_checkpoints", "eval_batch_size"):
+        for name in ("max_steps", "batch_size", "valid_every", "checkpoint_every", "keep_last", "log_every",
+                     "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.window is not None and self.window < 2:
@@ -141,11 +169,32 @@ class PriorTrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.start_prob <= 1.0:
             raise ValueError(f"start_prob must be in [0, 1], got {self.start_prob}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.aux_loss_weight < 0:
             raise ValueError(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                              f"got {self.mixed_precision!r}")
+
+
+#: Names that ``train_config.json`` of runs made before the trainers shared one vocabulary
+#: used for :class:`PriorTrainConfig` fields (old -> new).
+LEGACY_PRIOR_TRAIN_FIELDS = {"steps": "max_steps", "eval_every": "valid_every", "save_every": "checkpoint_every",
+                             "keep_checkpoints": "keep_last", "grad_clip": "max_grad_norm"}
+
+
+def prior_train_config_from_dict(data: dict[str, Any]) -> PriorTrainConfig:
+    """A :class:`PriorTrainConfig` from a saved ``train_config.json`` section, also one that uses
+    the field names of earlier versions (:data:`LEGACY_PRIOR_TRAIN_FIELDS`).
+
+    Raises:
+        ValueError: an unknown field, or a field given under both its old and its new name.
+    """
+    renamed = {LEGACY_PRIOR_TRAIN_FIELDS.get(k, k): v for k, v in data.items()}
+    if len(renamed) != len(data):
+        raise ValueError(f"PriorTrainConfig fields given twice (old and new names): {sorted(data)}")
+    return config_from_dict(PriorTrainConfig, renamed)
 
 
 @dataclass(frozen=True)
@@ -210,7 +259,7 @@ class CodeWindowDataset(Dataset):
     Args:
         sequences: training utterances (non-empty, each with at least one code).
         window: codes per item.
-        length: number of items (``steps * batch_size * num_processes``).
+        length: number of items (``max_steps * batch_size * num_processes``).
         seed: seed of the draws.
         start_prob: see above.
 
@@ -405,16 +454,6 @@ def evaluate_diffusion_bound(model: torch.nn.Module, loader: DataLoader, acceler
     return float(total_bits / total_codes) if total_codes > 0 else float("nan")
 
 
-def _lr_lambda(warmup: int, steps: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -429,6 +468,8 @@ def train_prior(
     resume: bool = False,
     progress: bool = True,
     max_minutes: float | None = None,
+    log_with: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit a prior to a tokens folder, with Accelerate.
 
@@ -439,11 +480,15 @@ def train_prior(
             :class:`PriorTransformer`, the default) or a :class:`DiffusionPriorConfig` (the
             :class:`DiffusionPrior`); ``codebook_size`` and ``num_speakers`` are taken from
             the tokens. Ignored on resume (the saved one is used).
-        train_config: run settings; on resume the saved one is used, except ``steps``, which
+        train_config: run settings; on resume the saved one is used, except ``max_steps``, which
             may be raised to train longer.
         resume: continue from the latest checkpoint in ``out_dir/checkpoints`` (start from
             step 0 when there is none yet, so a recipe can always pass it).
         progress: show a progress bar.
+        log_with: extra Accelerate trackers (``"tensorboard"``, ``"wandb"``...), logging into
+            ``out_dir``; ``metrics.jsonl`` is always written.
+        overwrite: delete a previous prior run in ``out_dir`` first (only a folder that holds
+            a prior run, or an empty one, is ever deleted); not with ``resume``.
         max_minutes: stop after this many minutes of wall time in this call, at the end of a
             step, with a validation, a checkpoint and the exported prior; ``resume``
             continues the run. SIGTERM and Ctrl-C (SIGINT) stop the same way (a second one
@@ -451,10 +496,12 @@ def train_prior(
 
     Returns:
         the final metrics (also in ``out_dir/metrics.json``): ``step``,
-        ``val_bits_per_code``, the baselines of :func:`unigram_statistics`, ``history``...
+        ``val_bits_per_code``, the baselines of :func:`unigram_statistics`, ``history``...,
+        and ``stopped``: ``"max_steps"`` (finished), ``"max_minutes"`` or ``"signal"``.
 
     Raises:
-        FileExistsError: ``out_dir`` already holds a prior run and ``resume`` is False.
+        FileExistsError: ``out_dir`` already holds a prior run and neither ``resume`` nor
+            ``overwrite`` is given, or ``overwrite`` on a folder that is not a prior run.
         ValueError: unusable tokens, or tokens from another VQ-VAE than the run being resumed.
     """
     from accelerate import Accelerator
@@ -465,6 +512,14 @@ def train_prior(
     if max_minutes is not None and not (max_minutes > 0 and math.isfinite(max_minutes)):
         raise ValueError(f"max_minutes must be a positive number, got {max_minutes}")
     out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise ValueError("choose either resume or overwrite, not both")
+    if overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / TRAIN_CONFIG_NAME).is_file() or "prior_config" not in json.loads(
+                (out_dir / TRAIN_CONFIG_NAME).read_text()):
+            raise FileExistsError(f"{out_dir}: is not a prior run; --overwrite deletes only those (nothing was changed)")
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(out_dir)
     train_config = train_config or PriorTrainConfig()
     prior_config = prior_config or PriorConfig()
     meta, sequences, skipped = load_code_sequences(tokens_dir)
@@ -479,19 +534,20 @@ def train_prior(
         saved = json.loads(saved_path.read_text())
         prior_config = config_from_dict(PRIOR_TYPES[saved.get("prior_type", "autoregressive")][1],
                                         saved["prior_config"])
-        steps = train_config.steps
-        train_config = config_from_dict(PriorTrainConfig, saved["train_config"])
-        if steps > train_config.steps:
-            train_config = dataclasses.replace(train_config, steps=steps)
+        max_steps = train_config.max_steps
+        train_config = prior_train_config_from_dict(saved["train_config"])
+        if max_steps > train_config.max_steps:
+            train_config = dataclasses.replace(train_config, max_steps=max_steps)
         if saved.get("tokens_checkpoint_id") != meta.get("checkpoint_id"):
             raise ValueError(
                 f"{tokens_dir}: tokens of VQ-VAE {meta.get('checkpoint_id')!r}, but the run in {out_dir} "
                 f"was trained on tokens of {saved.get('tokens_checkpoint_id')!r}"
             )
     else:
-        if not resume and (saved_path.exists() or (out_dir / CHECKPOINTS_DIR).exists() or (out_dir / "model.safetensors").exists()):
+        if not resume and not overwrite and (saved_path.exists() or (out_dir / CHECKPOINTS_DIR).exists() or (out_dir / "model.safetensors").exists()):
             raise FileExistsError(
-                f"{out_dir}: already holds a prior training run; pass --resume to continue it or choose another --out"
+                f"{out_dir}: already holds a prior training run; pass --resume to continue it, --overwrite to "
+                f"delete it and start again, or choose another --out"
             )
         prior_config = dataclasses.replace(
             prior_config, codebook_size=int(meta["codebook_size"]), num_speakers=len(speakers)
@@ -506,7 +562,8 @@ def train_prior(
 
     device_type = "cuda" if torch.cuda.is_available() and not train_config.cpu else "cpu"
     mixed_precision = resolve_mixed_precision(train_config.mixed_precision, device_type)
-    accelerator = Accelerator(cpu=train_config.cpu, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=train_config.cpu, mixed_precision=mixed_precision,
+                              log_with=[JSONLinesTracker(out_dir / CURVE_NAME), *log_with], project_dir=str(out_dir))
     set_seed(train_config.seed)
     prior_metadata = {
         key: meta[key]
@@ -519,9 +576,11 @@ def train_prior(
     optimizer = torch.optim.AdamW(
         _param_groups(model, train_config.weight_decay), lr=train_config.learning_rate, betas=(0.9, 0.95)
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(train_config.warmup_steps, train_config.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        learning_rate_factor, warmup_steps=train_config.warmup_steps, max_steps=train_config.max_steps,
+        schedule=train_config.lr_schedule))
     train_data = CodeWindowDataset(
-        train_seqs, window, train_config.steps * train_config.batch_size * accelerator.num_processes,
+        train_seqs, window, train_config.max_steps * train_config.batch_size * accelerator.num_processes,
         train_config.seed, train_config.start_prob,
     )
     train_loader = DataLoader(train_data, batch_size=train_config.batch_size, shuffle=False,
@@ -573,6 +632,10 @@ def train_prior(
             "train_config": config_to_dict(train_config),
             "window": window,
         })
+        truncate_metrics(out_dir / CURVE_NAME, step)  # lines a crashed session logged after its checkpoint
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers("vqaudio-prior", config=flat_config(train_config, prior_config))
+    session = session_record(accelerator, mixed_precision, step)
     n_val_codes = sum(len(s.codes) for s in val_seqs)
     figure = "bound" if prior_type == "diffusion" else "cross-entropy"
     accelerator.print(
@@ -618,6 +681,7 @@ def train_prior(
         record = {"step": step, "val_bits_per_code": bits, "train_loss_nats": running_loss,
                   "learning_rate": scheduler.get_last_lr()[0]}
         history.append(record)
+        accelerator.log({"valid/bits_per_code": bits}, step=step)
         accelerator.print(
             f"step {step}: validation {figure} {bits:.3f} bits/code (unigram entropy "
             f"{stats.get('unigram_entropy_bits', float('nan')):.3f}), train loss {running_loss:.3f} nats"
@@ -628,61 +692,79 @@ def train_prior(
 
     def save_checkpoint() -> None:
         state = {"step": step, "running_loss": running_loss, "history": history}
-        save_training_state(accelerator, out_dir, step, train_config.keep_checkpoints,
+        save_training_state(accelerator, out_dir, step, train_config.keep_last,
                             extra_files={TRAINER_STATE_NAME: state}, digits=8)
 
-    def _train_steps() -> None:
-        """The loop: one optimizer step a batch until ``steps``, the time limit or a signal."""
+    def _train_steps() -> str:
+        """The loop: one optimizer step a batch until ``max_steps``, the time limit or a signal;
+        returns why it stopped (``"max_steps"``, ``"max_minutes"``, ``"signal"``)."""
         nonlocal step, running_loss
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         for batch in batches:
-            if step >= train_config.steps:
-                return
+            if step >= train_config.max_steps:
+                return "max_steps"
             loss = _training_loss(model, accelerator, prior_type, batch, train_config.aux_loss_weight)
             accelerator.backward(loss)
-            if train_config.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+            if train_config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), train_config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             value = float(loss.detach())
             running_loss = value if math.isnan(running_loss) else 0.95 * running_loss + 0.05 * value
+            window_loss, window_steps = window_loss + value, window_steps + 1
             bar.update(1)
             bar.set_postfix(loss=f"{running_loss:.3f}", bits=f"{running_loss / math.log(2):.2f}",
                             lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
-            code = 2 * bool(stop_request) + out_of_time
-            if accelerator.num_processes > 1:  # the same answer everywhere
-                code = int(accelerator.reduce(torch.tensor(code, device=accelerator.device), reduction="max"))
-            stop = code > 0
-            if step % train_config.eval_every == 0 or step == train_config.steps or stop:
+            reason = stop_reason(accelerator, started, max_minutes, stop_request)
+            last = step == train_config.max_steps or reason is not None
+            if step % train_config.log_every == 0 or last:
+                now = time.perf_counter()
+                mean = window_loss / window_steps  # this process's; the mean over processes below
+                if accelerator.num_processes > 1:
+                    mean = float(accelerator.reduce(torch.tensor(mean, device=accelerator.device), reduction="mean"))
+                codes = window_steps * train_config.batch_size * window * accelerator.num_processes
+                accelerator.log({"train/loss": mean, "train/bits_per_code": mean / math.log(2),
+                                 "train/lr": scheduler.get_last_lr()[0],
+                                 "train/codes_per_second": codes / max(now - window_start, 1e-9),
+                                 "wall_seconds": round(now - started, 3)}, step=step)
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if step % train_config.valid_every == 0 or last:
                 run_eval()
-            if step % train_config.save_every == 0 or step == train_config.steps or stop:
+                window_start = time.perf_counter()  # throughput excludes validation
+            if step % train_config.checkpoint_every == 0 or last:
                 save_checkpoint()
-            if stop:
-                why = "by a signal" if code >= 2 else f"after {max_minutes:g} minutes"
+                window_start = time.perf_counter()
+            if reason is not None:
+                why = "by a signal" if reason == "signal" else f"after {max_minutes:g} minutes"
                 accelerator.print(f"stopped {why} at step {step}, with a checkpoint; continue with --resume")
-                return
+                return reason
+        return "max_steps"
 
     running_loss = resumed_loss
     model.train()
-    bar = tqdm(total=train_config.steps, initial=step, desc="training prior", unit="step",
+    bar = tqdm(total=train_config.max_steps, initial=step, desc="training prior", unit="step",
                disable=not (progress and accelerator.is_local_main_process))
     stop_request: list[int] = []  # filled by SIGTERM / SIGINT: stop at the end of the step
-    handlers = _catch_stop_signals(stop_request)
+    handlers = catch_stop_signals(stop_request)
+    start_step = step
     try:
-        _train_steps()
+        stopped = _train_steps()
     finally:
-        _restore_signals(handlers)
+        restore_signals(handlers)
     bar.close()
     if not history or history[-1]["step"] != step:
         run_eval()
 
-    final = summary()
+    final = {**summary(), "stopped": stopped}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir)
         atomic_write_json(out_dir / METRICS_NAME, final)
+        append_session(out_dir, session, started, end_step=step, stopped=stopped,
+                       windows_seen=(step - start_step) * train_config.batch_size * accelerator.num_processes)
+    accelerator.end_training()
     accelerator.print(
         f"validation {figure} {final['val_bits_per_code']:.3f} bits/code vs unigram entropy "
         f"{stats.get('unigram_entropy_bits', float('nan')):.3f} bits/code "
@@ -714,10 +796,13 @@ def _training_loss(model: torch.nn.Module, accelerator: Any, prior_type: str, ba
 PRIOR_OPTIONS: dict[str, tuple[str, str]] = {
     "d_model": ("prior", "d_model"), "layers": ("prior", "n_layers"), "heads": ("prior", "n_heads"),
     "max_len": ("prior", "max_len"), "dropout": ("prior", "dropout"),
-    "steps": ("train", "steps"), "batch_size": ("train", "batch_size"), "window": ("train", "window"),
-    "lr": ("train", "learning_rate"), "weight_decay": ("train", "weight_decay"),
+    "attention_dropout": ("prior", "attention_dropout"),
+    "max_steps": ("train", "max_steps"), "batch_size": ("train", "batch_size"), "window": ("train", "window"),
+    "learning_rate": ("train", "learning_rate"), "lr_schedule": ("train", "lr_schedule"),
+    "weight_decay": ("train", "weight_decay"),
     "warmup_steps": ("train", "warmup_steps"), "val_fraction": ("train", "val_fraction"),
-    "eval_every": ("train", "eval_every"), "save_every": ("train", "save_every"), "seed": ("train", "seed"),
+    "valid_every": ("train", "valid_every"), "checkpoint_every": ("train", "checkpoint_every"),
+    "log_every": ("train", "log_every"), "seed": ("train", "seed"),
     "num_workers": ("train", "num_workers"), "mixed_precision": ("train", "mixed_precision"),
     "timesteps": ("prior", "num_timesteps"), "aux_loss_weight": ("train", "aux_loss_weight"),
 }
@@ -736,22 +821,30 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in --out, with its saved settings (only "
                              "--max-steps may change; another value of any other option is refused)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the prior run in --out first and start again")
     model = parser.add_argument_group("model")
     model.add_argument("--d-model", type=int, help=f"width (default {d.d_model})")
     model.add_argument("--layers", type=int, help=f"Transformer blocks (default {d.n_layers})")
     model.add_argument("--heads", type=int, help=f"attention heads (default {d.n_heads})")
     model.add_argument("--max-len", type=int, help=f"context in codes (default {d.max_len})")
-    model.add_argument("--dropout", type=float, help=f"dropout (default {d.dropout})")
+    model.add_argument("--dropout", type=float, help=f"dropout of the embeddings and residual branches (default {d.dropout})")
+    model.add_argument("--attention-dropout", type=float,
+                       help=f"dropout of the attention weights (default {d.attention_dropout}; above 0 the "
+                            "attention keeps every window x window weight matrix: memory grows with the square of --window)")
     model.add_argument("--timesteps", type=int,
                        help=f"diffusion prior: T, steps of the forward process (default {dd.num_timesteps})")
     run = parser.add_argument_group("training")
-    run.add_argument("--max-steps", dest="steps", type=int,
-                     help=f"optimizer steps in total, as in vqaudio train (default {t.steps})")
+    run.add_argument("--max-steps", type=int,
+                     help=f"optimizer steps in total, as in vqaudio train (default {t.max_steps})")
     run.add_argument("--batch-size", type=int, help=f"windows per step (default {t.batch_size})")
     run.add_argument("--window", type=int,
                      help="codes per training window (default: 90th percentile of utterance lengths, <= --max-len)")
-    run.add_argument("--learning-rate", "--lr", dest="lr", type=float,
+    run.add_argument("--learning-rate", "--lr", type=float,
                      help=f"peak learning rate (default {t.learning_rate})")
+    run.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                     help=f"after the warm-up: cosine decay to 10%% at --max-steps, or constant "
+                          f"(default {t.lr_schedule})")
     run.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {t.weight_decay})")
     run.add_argument("--aux-loss-weight", type=float,
                      help=f"diffusion prior: weight of the clean-code cross-entropy beside the bound "
@@ -759,10 +852,11 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {t.warmup_steps})")
     run.add_argument("--val-fraction", type=float,
                      help=f"utterances held out per speaker (default {t.val_fraction})")
-    run.add_argument("--valid-every", "--eval-every", dest="eval_every", type=int,
-                     help=f"steps between validations (default {t.eval_every})")
-    run.add_argument("--checkpoint-every", "--save-every", dest="save_every", type=int,
-                     help=f"steps between checkpoints (default {t.save_every})")
+    run.add_argument("--valid-every", "--eval-every", type=int,
+                     help=f"steps between validations (default {t.valid_every})")
+    run.add_argument("--checkpoint-every", "--save-every", type=int,
+                     help=f"steps between checkpoints (default {t.checkpoint_every})")
+    run.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl lines (default {t.log_every})")
     run.add_argument("--seed", type=int, help=f"default {t.seed}")
     run.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {t.num_workers})")
     run.add_argument("--mixed-precision", choices=MIXED_PRECISION,
@@ -773,6 +867,8 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="where to train (default auto: the GPU if any, else the CPU)")
     run.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="the same as --device cpu")
+    run.add_argument("--log-with", action="append", default=[],
+                     help="also log to this Accelerate tracker (tensorboard, wandb, ...); repeatable")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -795,10 +891,10 @@ def prior_configs_from_args(args: argparse.Namespace) -> tuple[PriorConfig | Dif
             raise ValueError(f"{args.out}: cannot resume a {saved_type} prior as --type {prior_type}")
         prior_type = saved_type
         base = {"prior": config_from_dict(PRIOR_TYPES[prior_type][1], saved["prior_config"]),
-                "train": config_from_dict(PriorTrainConfig, saved["train_config"])}
+                "train": prior_train_config_from_dict(saved["train_config"])}
         differ = [f"--{name.replace('_', '-')}: saved {getattr(base[c], f)!r}, given {value!r}"
                   for name, value in given.items() for c, f in [PRIOR_OPTIONS[name]]
-                  if name != "steps" and getattr(base[c], f) != value]
+                  if name != "max_steps" and getattr(base[c], f) != value]
         if differ:
             raise ValueError(f"{args.out}: cannot resume with other settings ({'; '.join(differ)}); "
                              f"only --max-steps may change")
@@ -823,7 +919,8 @@ def run_train_prior(args: argparse.Namespace) -> int:
     """Run ``vqaudio train-prior`` from parsed arguments; returns the exit status (0)."""
     prior_config, train_config = prior_configs_from_args(args)
     train_prior(args.tokens_dir, args.out, prior_config, train_config, resume=args.resume,
-                progress=not args.no_progress, max_minutes=args.max_minutes)
+                progress=not args.no_progress, max_minutes=args.max_minutes, log_with=args.log_with,
+                overwrite=args.overwrite)
     return 0
 
 
@@ -831,7 +928,7 @@ def run_train_prior(args: argparse.Namespace) -> int:
 #: (:class:`PriorConfig` and :class:`PriorTrainConfig` defaults) take about 18 s a step on a
 #: 2-core CPU, so 20,000 steps would be some 100 hours.
 CPU_PRIOR = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_len": 256, "window": 128,
-             "steps": 3000, "learning_rate": 1e-3}
+             "max_steps": 3000, "learning_rate": 1e-3}
 
 
 def add_prior_recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -845,10 +942,10 @@ def add_prior_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         return f"default {gpu} on a GPU, {cpu} on a CPU"
 
     g = parser.add_argument_group("prior stage")
-    g.add_argument("--prior-max-steps", "--prior-steps", dest="prior_steps", type=int,
-                   help=f"prior training steps ({both(t.steps, c['steps'])})")
+    g.add_argument("--prior-max-steps", "--prior-steps", type=int,
+                   help=f"prior training steps ({both(t.max_steps, c['max_steps'])})")
     g.add_argument("--prior-batch-size", type=int, default=t.batch_size, help=f"default {t.batch_size}")
-    g.add_argument("--prior-lr", type=float, help=both(t.learning_rate, c["learning_rate"]))
+    g.add_argument("--prior-learning-rate", "--prior-lr", type=float, help=both(t.learning_rate, c["learning_rate"]))
     g.add_argument("--prior-window", type=int,
                    help=f"codes per training window (default on a GPU: see train-prior; {c['window']} on a CPU)")
     g.add_argument("--prior-d-model", type=int, help=both(d.d_model, c["d_model"]))
@@ -856,8 +953,10 @@ def add_prior_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prior-heads", type=int, help=both(d.n_heads, c["n_heads"]))
     g.add_argument("--prior-max-len", type=int, help=f"context in codes ({both(d.max_len, c['max_len'])})")
     g.add_argument("--prior-dropout", type=float, default=d.dropout, help=f"default {d.dropout}")
-    g.add_argument("--prior-eval-every", type=int, default=t.eval_every, help=f"default {t.eval_every}")
-    g.add_argument("--prior-save-every", type=int, default=t.save_every, help=f"default {t.save_every}")
+    g.add_argument("--prior-valid-every", "--prior-eval-every", type=int, default=t.valid_every,
+                   help=f"default {t.valid_every}")
+    g.add_argument("--prior-checkpoint-every", "--prior-save-every", type=int, default=t.checkpoint_every,
+                   help=f"default {t.checkpoint_every}")
 
 
 def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfig, PriorTrainConfig]:
@@ -867,7 +966,7 @@ def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfi
     cpu = wants_cpu(args) or not torch.cuda.is_available()
     d, t = PriorConfig(), PriorTrainConfig()
     base = CPU_PRIOR if cpu else {"d_model": d.d_model, "n_layers": d.n_layers, "n_heads": d.n_heads,
-                                  "max_len": d.max_len, "window": None, "steps": t.steps,
+                                  "max_len": d.max_len, "window": None, "max_steps": t.max_steps,
                                   "learning_rate": t.learning_rate}
 
     def pick(value: Any, key: str) -> Any:
@@ -879,9 +978,9 @@ def prior_configs_from_recipe_args(args: argparse.Namespace) -> tuple[PriorConfi
         dropout=args.prior_dropout,
     )
     train_config = PriorTrainConfig(
-        steps=pick(args.prior_steps, "steps"), batch_size=args.prior_batch_size,
-        learning_rate=pick(args.prior_lr, "learning_rate"), window=pick(args.prior_window, "window"),
-        eval_every=args.prior_eval_every, save_every=args.prior_save_every,
+        max_steps=pick(args.prior_max_steps, "max_steps"), batch_size=args.prior_batch_size,
+        learning_rate=pick(args.prior_learning_rate, "learning_rate"), window=pick(args.prior_window, "window"),
+        valid_every=args.prior_valid_every, checkpoint_every=args.prior_checkpoint_every,
         seed=getattr(args, "seed", None) or 0, cpu=wants_cpu(args),
         mixed_precision=getattr(args, "mixed_precision", None) or "auto",
     )

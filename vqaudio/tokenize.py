@@ -47,6 +47,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -364,13 +365,16 @@ def tokenize(
     rank: int | None = None,
     world_size: int | None = None,
     merge: bool = True,
+    overwrite: bool = False,
 ) -> TokenizeSummary:
     """Tokenize every audio file of ``inputs`` into the token directory ``out_dir``.
 
     Args:
         inputs: a corpus folder, or audio files and folders (see :func:`discover_files`).
         checkpoint: a VQ-VAE checkpoint directory (or bundled name), or a loaded model.
-        out_dir: the token directory; an existing one of the same checkpoint is resumed.
+        out_dir: the token directory; an existing one of the same checkpoint is resumed
+            (the files it holds are skipped, and counted as such), one of another checkpoint
+            or precision is refused, unless ``overwrite``.
         format: ``"bin"``, ``"jsonl"`` or ``"parquet"`` (see :mod:`vqaudio.tokens`).
         offset: N added to every code (token = code + N), to follow a text vocabulary.
         dedup: merge runs of repeated codes, storing the run lengths.
@@ -396,6 +400,9 @@ def tokenize(
         rank, world_size: this process's share of the files (set by ``--num-processes`` and
             ``accelerate launch``; default: the launcher's, else 0 of 1).
         merge: merge the shards into the final format when all files are done (process 0).
+        overwrite: delete the token directory ``out_dir`` first (only a vqaudio token
+            directory is ever deleted) and tokenize every file again. Not with
+            ``accelerate launch`` (delete it before launching).
 
     The encoding process keeps memory it frees for reuse from then on
     (:func:`vqaudio._system.retain_freed_memory`: 103x -> 133x real time for one CPU process).
@@ -415,6 +422,10 @@ def tokenize(
     out = Path(out_dir)
     files = discover_files(inputs)
     _check_out_dir(out)
+    if overwrite and out.is_dir():
+        if rank is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(f"{out}: --overwrite cannot be used by launched processes; delete the folder first")
+        shutil.rmtree(out)
     if num_processes is None:
         num_processes = auto_num_processes(len(files), checkpoint, device, rank)
 
@@ -962,7 +973,8 @@ def detokenize(
         device: torch device of the model (default: cuda if available, else cpu).
 
     Returns:
-        the WAV files written (existing ones skipped are not listed).
+        the WAV files written (existing ones, kept, are not listed; their number is printed to
+        stderr).
 
     Raises:
         vqaudio.tokens.TokenFormatError: not a finished token directory.
@@ -1001,9 +1013,11 @@ def detokenize(
     todo: list[tuple[Path, np.ndarray, int, str]] = []
     warned = False
     names = output_names([e.path for e in tokens.entries])  # of all entries: the same names with --limit
+    kept = 0
     for e, name in zip(entries, names):
         target = out / name
         if target.exists() and not overwrite:
+            kept += 1
             continue
         if fixed is not None:
             sid = fixed
@@ -1016,6 +1030,9 @@ def detokenize(
                 print(f"detokenize: {e.path}: speaker {e.speaker!r} is not in the checkpoint's table; "
                       f"using {model.speakers[0]!r} (pass --speaker to choose)", file=sys.stderr)
         todo.append((target, e.codes, sid, e.path))
+    if kept:
+        print(f"detokenize: {kept} of the WAV files exist in {out} already and are kept (resumed; "
+              f"--overwrite decodes them again)", file=sys.stderr)
     with tqdm(total=len(todo), unit="file", desc="detokenize", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
@@ -1067,7 +1084,11 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="DIR_OR_FILES",
                         help="a corpus folder (VCTK, FSDD, speaker folders) or audio files/folders")
     parser.add_argument("--checkpoint", required=True, help="VQ-VAE checkpoint directory or bundled name")
-    parser.add_argument("--out", required=True, help="token directory to write (an unfinished one is resumed)")
+    parser.add_argument("--out", required=True,
+                        help="token directory to write (an existing one of the same checkpoint is resumed: the "
+                             "files it holds are skipped)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the token directory --out first and tokenize every file again")
     parser.add_argument("--format", choices=FORMATS, default="bin",
                         help="bin: one flat tokens.bin (uint16; int32 once --offset + K > 65536) "
                         "+ index (nanoGPT/Megatron); jsonl, parquet: data/train.* with an input_ids "
@@ -1133,7 +1154,7 @@ def _run_tokenize(args: argparse.Namespace) -> TokenizeSummary:
         num_workers=args.num_workers, num_processes=args.num_processes, chunk_seconds=args.chunk_seconds,
         shard_files=args.shard_files, shard_seconds=args.shard_seconds, precision=args.precision,
         device=args.device, num_threads=args.threads, progress=args.progress, rank=args.rank,
-        world_size=args.world_size, merge=args.merge,
+        world_size=args.world_size, merge=args.merge, overwrite=args.overwrite,
     )
 
 

@@ -66,7 +66,6 @@ import dataclasses
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -79,15 +78,30 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.tracking import GeneralTracker
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from vqaudio._files import atomic_write_json, atomic_write_text
-from vqaudio._system import MIXED_PRECISION, available_cores, resolve_mixed_precision
+from vqaudio._files import atomic_write_json
+from vqaudio._system import MIXED_PRECISION, resolve_mixed_precision
 from vqaudio.config import VQVAEConfig, config_from_dict, config_to_dict
 from vqaudio.nn.quantizer import code_entropy
 from vqaudio.plots import plot_training_curves
+from vqaudio.runs import (
+    LR_SCHEDULES,
+    METRICS_NAME,
+    JSONLinesTracker,
+    append_session,
+    catch_stop_signals,
+    flat_config,
+    latest_checkpoint,
+    learning_rate_factor,
+    read_metrics,
+    restore_signals,
+    save_checkpoint,
+    session_record,
+    stop_reason,
+    truncate_metrics,
+)
 
 if TYPE_CHECKING:
     from vqaudio.data import Corpus
@@ -99,11 +113,8 @@ TRAIN_CONFIG_NAME = "train_config.json"
 MODEL_CONFIG_NAME = "model_config.json"
 SPEAKERS_NAME = "speakers.json"
 DATA_NAME = "data.json"
-METRICS_NAME = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 EXAMPLES_DIR = "examples"
-SESSIONS_NAME = "sessions.jsonl"
 INIT_FROM_NAME = "init_from.json"
 
 # ----- configuration ------------------------------------------------------------------------
@@ -125,6 +136,8 @@ class TrainConfig:
         warmup_steps: the learning rate rises linearly from ``learning_rate / warmup_steps``
             to ``learning_rate`` over the run's first ``warmup_steps`` steps (0: no warm-up).
             Useful with ``init_from``, where Adam starts without its moment estimates.
+        lr_schedule: after the warm-up, ``"constant"`` keeps ``learning_rate``; ``"cosine"``
+            decays it to 10 % of itself at ``max_steps`` (:func:`learning_rate_factor`).
         adam_betas: Adam's (beta1, beta2).
         max_steps: optimizer steps to train for (the total, including steps before a resume).
         gradient_accumulation_steps: micro-batches per optimizer step.
@@ -157,6 +170,7 @@ class TrainConfig:
     segment_seconds: float = 0.5
     learning_rate: float = 2e-4
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_steps: int = 100_000
     gradient_accumulation_steps: int = 1
@@ -185,6 +199,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"TrainConfig.{name} must be a positive number, got {value}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, "
                              f"got {self.mixed_precision!r}")
@@ -330,60 +346,6 @@ class TrainProgress:
 
 
 # ----- metrics tracker -----------------------------------------------------------------------
-
-
-class JSONLinesTracker(GeneralTracker):
-    """An Accelerate tracker appending ``{"step": step, **values}`` lines to a JSON-lines file.
-
-    Registered with ``Accelerator(log_with=[...])``; ``accelerator.log(values, step)`` reaches
-    it on the main process only. Each line is flushed when written, so a crash loses nothing
-    that was logged.
-    """
-
-    name = "jsonl"
-    requires_logging_directory = False
-    main_process_only = True
-
-    def __init__(self, path: str | os.PathLike):
-        super().__init__()
-        self.path = Path(path)
-
-    @property
-    def tracker(self) -> Path:
-        """The file written."""
-        return self.path
-
-    def store_init_configuration(self, values: dict) -> None:
-        """Configurations are saved as ``train_config.json`` etc.; nothing to do here."""
-
-    def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
-        """Append one line ``{"step": step, **values}``."""
-        record = {"step": step, **{k: _jsonable(v) for k, v in values.items()}}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``RUN/metrics.jsonl`` in order (``[]`` when there is none yet).
-
-    Training lines carry ``train/...`` keys, validation lines ``valid/...`` keys; every line
-    has ``step``.
-
-    Raises:
-        ValueError: a line that is not valid JSON (names the file and line).
-    """
-    path = Path(run_dir) / METRICS_NAME
-    if not path.is_file():
-        return []
-    records = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{i}: not valid JSON ({exc})") from None
-    return records
 
 
 # ----- the training loop ---------------------------------------------------------------------
@@ -609,22 +571,15 @@ def train(
         accelerator.load_state(str(latest))
         resumed_from = state.step
         if main:
-            _truncate_metrics(run / METRICS_NAME, state.step)
+            truncate_metrics(run / METRICS_NAME, state.step)
         accelerator.print(f"resumed {run} from {latest.name} (step {state.step}, epoch {state.epoch})")
     elif resuming:
         accelerator.print(f"{run}: no checkpoint yet; starting from step 0")
         if main:
-            _truncate_metrics(run / METRICS_NAME, 0)
+            truncate_metrics(run / METRICS_NAME, 0)
     accelerator.wait_for_everyone()
-    accelerator.init_trackers("vqaudio", config=_flat_config(cfg, model_config))
-    session = {
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": state.step,
-        "mixed_precision": mixed_precision, "device": str(accelerator.device),
-        "num_processes": accelerator.num_processes, "num_threads": torch.get_num_threads(),
-        "cores": available_cores(), "cpu_model": _cpu_model(), "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None,
-        "argv": " ".join(shlex.quote(a) for a in sys.argv),
-    }
+    accelerator.init_trackers("vqaudio", config=flat_config(cfg, model_config))
+    session = session_record(accelerator, mixed_precision, state.step)
     accelerator.print(f"mixed precision: {mixed_precision} (asked: {cfg.mixed_precision}); "
                       f"{accelerator.num_processes} process(es) on {accelerator.device}, "
                       f"{torch.get_num_threads()} thread(s) each")
@@ -644,24 +599,13 @@ def train(
         state.wall_seconds += now - clock
         clock = now
 
-    def stop_reason() -> str | None:
-        """``"max_minutes"`` when the time is up, ``"signal"`` after SIGTERM/SIGINT, else None
-        (the same answer on every process)."""
-        over = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
-        code = 2 * bool(stop_request) + over
-        if accelerator.num_processes > 1:
-            code = int(accelerator.reduce(torch.tensor(code, device=accelerator.device), reduction="max"))
-        return "signal" if code >= 2 else "max_minutes" if code else None
-
     def lr_at(step: int) -> float:
-        """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant."""
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-        return cfg.learning_rate
+        """Learning rate of optimizer step ``step`` (0-based)."""
+        return cfg.learning_rate * learning_rate_factor(step, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule)
 
     stopped = "max_steps"
     stop_request: list[int] = []  # filled by SIGTERM / SIGINT: stop at the end of the step
-    handlers = _catch_stop_signals(stop_request)
+    handlers = catch_stop_signals(stop_request)
     try:
         model.train()
         while state.step < cfg.max_steps:
@@ -689,7 +633,7 @@ def train(
                     continue
                 state.step += 1
                 bar.update(1)
-                reason = stop_reason()
+                reason = stop_reason(accelerator, started, max_minutes, stop_request)
                 last = state.step == cfg.max_steps or reason is not None
                 if reason is not None and state.step < cfg.max_steps:
                     stopped = reason
@@ -738,7 +682,7 @@ def train(
                 continue
             break
     finally:
-        _restore_signals(handlers)
+        restore_signals(handlers)
     bar.close()
     tick()
     if stopped == "max_minutes":
@@ -747,12 +691,9 @@ def train(
     elif stopped == "signal":
         accelerator.print(f"stopped by a signal at step {state.step}, with a checkpoint; continue with --resume")
     if main:
-        session.update({"end_step": state.step, "stopped": stopped,
-                        "session_seconds": round(time.perf_counter() - started, 1),
-                        "samples_seen": state.segments_seen * segment_length,
-                        "wall_seconds_total": round(state.wall_seconds, 1)})
-        with open(run / SESSIONS_NAME, "a", encoding="utf-8") as f:
-            f.write(json.dumps(session) + "\n")
+        append_session(run, session, started, end_step=state.step, stopped=stopped,
+                       samples_seen=state.segments_seen * segment_length,
+                       wall_seconds_total=round(state.wall_seconds, 1))
     accelerator.end_training()
     return TrainResult(
         run_dir=run, model_dir=run / MODEL_DIR, step=state.step, resumed_from=resumed_from,
@@ -873,64 +814,6 @@ def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size:
     }
 
 
-def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run, ``RUN/checkpoints/step_XXXXXXX``, oldest first.
-
-    Folders still being written (``.step_XXXXXXX.tmp``) are left out.
-    """
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for d in root.iterdir():
-        if d.is_dir() and d.name.startswith("step_") and d.name[5:].isdigit():
-            found.append((int(d.name[5:]), d))
-    return [d for _, d in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run, or ``None``."""
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
-
-
-def save_checkpoint(
-    accelerator: Any,
-    run_dir: Path,
-    step: int,
-    keep_last: int,
-    extra_files: dict[str, Any] | None = None,
-    digits: int = 7,
-) -> Path:
-    """``accelerator.save_state`` into ``RUN/checkpoints/step_{step:0{digits}d}`` (all processes
-    call it; the VQ-VAE and prior trainers share it).
-
-    The state is written to ``.step_N.tmp``, with ``extra_files`` (name -> JSON-ready object,
-    written by the main process), and renamed when every process has finished, so a crash
-    never leaves a partial ``step_*`` folder; then all but the newest ``keep_last``
-    checkpoints are deleted. Returns the checkpoint folder.
-    """
-    root = run_dir / CHECKPOINTS_DIR
-    final = root / f"step_{step:0{digits}d}"
-    tmp = root / f".{final.name}.tmp"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for name, obj in (extra_files or {}).items():
-            (tmp / name).write_text(json.dumps(obj))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def initialize_from(model: Any, source: Any) -> list[str]:
     """Copy the weights and buffers (codebook, EMA statistics) of ``source`` into ``model``.
 
@@ -966,55 +849,13 @@ def _check_init_config(init_from: Any, source: VQVAEConfig, given: VQVAEConfig) 
     """Raise ValueError when ``given`` differs from the checkpoint's config (``source``) in
     anything but the number of speakers (the speaker table comes from the corpus)."""
     def flat(c: VQVAEConfig) -> dict[str, Any]:
-        return _flat_config(dataclasses.replace(c, decoder=dataclasses.replace(c.decoder, num_speakers=0)))
+        return flat_config(dataclasses.replace(c, decoder=dataclasses.replace(c.decoder, num_speakers=0)))
 
     a, b = flat(source), flat(given)
     differ = [f"{k}: checkpoint {a[k]!r}, given {b.get(k)!r}" for k in a if a[k] != b.get(k)]
     if differ:
         raise ValueError(f"--init-from {init_from}: the model config differs from the checkpoint's "
                          f"({', '.join(differ)}); leave the model options out to use the checkpoint's")
-
-
-def _catch_stop_signals(request: list[int]) -> dict[int, Any]:
-    """Make SIGTERM and SIGINT append to ``request`` (the loop then stops at the end of its
-    step, with a checkpoint) instead of killing the process; a second signal acts as usual.
-    Only in the main thread (elsewhere Python cannot set handlers). Returns the old handlers."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    old: dict[int, Any] = {}
-
-    def handler(signum: int, frame: Any) -> None:
-        request.append(signum)
-        signal.signal(signum, old[signum] if old[signum] not in (None, signal.SIG_IGN) else signal.SIG_DFL)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        old[sig] = signal.getsignal(sig)
-        signal.signal(sig, handler)
-    return old
-
-
-def _restore_signals(old: dict[int, Any]) -> None:
-    import signal
-
-    for sig, handler in old.items():
-        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), or the platform's processor string."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def export_model(model: Any, model_dir: Path) -> Path:
@@ -1217,48 +1058,10 @@ def _check_same_run(run: Path, model_config: VQVAEConfig, speakers: list[str]) -
         raise ValueError(f"{run}: the corpus's speaker table ({len(speakers)} speakers) differs from "
                          f"the run's ({len(saved_speakers)}); resume with the same data")
     if saved_model != model_config:
-        a, b = _flat_config(saved_model), _flat_config(model_config)
+        a, b = flat_config(saved_model), flat_config(model_config)
         differ = [f"{k}: saved {a[k]!r}, given {b.get(k)!r}" for k in a if a[k] != b.get(k)]
         raise ValueError(f"{run}: cannot resume with a different model config (differs in "
                          f"{', '.join(differ)})")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after ``step`` (by a session that crashed after its checkpoint)."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    if len(keep) != len(lines):
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item()
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    return value
-
-
-def _flat_config(*configs: Any) -> dict[str, Any]:
-    """Dotted keys -> scalar values (non-scalars as strings) of one or two configs; with two,
-    the keys start with ``train.`` and ``model.``."""
-    flat: dict[str, Any] = {}
-
-    def visit(prefix: str, obj: Any) -> None:
-        for k, v in obj.items():
-            if isinstance(v, dict):
-                visit(f"{prefix}{k}.", v)
-            else:
-                flat[prefix + k] = v if isinstance(v, (bool, int, float, str)) else str(v)
-
-    if len(configs) == 1:
-        visit("", config_to_dict(configs[0]))
-    else:
-        visit("train.", config_to_dict(configs[0]))
-        visit("model.", config_to_dict(configs[1]))
-    return flat
 
 
 def _format_valid(step: int, m: dict[str, float]) -> str:
@@ -1337,6 +1140,8 @@ def add_train_config_arguments(parser: argparse.ArgumentParser, defaults: TrainC
     g.add_argument("--learning-rate", "--lr", type=float, help=f"Adam learning rate (default {d.learning_rate})")
     g.add_argument("--warmup-steps", type=int,
                    help=f"linear learning-rate warm-up over the run's first steps (default {d.warmup_steps})")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help=f"after the warm-up: constant, or cosine decay to 10%% at --max-steps (default {d.lr_schedule})")
     g.add_argument("--max-steps", type=int, help=f"optimizer steps in total (default {d.max_steps})")
     g.add_argument("--gradient-accumulation-steps", type=int,
                    help=f"micro-batches per step (default {d.gradient_accumulation_steps})")
@@ -1490,8 +1295,3 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def iter_metric(records: Sequence[dict[str, Any]], key: str) -> Iterator[tuple[int, float]]:
-    """``(step, value)`` for every record of :func:`read_metrics` that has ``key``."""
-    for r in records:
-        if key in r:
-            yield r["step"], r[key]

@@ -30,6 +30,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-clips", type=int, help="evaluate at most N clips, spread over speakers "
                         "(vqaudio decodes sample by sample: this bounds the run time)")
     parser.add_argument("--max-conversions", type=int, help="at most N speaker conversions (default: one per clip)")
+    parser.add_argument("--conversion-matrix", type=int, default=0, metavar="N",
+                        help="also decode N clips (one per speaker first) in every voice of the checkpoint, shown "
+                             "as a matrix on the listening page (default 0: none)")
     parser.add_argument("--generate-per-speaker", type=int, default=2, help="prior samples per speaker (default 2)")
     parser.add_argument("--generate-seconds", type=float, help="length of each prior sample (default: median clip)")
     parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
@@ -70,6 +73,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, temperature=args.temperature, seed=args.seed, method=args.method,
             num_plot_clips=args.plot_clips, num_threads=args.threads, overwrite=args.overwrite,
             progress=not args.no_progress, device=args.device, prior_steps=args.steps,
+            conversion_matrix=args.conversion_matrix,
         )
     except MissingExtraError as exc:
         print(f"vqaudio evaluate: error: {exc}", file=sys.stderr)

@@ -681,6 +681,7 @@ def evaluate(
     progress: bool = True,
     device: str | None = None,
     prior_steps: int | None = None,
+    conversion_matrix: int = 0,
 ) -> dict[str, Any]:
     """Score a checkpoint and classic codecs on held-out audio; write report.json, report.md, plots.
 
@@ -700,6 +701,11 @@ def evaluate(
         prior_steps: reverse steps of a diffusion prior (default: all of its T).
         split, num_held_out, max_clips: which clips (see :func:`load_clips`).
         max_conversions: at most this many conversions (default: one per clip).
+        conversion_matrix: this many clips (one per speaker first, as on the listening page)
+            are also decoded in every voice of the checkpoint, their own included, and shown
+            as a matrix on the listening page (audio in ``audio/matrix/``;
+            ``report["conversion_matrix"]`` names the clips and voices). 0: none; needs the
+            listening page (``num_plot_clips`` > 0).
         generate_per_speaker: prior samples per speaker.
         generate_seconds: length of each sample (default: the median clip length).
         baselines: names for :func:`vqaudio.evaluate.baselines.make_baseline`; unavailable
@@ -811,6 +817,7 @@ def evaluate(
         codebook = None
         conversion_targets: dict[int, str] = {}
         conversion = None
+        matrix: dict[str, Any] | None = None
         generation = None
         generations: list[dict[str, Any]] = []  # with several priors: each one's result
         if model is not None:
@@ -856,6 +863,17 @@ def evaluate(
                             conversion_targets[i] = tgt
                     conversion["targets"] = {clips[i].utterance_id: tgt for i, tgt in pairs}
                 timings["conversion_s"] = time.perf_counter() - t
+                if conversion_matrix > 0 and num_plot_clips > 0 and "plots" not in skip:
+                    t = time.perf_counter()
+                    rows = [i for i in R.choose_clips(clips, conversion_matrix) if len(codes[i])]
+                    voices = list(model.speakers)
+                    jobs = [(f"{clips[i].utterance_id}__as__{v}", codes[i], model.speaker_id(v))
+                            for i in rows for v in voices]
+                    outs = _decode_batched(model, jobs, out_dir / "audio" / "matrix", batch_size, temperature,
+                                           seed + 2, method, progress, "vqaudio: decode the conversion matrix")
+                    matrix = {"clips": rows, "speakers": voices,
+                              "outputs": [outs[k * len(voices):(k + 1) * len(voices)] for k in range(len(rows))]}
+                    timings["conversion_matrix_s"] = time.perf_counter() - t
 
             for label, sampler in samplers:
                 t = time.perf_counter()
@@ -895,6 +913,8 @@ def evaluate(
             "systems": systems,
             "codebook": codebook,
             "conversion": conversion,
+            **({"conversion_matrix": {"clips": [clips[i].utterance_id for i in matrix["clips"]],
+                                      "speakers": matrix["speakers"]}} if matrix else {}),
             "generation": generation,
             **({"generations": generations} if generations else {}),
             "timings": timings,
@@ -904,7 +924,7 @@ def evaluate(
                                             conversion_targets)
             if num_plot_clips > 0:
                 page = R.write_listening_page(out_dir, report, ref.clips, ref.wavs, examples, sr,
-                                              num_plot_clips, conversion_targets)
+                                              num_plot_clips, conversion_targets, matrix)
                 report["listening_page"] = page.name
         R.write_report(out_dir, report)
     return report

@@ -284,6 +284,7 @@ def write_listening_page(
     sample_rate: int,
     num_clips: int = 3,
     conversion_targets: dict[int, str] | None = None,
+    matrix: dict[str, Any] | None = None,
 ) -> Path:
     """``report.html``: a static listening page beside the report, with its files in ``listen/``.
 
@@ -292,14 +293,19 @@ def write_listening_page(
     conversion (to ``conversion_targets[i]``), the clip with its middle infilled by a diffusion
     prior (``"infilled"`` of ``report["generation"]`` or of one of ``report["generations"]``) and Codec 2 at 1200 bit/s when present (16-bit
     WAVs, ``listen/UTT/*.wav``). Above them, the headline scores of every system and of the
-    conversions; below them, with a prior, one sample per requested speaker of each prior
-    (``listen/samples/``). Relative links only, so the folder can be copied or served as it is.
+    conversions; below them, with ``matrix``, the conversion matrix (a row per clip: its
+    original, then the clip decoded in every voice; the clip's own voice is its reconstruction;
+    ``listen/matrix/UTT/as_SPEAKER.wav``), and with a prior, one sample per requested speaker
+    of each prior (``listen/samples/``). Relative links only, so the folder can be copied or
+    served as it is.
 
     Args:
         report: the evaluation report (``systems``, ``conversion``, ``checkpoint``, ``data``).
         clips, wavs: the evaluated clips and their audio ([T] float32 at ``sample_rate``).
         examples: system name (``"vqaudio"``, ``"conversion"``, ``"codec2-1200"``...) -> [T]
             float32 output per clip (empty where there is none).
+        matrix: ``{"clips": [clip index], "speakers": [voice], "outputs": [[T] float32 per
+            voice] per clip}``, or None.
 
     Returns:
         the page's path.
@@ -352,6 +358,7 @@ def write_listening_page(
     ck = report.get("checkpoint") or {}
     data = report.get("data", {})
     samples = _prior_sample_rows(out_dir, report, esc)
+    matrix_rows = _matrix_rows(out_dir, matrix, clips, wavs, sample_rate, esc) if matrix else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vqaudio listening page</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}}
@@ -365,12 +372,38 @@ data {esc(str(data.get('data')))} ({esc(str(data.get('split')))} split, {esc(str
 {conv_line}
 <h2>Clips</h2>
 {"".join(rows)}
+{matrix_rows}
 {samples}
 </body></html>
 """
     path = out_dir / "report.html"
     atomic_write_text(path, page)
     return path
+
+
+def _matrix_rows(out_dir: Path, matrix: dict[str, Any], clips: Sequence[Any], wavs: Sequence[np.ndarray],
+                 sample_rate: int, esc) -> str:
+    """The listening page's conversion matrix (see :func:`write_listening_page`): one table,
+    a row per clip (original, then every voice), its audio written to ``listen/matrix/``."""
+    from vqaudio.audio import save_audio
+
+    voices = matrix["speakers"]
+    head = "".join(f"<th>as {esc(str(v))}</th>" for v in voices)
+    body = []
+    for i, outs in zip(matrix["clips"], matrix["outputs"]):
+        utt, own = clips[i].utterance_id, clips[i].speaker
+        cells = []
+        for name, label, wav in [("original", "original", wavs[i])] + [
+                (f"as_{v}", "reconstruction" if v == own else f"as {v}", o) for v, o in zip(voices, outs)]:
+            rel = f"listen/matrix/{utt}/{name}.wav"
+            save_audio(out_dir / rel, np.asarray(wav, np.float32), sample_rate)
+            cells.append(f'<td><div>{esc(label)}</div><audio controls preload="none" src="{esc(rel)}"></audio></td>')
+        speaker = f" ({esc(str(own))})" if own is not None else ""
+        body.append(f"<tr><th>{esc(utt)}{speaker}</th>{''.join(cells)}</tr>")
+    return ("<h2>Conversion matrix</h2><p>Each row: a clip, then its codes decoded in every voice of the "
+            "checkpoint (in its own voice: the reconstruction).</p>"
+            f'<div style="overflow-x:auto"><table><tr><th>clip</th><th>original</th>{head}</tr>{"".join(body)}'
+            "</table></div>")
 
 
 def _prior_sample_rows(out_dir: Path, report: dict[str, Any], esc) -> str:
