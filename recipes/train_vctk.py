@@ -47,15 +47,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vqaudio.config import VQVAEConfig
-from vqaudio.prior_train import add_prior_recipe_arguments, prior_configs_from_recipe_args
-from vqaudio.train import (
-    TrainConfig,
-    add_model_arguments,
-    add_run_arguments,
-    add_train_config_arguments,
-    shutdown_distributed,
-    train_from_args,
-)
+from vqaudio.prior_train_cli import add_prior_recipe_arguments, prior_configs_from_recipe_args
+from vqaudio.runs import shutdown_distributed
+from vqaudio.train import TrainConfig
+from vqaudio.train_cli import add_model_arguments, add_run_arguments, add_train_config_arguments, train_from_args
 
 VCTK_URL = "https://datashare.ed.ac.uk/handle/10283/3443"
 

@@ -95,7 +95,8 @@ def test_full_report_on_real_clips(checkpoint: Path, tmp_path: Path) -> None:
     assert len(list((out / "audio" / "generation").glob("*.wav"))) == 6
 
 
-def test_report_without_the_extra_resumes_and_guards_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_without_the_extra_resumes_and_guards_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
     """Works with no optional package installed: log-mel and MCD only; resumes from decoded audio."""
     for module in ("pesq", "pystoi", "visqol", "resemblyzer", "pocketsphinx"):
         monkeypatch.setitem(sys.modules, module, None)
@@ -123,8 +124,10 @@ def test_report_without_the_extra_resumes_and_guards_the_folder(tmp_path: Path, 
 
     monkeypatch.setattr(model, "decode", no_decoding)
     monkeypatch.setattr(model, "decode_batch", no_decoding, raising=False)
+    capsys.readouterr()
     again = evaluate(model, SAMPLE / "recordings", out, **kwargs)
     assert again["systems"]["vqaudio"]["log_mel_l1"] == pytest.approx(vq["log_mel_l1"])
+    assert "4 of 4 files decoded by an earlier run are read back" in capsys.readouterr().err
     assert [p.stat().st_mtime_ns for p in wavs] == stamps
     with pytest.raises(ValueError, match="--overwrite"):
         evaluate(model, SAMPLE / "recordings", out, seed=1, **kwargs)

@@ -22,8 +22,8 @@ from conftest import sigterm_when
 from conftest import tiny_vqvae as random_tiny_vqvae
 from vqaudio.generate import add_generate_arguments, generate, run_generate
 from vqaudio.model import VQVAE, UnknownSpeakerError
-from vqaudio.runs import iter_metric, read_metrics
 from vqaudio.nn.prior import PriorConfig, PriorTransformer
+from vqaudio.runs import iter_metric, read_metrics
 from vqaudio.prior_train import (
     CodeSequence,
     CodeWindowDataset,
@@ -114,7 +114,7 @@ def _train_prior_cmd(tokens: Path, out: Path, *extra: str) -> subprocess.Complet
     """``vqaudio train-prior`` through its CLI glue, in a subprocess (one Accelerator per process)."""
     code = (
         "import argparse, sys\n"
-        "from vqaudio.prior_train import add_train_prior_arguments, run_train_prior\n"
+        "from vqaudio.prior_train_cli import add_train_prior_arguments, run_train_prior\n"
         "p = argparse.ArgumentParser(prog='vqaudio train-prior'); add_train_prior_arguments(p)\n"
         "try:\n    sys.exit(run_train_prior(p.parse_args(sys.argv[1:])))\n"
         "except (FileExistsError, ValueError) as e:\n    print(e, file=sys.stderr); sys.exit(2)\n"
@@ -205,7 +205,8 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
 
 
 def test_recipe_prior_sizes_fit_the_device(monkeypatch):
-    from vqaudio.prior_train import CPU_PRIOR, PriorTrainConfig, add_prior_recipe_arguments, prior_configs_from_recipe_args
+    from vqaudio.prior_train import PriorTrainConfig
+    from vqaudio.prior_train_cli import CPU_PRIOR, add_prior_recipe_arguments, prior_configs_from_recipe_args
 
     parser = argparse.ArgumentParser()
     add_prior_recipe_arguments(parser)
@@ -469,7 +470,7 @@ def test_generate_cli_glue_all_speakers(saved_vqvae, tmp_path):
 
 
 def test_shared_flag_names_map_like_the_other_commands():
-    from vqaudio.prior_train import add_train_prior_arguments
+    from vqaudio.prior_train_cli import add_train_prior_arguments
 
     p = argparse.ArgumentParser()
     add_generate_arguments(p)

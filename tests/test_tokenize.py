@@ -12,6 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
+import vqaudio.detokenize as dt
+import vqaudio.shards as shards
+import vqaudio.streaming as streaming
 import vqaudio.tokenize as tk
 from conftest import tiny_vqvae
 from vqaudio.audio import load_audio
@@ -119,7 +122,7 @@ def test_pieces_cover_the_stream_exactly():
     signal = rng.standard_normal(10_000).astype(np.float32)
     cuts = np.sort(rng.choice(np.arange(1, 10_000), 30, replace=False))
     blocks = np.split(signal, cuts)
-    pieces = list(tk.iter_pieces(iter(blocks), 64, 640, 192))
+    pieces = list(streaming.iter_pieces(iter(blocks), 64, 640, 192))
     end = (10_000 // 64) * 64
     assert [p.index for p in pieces] == list(range(len(pieces))) and pieces[-1].last
     assert not any(p.last for p in pieces[:-1])
@@ -133,7 +136,7 @@ def test_pieces_cover_the_stream_exactly():
     assert kept[0][0] == 0 and kept[-1][1] == end
     assert all(x[1] == y[0] for x, y in zip(kept, kept[1:]))
     with pytest.raises(ValueError, match="fewer than one hop"):
-        list(tk.iter_pieces(iter([signal[:63]]), 64, 640, 192))
+        list(streaming.iter_pieces(iter([signal[:63]]), 64, 640, 192))
 
 
 def test_padded_batch_encodes_like_single_clips(corpus):
@@ -143,7 +146,7 @@ def test_padded_batch_encodes_like_single_clips(corpus):
     batch = torch.zeros(4, 1, max(lengths))
     for b, (w, n) in enumerate(zip(wavs, lengths)):
         batch[b, 0, :n] = torch.from_numpy(w[:n])
-    codes = tk.encode_padded(model, batch, lengths)
+    codes = streaming.encode_padded(model, batch, lengths)
     for b, (w, n) in enumerate(zip(wavs, lengths)):
         ref = model.encode(torch.from_numpy(w)[None, None])[0]
         torch.testing.assert_close(codes[b, : n // 64], ref, rtol=0, atol=0)
@@ -192,7 +195,7 @@ def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path, ckpt, corpus, 
     opts = dict(format="bin", shard_files=2, progress=False, num_workers=1)
     tk.tokenize(corpus, ckpt, tmp_path / "clean", **opts)
 
-    real_write = tk._write_shard
+    real_write = shards._write_shard
     calls = []
 
     def dying_write(codes_path, codes, index_path, index):
@@ -202,12 +205,12 @@ def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path, ckpt, corpus, 
             raise _Killed
         real_write(codes_path, codes, index_path, index)
 
-    monkeypatch.setattr(tk, "_write_shard", dying_write)
+    monkeypatch.setattr(shards, "_write_shard", dying_write)
     with pytest.raises(_Killed):
         tk.tokenize(corpus, ckpt, tmp_path / "killed", **opts)
     assert not (tmp_path / "killed" / "metadata.json").exists()
     assert len(list((tmp_path / "killed" / "shards").glob("r000-*.json"))) == 1
-    monkeypatch.setattr(tk, "_write_shard", real_write)
+    monkeypatch.setattr(shards, "_write_shard", real_write)
     summary = tk.tokenize(corpus, ckpt, tmp_path / "killed", **opts)
     assert summary.num_skipped == 2 and summary.num_tokenized == 6
     assert _final_bytes(tmp_path / "killed") == _final_bytes(tmp_path / "clean")
@@ -308,23 +311,23 @@ def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt, capsys
         sf.write(str(clips / name), wav[2000:2000 + 5 * 64 + 10], sr)
     tk.tokenize(clips, ckpt, tmp_path / "tok", format=fmt, progress=False)
     parser = argparse.ArgumentParser()
-    tk.add_detokenize_arguments(parser)
+    dt.add_detokenize_arguments(parser)
     args = parser.parse_args([str(tmp_path / "tok"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "wav"),
                               "--no-progress"])
-    assert tk.run_detokenize(args) == 0
+    assert dt.run_detokenize(args) == 0
     for e in read_tokens(tmp_path / "tok"):
         assert e.codes.size == 5
         wav, sr = sf.read(str(tmp_path / "wav" / e.path), dtype="float32")
         assert sr == 8000 and wav.shape == (5 * 64,)
         assert np.isfinite(wav).all() and np.abs(wav).max() <= 1.0
     # Decoding one file at a time gives the same audio as the batch (noise of each entry's own).
-    one = tk.detokenize(tmp_path / "tok", ckpt, tmp_path / "one", batch_size=1, progress=False)
+    one = dt.detokenize(tmp_path / "tok", ckpt, tmp_path / "one", batch_size=1, progress=False)
     assert len(one) == 2
     for path in one:
         np.testing.assert_array_equal(sf.read(str(path))[0], sf.read(str(tmp_path / "wav" / path.name))[0])
     # A resumed run (the first file done, the second not) writes what the fresh run wrote.
     (tmp_path / "one" / one[1].name).unlink()
-    resumed = tk.detokenize(tmp_path / "tok", ckpt, tmp_path / "one", progress=False)
+    resumed = dt.detokenize(tmp_path / "tok", ckpt, tmp_path / "one", progress=False)
     assert [p.name for p in resumed] == [one[1].name]
     assert "1 of the WAV files exist" in capsys.readouterr().err  # and says that it kept one
     np.testing.assert_array_equal(sf.read(str(resumed[0]))[0], sf.read(str(tmp_path / "wav" / one[1].name))[0])
@@ -332,7 +335,7 @@ def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt, capsys
     other = tmp_path / "other"
     _tiny_model(seed=1).save_pretrained(other)
     with pytest.raises(ValueError, match="checkpoint"):
-        tk.detokenize(tmp_path / "tok", other, tmp_path / "wav2", progress=False)
+        dt.detokenize(tmp_path / "tok", other, tmp_path / "wav2", progress=False)
 
 
 def test_detokenize_keeps_same_stem_files_apart(tmp_path, ckpt):
@@ -344,14 +347,14 @@ def test_detokenize_keeps_same_stem_files_apart(tmp_path, ckpt):
     sf.write(str(clips / "5_george_1.wav"), wav[2000:2000 + 3 * 64], sr)
     sf.write(str(clips / "5_george_1.flac"), wav[3000:3000 + 4 * 64], sr)
     tk.tokenize(clips, ckpt, tmp_path / "tok", progress=False)
-    written = tk.detokenize(tmp_path / "tok", ckpt, tmp_path / "wav", progress=False)
+    written = dt.detokenize(tmp_path / "tok", ckpt, tmp_path / "wav", progress=False)
     assert sorted(p.name for p in written) == ["5_george_1.flac.wav", "5_george_1.wav"]
     assert sf.info(str(tmp_path / "wav" / "5_george_1.wav")).frames == 3 * 64
     assert sf.info(str(tmp_path / "wav" / "5_george_1.flac.wav")).frames == 4 * 64
-    assert tk.output_names(["a/x.mp3", "a/x.flac", "a/y.flac"]) == [Path("a/x.mp3.wav"), Path("a/x.flac.wav"),
+    assert dt.output_names(["a/x.mp3", "a/x.flac", "a/y.flac"]) == [Path("a/x.mp3.wav"), Path("a/x.flac.wav"),
                                                                     Path("a/y.wav")]
     with pytest.raises(ValueError, match="would both be decoded"):
-        tk.output_names(["x.flac", "x.flac"])
+        dt.output_names(["x.flac", "x.flac"])
 
 
 def test_rerun_tokenizes_a_changed_input_again(tmp_path, ckpt, corpus):

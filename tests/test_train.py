@@ -35,13 +35,12 @@ from vqaudio.runs import (
 from vqaudio.train import (
     RESUMABLE_FIELDS,
     TrainConfig,
-    add_train_arguments,
     build_model_config,
-    configs_from_args,
     initialize_from,
     train,
     write_examples,
 )
+from vqaudio.train_cli import add_train_arguments, configs_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_vctk.py"

@@ -33,6 +33,6 @@ def run_command(command: str, run: Callable[[argparse.Namespace], int | None], a
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # launched by torchrun / accelerate launch
-            from vqaudio.train import shutdown_distributed
+            from vqaudio.runs import shutdown_distributed
 
             shutdown_distributed()

@@ -16,12 +16,12 @@ from vqaudio.config import DECODE_METHODS
 
 #: subcommand -> (module, name used in add_*_arguments / run_*, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("vqaudio.train", "train", "train a VQ-VAE on a corpus (VCTK, speaker folders, FSDD)"),
+    "train": ("vqaudio.train_cli", "train", "train a VQ-VAE on a corpus (VCTK, speaker folders, FSDD)"),
     "tokenize": ("vqaudio.tokenize", "tokenize", "turn audio files into code sequences"),
-    "detokenize": ("vqaudio.tokenize", "detokenize", "turn code sequences back into audio"),
+    "detokenize": ("vqaudio.detokenize", "detokenize", "turn code sequences back into audio"),
     "reconstruct": ("vqaudio.cli", "reconstruct", "encode a recording and decode it with its own speaker"),
     "convert": ("vqaudio.cli", "convert", "encode a recording and decode it with another speaker's voice"),
-    "train-prior": ("vqaudio.prior_train", "train_prior", "train a prior on tokens (autoregressive or diffusion)"),
+    "train-prior": ("vqaudio.prior_train_cli", "train_prior", "train a prior on tokens (autoregressive or diffusion)"),
     "generate": ("vqaudio.generate", "generate", "sample codes from the prior and decode them to audio"),
     "infill": ("vqaudio.infill", "infill", "replace a stretch of a recording, keeping what is around it (diffusion prior)"),
     "evaluate": ("vqaudio.evaluate.cli", "evaluate", "score a checkpoint and classic codecs on held-out audio"),

@@ -113,7 +113,7 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str,
 
     Args:
         path: output PNG file.
-        records: the lines of ``metrics.jsonl`` (:func:`vqaudio.train.read_metrics`): dicts
+        records: the lines of ``metrics.jsonl`` (:func:`vqaudio.runs.read_metrics`): dicts
             with ``step`` and ``train/...`` or ``valid/...`` keys.
         title: figure title.
 

@@ -1,15 +1,15 @@
-"""Tokenize a corpus at scale, and turn tokens back into audio.
+"""Tokenize a corpus at scale (and back to audio: :mod:`vqaudio.detokenize`).
 
 ``vqaudio tokenize DIR_OR_FILES --checkpoint CKPT --out OUT`` runs this pipeline:
 
-1. **Files and speakers** from the corpus layout (:func:`discover_files`: VCTK, FSDD names,
-   speaker folders, or a list of files).
+1. **Files and speakers** from the corpus layout (:func:`vqaudio.streaming.discover_files`:
+   VCTK, FSDD names, speaker folders, or a list of files).
 2. **Decoding** in DataLoader workers: each file is read in blocks with soundfile, downmixed,
    resampled to the model rate with a streaming soxr resampler (the same samples as
    :func:`vqaudio.audio.load_audio`), and cut into **pieces** of at most ``chunk_seconds``
-   with ``context`` samples of overlap on each side (:func:`iter_pieces`), so the audio of a
-   file is never held whole (what the process keeps still grows with the file: its codes and
-   the allocator's retained blocks, see README).
+   with ``context`` samples of overlap on each side (:func:`vqaudio.streaming.iter_pieces`),
+   so the audio of a file is never held whole (what the process keeps still grows with the
+   file: its codes and the allocator's retained blocks, see README).
 3. **Batched encoding** (:class:`vqaudio.nn.encoder.PaddedEncoder`, which ``VQVAE.encode``
    runs too): pieces, longest first, are packed into rows of one fixed length (short files
    several to a row, one hop apart), so the batch shape stays fixed; what lies outside a
@@ -18,12 +18,12 @@
    shapes sum in another order). The codes are equal but where a latent lies almost halfway
    between two codes: the tests check equality on real clips; a session measured 99.76% of
    fp32 codes equal on a trained model (before ``VQVAE.encode`` ran this encoder too).
-4. **Shards**: finished files are written to ``OUT/shards/`` in shards (codes + a JSON
-   index), each written under a temporary name and renamed; the index is the commit. A
-   re-run skips the files already in shards, so a killed run loses at most the shard in
-   progress; a file whose size or modification time changed since (:func:`file_stamp`) is
-   tokenized again. Unreadable, empty, non-audio or NaN files are recorded as failures, never stop
-   the run, and are tried again by the next run.
+4. **Shards** (:mod:`vqaudio.shards`): finished files are written to ``OUT/shards/`` in
+   shards (codes + a JSON index), each written under a temporary name and renamed; the index
+   is the commit. A re-run skips the files already in shards, so a killed run loses at most
+   the shard in progress; a file whose size or modification time changed since
+   (:func:`vqaudio.shards.file_stamp`) is tokenized again. Unreadable, empty, non-audio or NaN
+   files are recorded as failures, never stop the run, and are tried again by the next run.
 5. **Merge**: the shards of all processes are merged, sorted by path, into the requested
    format (:mod:`vqaudio.tokens`: ``bin``, ``jsonl``, ``parquet``) with ``metadata.json``,
    ``manifest.tsv`` and ``failures.tsv``. ``OUT/shards`` stays, so that a re-run (more
@@ -42,17 +42,14 @@ process 0 merges them when all are done. The output does not depend on ``N``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,243 +58,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vqaudio._files import atomic_write_bytes, atomic_write_json
+from vqaudio._files import atomic_write_json
 from vqaudio._system import available_cores, default_device, retain_freed_memory
-from vqaudio.audio import AudioError, find_audio_files, open_audio, to_mono
-from vqaudio.config import DECODE_METHODS
+from vqaudio.audio import AudioError
 from vqaudio.nn.encoder import PRECISIONS, PaddedEncoder
-from vqaudio.tokens import (
-    FORMATS,
-    METADATA_NAME,
-    TokenEntry,
-    read_metadata,
-    read_tokens,
-    write_token_dir,
-)
+from vqaudio.shards import SHARDS_DIR, ShardWriter, check_out_dir, init_shards, merge_shards, read_shards, shard_run_info
+from vqaudio.streaming import SourceFile, context_samples, discover_files, iter_pieces, stream_audio
+from vqaudio.tokens import FORMATS
 
 if TYPE_CHECKING:
     from vqaudio.model import VQVAE
-
-SHARDS_DIR = "shards"
-RUN_NAME = "run.json"
-#: Version of the shard layout in ``OUT/shards``.
-SHARD_FORMAT_VERSION = 1
-_SHARD_NAME = re.compile(r"^r(?P<rank>\d{3})-(?P<seq>\d{6})\.json$")
-
-
-# ----- files and speakers -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One audio file to tokenize.
-
-    Attributes:
-        path: the file on disk.
-        key: the path stored with its tokens: relative to the folder when one folder was
-            given, else the path as given. Files are sorted and identified by it.
-        speaker: speaker name from the corpus layout, or ``None``.
-    """
-
-    path: Path
-    key: str
-    speaker: str | None
-
-
-def discover_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[SourceFile]:
-    """The audio files of ``inputs`` with their speakers, sorted by key.
-
-    One folder is read as a corpus (:func:`vqaudio.data.corpus.discover_corpus`: VCTK 0.80 /
-    0.92, FSDD names ``{digit}_{speaker}_{take}.wav``, speaker folders); a folder of another
-    layout falls back to all its audio files, with speakers from FSDD names or VCTK-like
-    ``{speaker}/{speaker}_*`` paths. Files and several inputs are taken as a list of files.
-
-    Raises:
-        FileNotFoundError: an input does not exist.
-        ValueError: no audio files found.
-    """
-    from vqaudio.data.corpus import CorpusError, corpus_from_files, discover_corpus
-
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    if not items:
-        raise ValueError("no inputs given")
-    if len(items) == 1 and Path(items[0]).is_dir():
-        root = Path(items[0])
-        try:
-            utterances = discover_corpus(root).utterances
-        except CorpusError:
-            files = find_audio_files(root)
-            if not files:
-                raise ValueError(f"{root}: no audio files found") from None
-            utterances = corpus_from_files(files).utterances
-        out = [SourceFile(u.path, u.path.relative_to(root).as_posix(), u.speaker) for u in utterances]
-    else:
-        files = find_audio_files(items)
-        if not files:
-            raise ValueError(f"no audio files found in {', '.join(map(str, items))}")
-        out = [SourceFile(u.path, str(u.path), u.speaker) for u in corpus_from_files(files).utterances]
-    out.sort(key=lambda f: f.key)
-    return out
-
-
-# ----- streaming decode and chunking ------------------------------------------------------
-
-
-def stream_audio(path: str | os.PathLike, sample_rate: int, block_frames: int = 1 << 16) -> Iterator[np.ndarray]:
-    """Decode an audio file in blocks, mono, at ``sample_rate``, in bounded memory.
-
-    The blocks joined are exactly :func:`vqaudio.audio.load_audio` ``(path, sample_rate)``
-    (soundfile float32 decoding, channel mean, soxr HQ resampling in streaming mode).
-
-    Yields:
-        [n] float32 blocks in [-1, 1] at ``sample_rate`` Hz (n may be 0).
-
-    Raises:
-        AudioError: the file is missing, cannot be decoded, holds no samples, or holds NaN/Inf.
-    """
-    path = Path(path)
-    with open_audio(path) as f:
-        resampler = None
-        if f.samplerate != sample_rate:
-            import soxr
-
-            resampler = soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
-        total = 0
-        while True:
-            try:
-                data = f.read(block_frames, dtype="float32", always_2d=True)
-            except Exception as exc:
-                raise AudioError(path, f"cannot decode audio ({exc})") from None
-            if data.shape[0] == 0:
-                break
-            if not np.isfinite(data).all():
-                raise AudioError(path, "audio holds NaN or Inf values")
-            total += data.shape[0]
-            mono = to_mono(data)  # as load_audio downmixes
-            yield resampler.resample_chunk(mono, last=False) if resampler is not None else mono
-        if total == 0:
-            raise AudioError(path, "file holds no audio samples")
-        if resampler is not None:
-            yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-
-
-@dataclass
-class Piece:
-    """A stretch of one file to encode, with context on both sides.
-
-    Attributes:
-        wav: [L] float32 samples at the model rate, L a multiple of ``hop_length``; starts at
-            sample ``start`` of the file.
-        start: first sample of ``wav`` in the file.
-        keep: ``(first, last)`` codes of ``wav`` (in codes from ``wav``'s start) that belong to
-            this piece; the rest is context.
-        index: number of the piece within its file (0, 1, ...).
-        last: the final piece of its file.
-        num_samples: samples of the file at the model rate (known on the last piece; on
-            others the samples seen so far).
-    """
-
-    wav: np.ndarray
-    start: int
-    keep: tuple[int, int]
-    index: int
-    last: bool
-    num_samples: int
-
-
-def context_samples(model_hop: int, receptive_field: int) -> int:
-    """Overlap on each side of a piece: the receptive field rounded up to whole hops.
-
-    A code whose receptive field lies inside the piece equals the whole-file code (the
-    intermediate activations it depends on are then all inside too), so one receptive field
-    of context on each side makes the kept codes exact. Defaults: ``ceil(190 / 64) * 64 = 192``.
-    """
-    return math.ceil(receptive_field / model_hop) * model_hop
-
-
-def iter_pieces(
-    blocks: Iterable[np.ndarray], hop_length: int, chunk_samples: int, context: int
-) -> Iterator[Piece]:
-    """Cut a stream of samples into pieces of ``chunk_samples`` kept samples plus context.
-
-    Piece ``i`` keeps the codes of samples ``[i * chunk, (i + 1) * chunk)`` and holds the samples
-    ``[i * chunk - context, (i + 1) * chunk + context)``, clipped to ``[0, n * hop)`` where
-    ``n = T // hop`` is the file's number of codes (trailing samples beyond the last whole hop
-    are dropped, as ``VQVAE.encode`` does). At most ``chunk + 2 * context`` samples plus one
-    block are held at a time.
-
-    Args:
-        blocks: [n] float32 sample blocks (e.g. :func:`stream_audio`).
-        hop_length: samples per code (64).
-        chunk_samples: kept samples per piece, a positive multiple of ``hop_length``.
-        context: samples of overlap on each side, a multiple of ``hop_length``.
-
-    Yields:
-        :class:`Piece` objects in order; the final one has ``last=True``.
-
-    Raises:
-        ValueError: bad sizes, or a stream shorter than one hop (no code at all).
-    """
-    if chunk_samples <= 0 or chunk_samples % hop_length or context < 0 or context % hop_length:
-        raise ValueError(
-            f"chunk_samples ({chunk_samples}) must be a positive and context ({context}) a "
-            f"non-negative multiple of hop_length ({hop_length})"
-        )
-    buf = np.zeros(0, np.float32)
-    buf_start = 0  # file position of buf[0]
-    received = 0
-    index = 0
-    for block in blocks:
-        if block.size == 0:
-            continue
-        buf = np.concatenate([buf, block.astype(np.float32, copy=False)])
-        received += block.size
-        # Piece `index` is final once its right context is inside the file.
-        while received >= (index + 1) * chunk_samples + context:
-            a, b = index * chunk_samples, (index + 1) * chunk_samples
-            lo, hi = max(0, a - context), b + context
-            yield Piece(buf[lo - buf_start : hi - buf_start].copy(), lo, ((a - lo) // hop_length, (b - lo) // hop_length),
-                        index, False, received)
-            index += 1
-            drop = max(0, (index * chunk_samples - context) - buf_start)
-            buf, buf_start = buf[drop:], buf_start + drop
-    end = (received // hop_length) * hop_length
-    if end == 0:
-        raise ValueError(f"{received} samples are fewer than one hop ({hop_length})")
-    while index * chunk_samples < end:
-        a, b = index * chunk_samples, min((index + 1) * chunk_samples, end)
-        lo, hi = max(0, a - context), min(end, b + context)
-        last = b >= end
-        yield Piece(buf[lo - buf_start : hi - buf_start].copy(), lo, ((a - lo) // hop_length, (b - lo) // hop_length),
-                    index, last, received)
-        index += 1
-
-
-# ----- batched exact encoding --------------------------------------------------------------
-
-
-def encode_padded(
-    model: VQVAE, wav: torch.Tensor, lengths: Sequence[int], precision: str = "fp32"
-) -> torch.Tensor:
-    """Encode a zero-padded batch of clips of different lengths as if one by one.
-
-    ``PaddedEncoder(model.encoder, model.quantizer, precision)(wav, lengths)``; see
-    :class:`vqaudio.nn.encoder.PaddedEncoder`.
-
-    Args:
-        model: the VQ-VAE.
-        wav: [B, 1, T] float32 in [-1, 1], zero-padded; T a multiple of ``hop_length``.
-        lengths: B valid lengths in samples, positive multiples of ``hop_length``, <= T.
-        precision: ``"fp32"`` or ``"bf16"``.
-
-    Returns:
-        codes: [B, T // hop_length] int64; row b's first ``lengths[b] // hop_length`` codes
-        are those of ``model.encode`` on the clip alone (up to float rounding).
-
-    Raises:
-        ValueError: bad shapes, lengths or precision.
-    """
-    return PaddedEncoder(model.encoder, model.quantizer, precision)(wav, lengths)
 
 
 # ----- the pipeline ----------------------------------------------------------------------------
@@ -421,7 +191,7 @@ def tokenize(
     _check_options(format, offset, batch_size, num_workers, num_processes or 1, chunk_seconds, precision)
     out = Path(out_dir)
     files = discover_files(inputs)
-    _check_out_dir(out)
+    check_out_dir(out)
     if overwrite and out.is_dir():
         if rank is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError(f"{out}: --overwrite cannot be used by launched processes; delete the folder first")
@@ -446,9 +216,9 @@ def tokenize(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     model = _load_model(checkpoint, device)
-    run_info = _run_info(model, precision)
-    _init_shards(out, run_info)
-    done, _ = _read_shards(out / SHARDS_DIR, files)  # a changed input is done again
+    run_info = shard_run_info(model, precision)
+    init_shards(out, run_info)
+    done, _ = read_shards(out / SHARDS_DIR, files)  # a changed input is done again
     mine = [f for f in files[rank::world_size] if f.key not in done]
     summary = TokenizeSummary(out, num_files=len(files), num_skipped=sum(f.key in done for f in files))
     if num_threads is None and model.device.type == "cpu":
@@ -524,147 +294,12 @@ def _check_options(format, offset, batch_size, num_workers, num_processes, chunk
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse to write into a folder that holds anything but vqaudio tokens."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not ((out / SHARDS_DIR).is_dir() or (out / METADATA_NAME).is_file()):
-            raise FileExistsError(
-                f"{out}: exists and is not a vqaudio token directory; choose another --out"
-            )
-
-
 def _load_model(checkpoint, device: str | None) -> VQVAE:
     from vqaudio.model import VQVAE
 
     if isinstance(checkpoint, VQVAE):
         return checkpoint.eval()
     return VQVAE.from_pretrained(checkpoint, map_location=default_device(device))
-
-
-def _run_info(model: VQVAE, precision: str) -> dict[str, Any]:
-    """What the shards depend on; a resumed run must match it."""
-    from vqaudio.nn.encoder import encoder_receptive_field
-
-    return {
-        "shard_format_version": SHARD_FORMAT_VERSION,
-        "checkpoint_id": model.checkpoint_id,
-        "sample_rate": model.sample_rate,
-        "hop_length": model.hop_length,
-        "codebook_size": model.config.quantizer.codebook_size,
-        "encoder_receptive_field": encoder_receptive_field(model.config.encoder),
-        "precision": precision,
-    }
-
-
-def _init_shards(out: Path, info: dict[str, Any]) -> None:
-    shards = out / SHARDS_DIR
-    shards.mkdir(parents=True, exist_ok=True)
-    run = shards / RUN_NAME
-    if run.is_file():
-        old = json.loads(run.read_text())
-        keys = ("shard_format_version", "checkpoint_id", "sample_rate", "hop_length", "codebook_size", "precision")
-        diff = [k for k in keys if old.get(k) != info.get(k)]
-        if diff:
-            raise ValueError(
-                f"{out}: holds tokens of another run ("
-                + ", ".join(f"{k} {old.get(k)!r} there, {info.get(k)!r} now" for k in diff)
-                + "); choose another --out"
-            )
-        return
-    atomic_write_json(run, info)
-
-
-def file_stamp(path: str | os.PathLike) -> list[int]:
-    """``[size in bytes, modification time in ns]`` of a file: recorded with its codes, so a
-    resumed run tokenizes a file again when it changed (``[-1, -1]`` when it cannot be read)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [-1, -1]
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _read_shards(shards: Path, files: Sequence[SourceFile] | None = None
-                 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Committed shards -> (key -> entry with its codes file, key -> failure reason).
-
-    With ``files``, an entry whose recorded :func:`file_stamp` differs from its file's stamp
-    now (the input changed since it was tokenized) is left out, so the file counts as not done.
-    """
-    done: dict[str, dict[str, Any]] = {}
-    failed: dict[str, str] = {}
-    if not shards.is_dir():
-        return done, failed
-    now = {f.key: file_stamp(f.path) for f in files} if files is not None else {}
-    for index_file in sorted(p for p in shards.iterdir() if _SHARD_NAME.match(p.name)):
-        index = json.loads(index_file.read_text())
-        codes_file = index_file.with_suffix(".codes")
-        for e in index["entries"]:
-            if "stamp" in e and e["key"] in now and e["stamp"] != now[e["key"]]:
-                continue  # made from an older version of the file
-            done.setdefault(e["key"], {**e, "codes_file": codes_file, "dtype": index["dtype"]})
-        for key, reason in index["failures"]:
-            failed[key] = reason
-    return done, failed
-
-
-class _ShardWriter:
-    """Collects finished files and commits them as shards ``r{rank}-{seq}.codes/.json``."""
-
-    def __init__(self, shards: Path, rank: int, codebook_size: int, max_files: int, max_seconds: float):
-        self.shards, self.rank = shards, rank
-        self.dtype = np.dtype("<u2") if codebook_size <= 1 << 16 else np.dtype("<i4")
-        self.max_files, self.max_seconds = max_files, max_seconds
-        pattern = re.compile(rf"^\.?r{rank:03d}-(\d{{6}})\.")
-        taken = [int(m.group(1)) for p in shards.iterdir() if (m := pattern.match(p.name))]
-        self.seq = max(taken, default=-1) + 1
-        self._reset()
-
-    def _reset(self) -> None:
-        self.codes: list[np.ndarray] = []
-        self.entries: list[dict[str, Any]] = []
-        self.failures: list[tuple[str, str]] = []
-        self.position = 0
-        self.opened = time.monotonic()
-
-    def add(self, f: SourceFile, codes: np.ndarray, num_samples: int, sample_rate: int) -> None:
-        self.entries.append({"key": f.key, "stamp": file_stamp(f.path), "speaker": f.speaker,
-                             "num_samples": int(num_samples),
-                             "duration": num_samples / sample_rate, "offset": self.position,
-                             "length": int(codes.size)})
-        self.codes.append(codes.astype(self.dtype))
-        self.position += int(codes.size)
-        self._maybe_commit()
-
-    def fail(self, f: SourceFile, reason: str) -> None:
-        self.failures.append((f.key, reason))
-        self._maybe_commit()
-
-    def _maybe_commit(self) -> None:
-        n = len(self.entries) + len(self.failures)
-        if n >= self.max_files or (n and time.monotonic() - self.opened >= self.max_seconds):
-            self.commit()
-
-    def commit(self) -> None:
-        """Write the shard: codes, then its index (the commit), each to a temp name + rename."""
-        if not self.entries and not self.failures:
-            return
-        name = f"r{self.rank:03d}-{self.seq:06d}"
-        codes = np.concatenate(self.codes) if self.codes else np.zeros(0, self.dtype)
-        index = {"shard_format_version": SHARD_FORMAT_VERSION, "dtype": self.dtype.str,
-                 "entries": self.entries, "failures": self.failures}
-        _write_shard(self.shards / f"{name}.codes", codes.tobytes(),
-                     self.shards / f"{name}.json", json.dumps(index).encode())
-        self.seq += 1
-        self._reset()
-
-
-def _write_shard(codes_path: Path, codes: bytes, index_path: Path, index: bytes) -> None:
-    """Commit one shard: the codes file first, the index (which makes it count) last."""
-    atomic_write_bytes(codes_path, codes)
-    atomic_write_bytes(index_path, index)
 
 
 def _tokenize_files(
@@ -689,7 +324,7 @@ def _tokenize_files(
     sr, hop = model.sample_rate, model.hop_length
     chunk = max(hop, int(round(chunk_seconds * sr / hop)) * hop)
     context = context_samples(hop, encoder_receptive_field(model.config.encoder))
-    writer = _ShardWriter(shards, rank, model.config.quantizer.codebook_size, shard_files, shard_seconds)
+    writer = ShardWriter(shards, rank, model.config.quantizer.codebook_size, shard_files, shard_seconds)
     result: dict[str, Any] = {"num_tokenized": 0, "audio_seconds": 0.0, "failures": []}
     if not files:
         return result
@@ -810,70 +445,6 @@ class _PieceDataset(IterableDataset):
                 yield {"file": i, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def merge_shards(
-    out: Path,
-    files: list[SourceFile],
-    run_info: dict[str, Any],
-    speakers: list[str],
-    *,
-    format: str,
-    offset: int,
-    dedup: bool,
-) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Merge the shards of all processes into the token directory's final files.
-
-    Entries are sorted by key, so the output depends only on the inputs and the checkpoint,
-    not on the number of processes or on interruptions. Files of an earlier export in another
-    format are removed.
-
-    Returns:
-        ``(metadata, failures)``.
-
-    Raises:
-        RuntimeError: some files are in no shard (a process did not finish): run again.
-    """
-    done, failed = _read_shards(out / SHARDS_DIR, files)
-    missing = [f.key for f in files if f.key not in done and f.key not in failed]
-    if missing:
-        raise RuntimeError(
-            f"{out}: {len(missing)} files are not tokenized yet (e.g. {missing[0]}); "
-            "run the same command again to finish them"
-        )
-    old_files: list[str] = []
-    with contextlib.suppress(Exception):
-        old_files = list(read_metadata(out).get("files", []))
-    entries = [f for f in files if f.key in done]
-    failures = [(f.key, failed[f.key]) for f in files if f.key not in done]
-    memmaps: dict[Path, np.ndarray] = {}
-
-    def codes_of(e: dict[str, Any]) -> np.ndarray:
-        path = e["codes_file"]
-        if path not in memmaps:
-            memmaps[path] = np.memmap(path, dtype=np.dtype(e["dtype"]), mode="r") if path.stat().st_size else np.zeros(0)
-        return np.asarray(memmaps[path][e["offset"] : e["offset"] + e["length"]], dtype=np.int64)
-
-    def stream() -> Iterator[TokenEntry]:
-        for f in entries:
-            e = done[f.key]
-            yield TokenEntry(f.key, f.speaker, codes_of(e), e["duration"])
-
-    metadata = {
-        "checkpoint_id": run_info["checkpoint_id"],
-        "sample_rate": run_info["sample_rate"],
-        "hop_length": run_info["hop_length"],
-        "codebook_size": run_info["codebook_size"],
-        "speakers": list(speakers),
-        "precision": run_info["precision"],
-    }
-    meta = write_token_dir(out, stream(), metadata, format=format, offset=offset, dedup=dedup, failures=failures)
-    for name in set(old_files) - set(meta["files"]):
-        (out / name).unlink(missing_ok=True)
-    for p in (out / SHARDS_DIR).iterdir():  # leftovers of killed runs
-        if p.name.startswith(".") and ".tmp" in p.name:
-            p.unlink(missing_ok=True)
-    return meta, failures
-
-
 def _spawn(inputs, checkpoint, out: Path, files: list[SourceFile], t0: float, *, num_processes: int,
            progress: bool, **opts) -> TokenizeSummary:
     """Run ``num_processes`` tokenizing processes on this machine, then merge their shards."""
@@ -882,8 +453,8 @@ def _spawn(inputs, checkpoint, out: Path, files: list[SourceFile], t0: float, *,
     if isinstance(checkpoint, VQVAE):
         raise ValueError("num_processes > 1 needs the checkpoint as a path, not a loaded model")
     model = _load_model(checkpoint, "cpu")
-    run_info = _run_info(model, opts["precision"])
-    _init_shards(out, run_info)
+    run_info = shard_run_info(model, opts["precision"])
+    init_shards(out, run_info)
     threads = opts["num_threads"] or max(1, available_cores() // num_processes)
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     procs, summaries = [], []
@@ -920,160 +491,6 @@ def _spawn(inputs, checkpoint, out: Path, files: list[SourceFile], t0: float, *,
     summary.metadata, summary.failures, summary.num_failed = meta, failures, len(failures)
     summary.wall_seconds = time.perf_counter() - t0
     return summary
-
-
-# ----- detokenize --------------------------------------------------------------------------------
-
-
-def detokenize(
-    tokens_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike | VQVAE,
-    out_dir: str | os.PathLike,
-    *,
-    speaker: str | None = None,
-    temperature: float = 1.0,
-    seed: int = 0,
-    limit: int | None = None,
-    overwrite: bool = False,
-    allow_other_checkpoint: bool = False,
-    method: str = "auto",
-    batch_size: int | None = None,
-    progress: bool = True,
-    device: str | None = None,
-) -> list[Path]:
-    """Turn a token directory (any format) back into audio with the WaveNet decoder.
-
-    Entries are decoded ``batch_size`` at a time in one generation loop
-    (``model.decode_batch``: sample by sample, the fastest available path, each entry for its
-    own length) and written to ``out_dir / <its path with suffix .wav>`` as 16-bit WAV at
-    the model rate, ``len(codes) * hop_length`` samples long (:func:`output_names`: where two
-    entries would share a name, ``x.wav`` and ``x.flac``, the second keeps its suffix,
-    ``x.flac.wav``). Existing outputs are kept (the
-    run can be resumed) unless ``overwrite``. An entry's audio depends on ``seed`` and the
-    entry alone (:func:`vqaudio.model.item_noise` of its path), not on ``batch_size``,
-    ``limit`` or which entries an earlier run finished: a resumed run writes what a fresh
-    one would.
-
-    Args:
-        tokens_dir: written by :func:`tokenize`.
-        checkpoint: the VQ-VAE that made the tokens (directory, bundled name, or model).
-        out_dir: folder for the WAV files.
-        speaker: decode every entry with this speaker; default: each entry's own speaker if
-            the checkpoint knows it, else the first speaker of the table.
-        temperature, seed: sampling of the decoder.
-        limit: decode only the first ``limit`` entries.
-        overwrite: replace existing WAV files.
-        allow_other_checkpoint: decode tokens made by another checkpoint of the same
-            codebook size (normally an error: the codes would mean something else).
-        method: decoder implementation, passed to ``model.decode_batch``.
-        batch_size: entries decoded together; default on CPU 4 per core (the compiled loop
-            shares each weight read among the streams of a thread: ``tools/bench_generate.py``),
-            on a GPU 64.
-        progress: progress bar (files).
-        device: torch device of the model (default: cuda if available, else cpu).
-
-    Returns:
-        the WAV files written (existing ones, kept, are not listed; their number is printed to
-        stderr).
-
-    Raises:
-        vqaudio.tokens.TokenFormatError: not a finished token directory.
-        ValueError: the tokens come from another checkpoint, or their rate/codebook differ,
-            or ``batch_size`` < 1.
-        vqaudio.model.UnknownSpeakerError: ``speaker`` is not in the checkpoint's table.
-    """
-    from tqdm.auto import tqdm
-
-    from vqaudio.audio import save_audio
-    from vqaudio.model import item_noise
-
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tokens = read_tokens(tokens_dir)
-    meta = tokens.metadata
-    model = _load_model(checkpoint, device)
-    if meta["codebook_size"] != model.config.quantizer.codebook_size or meta["sample_rate"] != model.sample_rate \
-            or meta["hop_length"] != model.hop_length:
-        raise ValueError(
-            f"{tokens_dir}: tokens of a model with K={meta['codebook_size']} at {meta['sample_rate']} Hz, "
-            f"hop {meta['hop_length']}; the checkpoint has K={model.config.quantizer.codebook_size} at "
-            f"{model.sample_rate} Hz, hop {model.hop_length}"
-        )
-    if meta["checkpoint_id"] != model.checkpoint_id and not allow_other_checkpoint:
-        raise ValueError(
-            f"{tokens_dir}: tokens of checkpoint {meta['checkpoint_id']}, but the checkpoint given is "
-            f"{model.checkpoint_id}; pass the checkpoint that made them (or --allow-other-checkpoint)"
-        )
-    fixed = model.speaker_id(speaker) if speaker is not None else None
-    entries = tokens.entries[:limit] if limit is not None else tokens.entries
-    out = Path(out_dir)
-    written: list[Path] = []
-    if batch_size is None:
-        batch_size = 4 * available_cores() if model.device.type == "cpu" else 64
-    todo: list[tuple[Path, np.ndarray, int, str]] = []
-    warned = False
-    names = output_names([e.path for e in tokens.entries])  # of all entries: the same names with --limit
-    kept = 0
-    for e, name in zip(entries, names):
-        target = out / name
-        if target.exists() and not overwrite:
-            kept += 1
-            continue
-        if fixed is not None:
-            sid = fixed
-        elif e.speaker is not None and e.speaker in model.speakers:
-            sid = model.speaker_id(e.speaker)
-        else:
-            sid = 0
-            if not warned:
-                warned = True
-                print(f"detokenize: {e.path}: speaker {e.speaker!r} is not in the checkpoint's table; "
-                      f"using {model.speakers[0]!r} (pass --speaker to choose)", file=sys.stderr)
-        todo.append((target, e.codes, sid, e.path))
-    if kept:
-        print(f"detokenize: {kept} of the WAV files exist in {out} already and are kept (resumed; "
-              f"--overwrite decodes them again)", file=sys.stderr)
-    with tqdm(total=len(todo), unit="file", desc="detokenize", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            noise = [item_noise(seed, key, len(c) * model.hop_length, model.device) for _, c, _, key in batch]
-            wavs = model.decode_batch([torch.as_tensor(c, dtype=torch.long) for _, c, _, _ in batch],
-                                      [sid for _, _, sid, _ in batch], temperature=temperature,
-                                      noise=noise, method=method)
-            for (target, _, _, _), wav in zip(batch, wavs):
-                written.append(save_audio(target, wav[0], model.sample_rate))
-            bar.update(len(batch))
-    return written
-
-
-def output_names(paths: Sequence[str]) -> list[Path]:
-    """Relative WAV names for token entries' source ``paths``, distinct for distinct paths.
-
-    ``a/x.flac`` -> ``a/x.wav``; where that name is taken by several entries (``x.wav`` and
-    ``x.flac``), each entry whose suffix is not ``.wav`` keeps it: ``a/x.flac.wav``.
-
-    Raises:
-        ValueError: two entries have the same path (names the path).
-    """
-    from collections import Counter
-
-    rels = [_safe_relative(p) for p in paths]
-    default = [r.with_suffix(".wav") for r in rels]
-    taken = Counter(default)
-    names = [r.with_name(r.name + ".wav") if taken[d] > 1 and r.suffix.lower() != ".wav" else d
-             for r, d in zip(rels, default)]
-    seen: dict[Path, str] = {}
-    for path, name in zip(paths, names):
-        if name in seen:
-            raise ValueError(f"token entries {seen[name]!r} and {path!r} would both be decoded to {name}")
-        seen[name] = path
-    return names
-
-
-def _safe_relative(path: str) -> Path:
-    """A stored path as a relative path that stays inside the output folder."""
-    parts = [p for p in Path(path).parts if p not in ("", ".", "..") and p != Path(path).anchor]
-    return Path(*parts) if parts else Path("audio")
 
 
 # ----- CLI glue ---------------------------------------------------------------------------------
@@ -1158,45 +575,13 @@ def _run_tokenize(args: argparse.Namespace) -> TokenizeSummary:
     )
 
 
-def add_detokenize_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``vqaudio detokenize``."""
-    parser.add_argument("tokens_dir", metavar="TOKENS_DIR", help="token directory written by `vqaudio tokenize`")
-    parser.add_argument("--checkpoint", required=True, help="the VQ-VAE checkpoint that made the tokens")
-    parser.add_argument("--out", required=True, help="folder for the WAV files")
-    parser.add_argument("--speaker", help="decode every file with this speaker (default: each file's own)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="decoder sampling temperature")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
-    parser.add_argument("--limit", type=int, help="decode only the first N files")
-    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
-                        help="decoder implementation (default auto: the fastest available)")
-    parser.add_argument("--batch-size", type=int,
-                        help="files decoded together (default: 4 per CPU core, 64 on a GPU)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing WAV files")
-    parser.add_argument("--allow-other-checkpoint", action="store_true",
-                        help="decode tokens made by another checkpoint with the same codebook size")
-    parser.add_argument("--device", help="torch device of the model: cpu, cuda, cuda:1, ... (default: cuda if "
-                                         "available, else cpu)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def run_detokenize(args: argparse.Namespace) -> int:
-    """Run ``vqaudio detokenize``."""
-    written = detokenize(args.tokens_dir, args.checkpoint, args.out, speaker=args.speaker,
-                         temperature=args.temperature, seed=args.seed, limit=args.limit,
-                         overwrite=args.overwrite, allow_other_checkpoint=args.allow_other_checkpoint,
-                         method=args.method, batch_size=args.batch_size, progress=args.progress,
-                         device=args.device)
-    print(f"wrote {len(written)} WAV files to {args.out}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m vqaudio.tokenize`` / ``accelerate launch -m vqaudio.tokenize``: the same as
     ``vqaudio tokenize`` (error messages, exit statuses and process-group shutdown of
     :func:`vqaudio._command.run_command`), without importing the other commands."""
     from vqaudio._command import run_command
 
-    parser = argparse.ArgumentParser(prog="vqaudio tokenize", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="vqaudio tokenize", description="turn audio files into code sequences")
     add_tokenize_arguments(parser)
     return run_command("tokenize", run_tokenize, parser.parse_args(argv))
 

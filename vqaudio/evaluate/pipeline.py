@@ -38,6 +38,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -520,7 +521,8 @@ def _decode_batched(
 ) -> list[np.ndarray]:
     """Decode ``jobs`` = [(name, codes [T'] int64, speaker id)] to WAVs in ``out_folder``.
 
-    Files already there (from an interrupted run) are read back instead of decoded. A batch
+    Files already there (from an interrupted run) are read back instead of decoded (and their
+    number is printed to stderr). A batch
     goes through ``model.decode_batch`` (each utterance at its own length) where the model has
     it; else its codes are padded at the end with their last code to the longest length (the
     WaveNet is causal and upsamples codes by repetition, so padding changes no sample of the
@@ -536,6 +538,9 @@ def _decode_batched(
     out_folder.mkdir(parents=True, exist_ok=True)
     todo = [k for k, (name, _, _) in enumerate(jobs) if not (out_folder / f"{name}.wav").is_file()]
     todo.sort(key=lambda k: len(jobs[k][1]))
+    if len(todo) < len(jobs):
+        print(f"{desc}: {len(jobs) - len(todo)} of {len(jobs)} files decoded by an earlier run are read back "
+              f"from {out_folder} (--overwrite with other settings decodes all again)", file=sys.stderr)
     hop = model.hop_length
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     for batch in _progress(batches, desc, progress):
