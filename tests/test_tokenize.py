@@ -16,6 +16,7 @@ import vqaudio.detokenize as dt
 import vqaudio.shards as shards
 import vqaudio.streaming as streaming
 import vqaudio.tokenize as tk
+import vqaudio.tokenize_cli as tk_cli
 from conftest import tiny_vqvae
 from vqaudio.audio import load_audio
 from vqaudio.model import VQVAE
@@ -263,10 +264,10 @@ def test_bad_files_are_listed_and_counted(tmp_path, ckpt, corpus):
     shutil.copytree(corpus, root)
     bad = _write_bad_files(root)
     parser = argparse.ArgumentParser()
-    tk.add_tokenize_arguments(parser)
+    tk_cli.add_tokenize_arguments(parser)
     args = parser.parse_args([str(root), "--checkpoint", str(ckpt), "--out", str(tmp_path / "tok"),
                               "--no-progress", "--num-workers", "2"])
-    assert tk.run_tokenize(args) == 1  # some files failed
+    assert tk_cli.run_tokenize(args) == 1  # some files failed
     lines = (tmp_path / "tok" / "failures.tsv").read_text().splitlines()
     assert lines[0] == "path\treason" and len(lines) == 1 + len(bad)
     for line in lines[1:]:
@@ -311,10 +312,10 @@ def test_detokenize_writes_audio_of_the_right_length(tmp_path, ckpt, fmt, capsys
         sf.write(str(clips / name), wav[2000:2000 + 5 * 64 + 10], sr)
     tk.tokenize(clips, ckpt, tmp_path / "tok", format=fmt, progress=False)
     parser = argparse.ArgumentParser()
-    dt.add_detokenize_arguments(parser)
+    tk_cli.add_detokenize_arguments(parser)
     args = parser.parse_args([str(tmp_path / "tok"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "wav"),
                               "--no-progress"])
-    assert dt.run_detokenize(args) == 0
+    assert tk_cli.run_detokenize(args) == 0
     for e in read_tokens(tmp_path / "tok"):
         assert e.codes.size == 5
         wav, sr = sf.read(str(tmp_path / "wav" / e.path), dtype="float32")

@@ -1,7 +1,10 @@
 """The ``vqaudio`` command: a thin argument layer over library functions.
 
-Each subcommand is a pair of functions in the module that implements it:
-``add_<name>_arguments(parser)`` declares its options and ``run_<name>(args) -> int`` runs it.
+Each subcommand is a pair of functions: ``add_<name>_arguments(parser)`` declares its options
+and ``run_<name>(args) -> int`` runs it. They live in the command's options module where the
+library behind it is large (``vqaudio/train_cli.py``, ``prior_train_cli.py``,
+``tokenize_cli.py``, ``evaluate/cli.py``), at the end of the module for the small ones
+(``generate.py``, ``infill.py``), and here for ``reconstruct`` and ``convert``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from vqaudio.config import DECODE_METHODS
 #: subcommand -> (module, name used in add_*_arguments / run_*, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("vqaudio.train_cli", "train", "train a VQ-VAE on a corpus (VCTK, speaker folders, FSDD)"),
-    "tokenize": ("vqaudio.tokenize", "tokenize", "turn audio files into code sequences"),
-    "detokenize": ("vqaudio.detokenize", "detokenize", "turn code sequences back into audio"),
+    "tokenize": ("vqaudio.tokenize_cli", "tokenize", "turn audio files into code sequences"),
+    "detokenize": ("vqaudio.tokenize_cli", "detokenize", "turn code sequences back into audio"),
     "reconstruct": ("vqaudio.cli", "reconstruct", "encode a recording and decode it with its own speaker"),
     "convert": ("vqaudio.cli", "convert", "encode a recording and decode it with another speaker's voice"),
     "train-prior": ("vqaudio.prior_train_cli", "train_prior", "train a prior on tokens (autoregressive or diffusion)"),

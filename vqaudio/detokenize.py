@@ -7,7 +7,6 @@ file (:func:`output_names`). Existing WAV files are kept, so a killed run resume
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,6 @@ import numpy as np
 import torch
 
 from vqaudio._system import available_cores, default_device
-from vqaudio.config import DECODE_METHODS
 from vqaudio.tokens import read_tokens
 
 if TYPE_CHECKING:
@@ -179,33 +177,3 @@ def _safe_relative(path: str) -> Path:
     return Path(*parts) if parts else Path("audio")
 
 
-def add_detokenize_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``vqaudio detokenize``."""
-    parser.add_argument("tokens_dir", metavar="TOKENS_DIR", help="token directory written by `vqaudio tokenize`")
-    parser.add_argument("--checkpoint", required=True, help="the VQ-VAE checkpoint that made the tokens")
-    parser.add_argument("--out", required=True, help="folder for the WAV files")
-    parser.add_argument("--speaker", help="decode every file with this speaker (default: each file's own)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="decoder sampling temperature")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
-    parser.add_argument("--limit", type=int, help="decode only the first N files")
-    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
-                        help="decoder implementation (default auto: the fastest available)")
-    parser.add_argument("--batch-size", type=int,
-                        help="files decoded together (default: 4 per CPU core, 64 on a GPU)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing WAV files")
-    parser.add_argument("--allow-other-checkpoint", action="store_true",
-                        help="decode tokens made by another checkpoint with the same codebook size")
-    parser.add_argument("--device", help="torch device of the model: cpu, cuda, cuda:1, ... (default: cuda if "
-                                         "available, else cpu)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def run_detokenize(args: argparse.Namespace) -> int:
-    """Run ``vqaudio detokenize``."""
-    written = detokenize(args.tokens_dir, args.checkpoint, args.out, speaker=args.speaker,
-                         temperature=args.temperature, seed=args.seed, limit=args.limit,
-                         overwrite=args.overwrite, allow_other_checkpoint=args.allow_other_checkpoint,
-                         method=args.method, batch_size=args.batch_size, progress=args.progress,
-                         device=args.device)
-    print(f"wrote {len(written)} WAV files to {args.out}")
-    return 0

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from vqaudio._system import MIXED_PRECISION
 from vqaudio.nn.diffusion_prior import DiffusionPriorConfig
 from vqaudio.nn.prior import PriorConfig
 from vqaudio.config import config_from_dict
@@ -29,8 +28,7 @@ from vqaudio.prior_train import (
     prior_train_config_from_dict,
     train_prior,
 )
-from vqaudio.runs import LR_SCHEDULES
-from vqaudio.train_cli import wants_cpu
+from vqaudio.train_cli import add_shared_run_options, add_shared_training_options, wants_cpu
 
 
 #: ``vqaudio train-prior`` option (argparse dest) -> (config, field). Options default to None:
@@ -44,7 +42,8 @@ PRIOR_OPTIONS: dict[str, tuple[str, str]] = {
     "weight_decay": ("train", "weight_decay"),
     "warmup_steps": ("train", "warmup_steps"), "val_fraction": ("train", "val_fraction"),
     "valid_every": ("train", "valid_every"), "checkpoint_every": ("train", "checkpoint_every"),
-    "log_every": ("train", "log_every"), "seed": ("train", "seed"),
+    "log_every": ("train", "log_every"), "keep_last": ("train", "keep_last"),
+    "max_grad_norm": ("train", "max_grad_norm"), "seed": ("train", "seed"),
     "num_workers": ("train", "num_workers"), "mixed_precision": ("train", "mixed_precision"),
     "timesteps": ("prior", "num_timesteps"), "aux_loss_weight": ("train", "aux_loss_weight"),
 }
@@ -79,40 +78,17 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--timesteps", type=int,
                        help=f"diffusion prior: T, steps of the forward process (default {dd.num_timesteps})")
     run = parser.add_argument_group("training")
-    run.add_argument("--max-steps", type=int,
-                     help=f"optimizer steps in total, as in vqaudio train (default {t.max_steps})")
+    add_shared_training_options(run, t)
     run.add_argument("--batch-size", type=int, help=f"windows per step (default {t.batch_size})")
     run.add_argument("--window", type=int,
                      help="codes per training window (default: 90th percentile of utterance lengths, <= --max-len)")
-    run.add_argument("--learning-rate", "--lr", type=float,
-                     help=f"peak learning rate (default {t.learning_rate})")
-    run.add_argument("--lr-schedule", choices=LR_SCHEDULES,
-                     help=f"after the warm-up: cosine decay to 10%% at --max-steps, or constant "
-                          f"(default {t.lr_schedule})")
     run.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {t.weight_decay})")
     run.add_argument("--aux-loss-weight", type=float,
                      help=f"diffusion prior: weight of the clean-code cross-entropy beside the bound "
                           f"(default {t.aux_loss_weight}; the paper's 5e-4 learns far slower in short runs)")
-    run.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {t.warmup_steps})")
     run.add_argument("--val-fraction", type=float,
                      help=f"utterances held out per speaker (default {t.val_fraction})")
-    run.add_argument("--valid-every", "--eval-every", type=int,
-                     help=f"steps between validations (default {t.valid_every})")
-    run.add_argument("--checkpoint-every", "--save-every", type=int,
-                     help=f"steps between checkpoints (default {t.checkpoint_every})")
-    run.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl lines (default {t.log_every})")
-    run.add_argument("--seed", type=int, help=f"default {t.seed}")
-    run.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {t.num_workers})")
-    run.add_argument("--mixed-precision", choices=MIXED_PRECISION,
-                     help=f"auto: bf16 where the CPU (AVX512-BF16, AMX) or GPU runs it natively, else fp32 "
-                          f"(no); default {t.mixed_precision}")
-    run.add_argument("--max-minutes", type=float, metavar="M",
-                     help="stop cleanly after M minutes of wall time, with a checkpoint; --resume continues")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="where to train (default auto: the GPU if any, else the CPU)")
-    run.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="the same as --device cpu")
-    run.add_argument("--log-with", action="append", default=[],
-                     help="also log to this Accelerate tracker (tensorboard, wandb, ...); repeatable")
+    add_shared_run_options(run)
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

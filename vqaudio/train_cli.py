@@ -14,6 +14,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,6 +66,50 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig |
     parser.set_defaults(_model_defaults=d)
 
 
+def add_shared_training_options(group: argparse._ArgumentGroup, defaults: Any, valid_off: bool = False) -> None:
+    """The training options of both trainers, with the same names, meanings and config fields
+    (``vqaudio train``: :class:`vqaudio.train.TrainConfig`; ``vqaudio train-prior``:
+    :class:`vqaudio.prior_train.PriorTrainConfig`, whose ``defaults`` fill the help texts):
+    ``--max-steps``, ``--learning-rate`` (``--lr``), ``--warmup-steps``, ``--lr-schedule``,
+    ``--max-grad-norm``, ``--checkpoint-every`` (``--save-every``), ``--valid-every``
+    (``--eval-every``; ``valid_off``: 0 turns validation off), ``--log-every``, ``--keep-last``,
+    ``--mixed-precision``, ``--seed``, ``--num-workers``. They default to None: "the default"
+    for a new run, "the saved value" when resuming."""
+    d, g = defaults, group
+    g.add_argument("--max-steps", type=int, help=f"optimizer steps in total (default {d.max_steps})")
+    g.add_argument("--learning-rate", "--lr", type=float, help=f"peak learning rate (default {d.learning_rate})")
+    g.add_argument("--warmup-steps", type=int,
+                   help=f"linear learning-rate warm-up over the run's first steps (default {d.warmup_steps})")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help=f"after the warm-up: constant, or cosine decay to 10%% at --max-steps (default {d.lr_schedule})")
+    g.add_argument("--max-grad-norm", type=float, help=f"gradient clipping norm, 0 = off (default {d.max_grad_norm})")
+    g.add_argument("--checkpoint-every", "--save-every", type=int,
+                   help=f"steps between checkpoints (default {d.checkpoint_every})")
+    g.add_argument("--valid-every", "--eval-every", type=int,
+                   help=f"steps between validations{', 0 = off' if valid_off else ''} (default {d.valid_every})")
+    g.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl lines (default {d.log_every})")
+    g.add_argument("--keep-last", type=int, help=f"checkpoints kept (default {d.keep_last})")
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION,
+                   help=f"auto: bf16 where the CPU (AVX512-BF16, AMX) or GPU runs it natively, else fp32 "
+                        f"(no); default {d.mixed_precision}")
+    g.add_argument("--seed", type=int, help=f"default {d.seed}")
+    g.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {d.num_workers})")
+
+
+def add_shared_run_options(group: argparse._ArgumentGroup) -> None:
+    """The run options of both trainers: ``--max-minutes``, ``--device`` (``--cpu``), ``--log-with``."""
+    g = group
+    g.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop cleanly after M minutes of wall time, with a checkpoint (SIGTERM or Ctrl-C "
+                        "stops the same way); --resume continues")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train (default auto: the GPU if any, else the CPU; several GPUs: "
+                        "accelerate launch)")
+    g.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="the same as --device cpu")
+    g.add_argument("--log-with", action="append", default=[],
+                   help="also log to this Accelerate tracker (tensorboard, wandb, ...); repeatable")
+
+
 def add_train_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
     """:class:`TrainConfig` options (mapped by :func:`train_config_from_args`); defaults ``None``
     mean "``defaults``' value" for a new run and "the saved value" when resuming."""
@@ -73,24 +118,9 @@ def add_train_config_arguments(parser: argparse.ArgumentParser, defaults: TrainC
     g.add_argument("--batch-size", type=int, help=f"segments per step and process (default {d.batch_size})")
     g.add_argument("--segment-seconds", type=float,
                    help=f"training segment length, rounded to whole hops (default {d.segment_seconds})")
-    g.add_argument("--learning-rate", "--lr", type=float, help=f"Adam learning rate (default {d.learning_rate})")
-    g.add_argument("--warmup-steps", type=int,
-                   help=f"linear learning-rate warm-up over the run's first steps (default {d.warmup_steps})")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
-                   help=f"after the warm-up: constant, or cosine decay to 10%% at --max-steps (default {d.lr_schedule})")
-    g.add_argument("--max-steps", type=int, help=f"optimizer steps in total (default {d.max_steps})")
+    add_shared_training_options(g, d, valid_off=True)
     g.add_argument("--gradient-accumulation-steps", type=int,
                    help=f"micro-batches per step (default {d.gradient_accumulation_steps})")
-    g.add_argument("--max-grad-norm", type=float, help=f"gradient clipping norm, 0 = off (default {d.max_grad_norm})")
-    g.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.checkpoint_every})")
-    g.add_argument("--valid-every", type=int, help=f"steps between validations, 0 = off (default {d.valid_every})")
-    g.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl lines (default {d.log_every})")
-    g.add_argument("--keep-last", type=int, help=f"checkpoints kept (default {d.keep_last})")
-    g.add_argument("--mixed-precision", choices=MIXED_PRECISION,
-                   help=f"auto: bf16 where the CPU (AVX512-BF16, AMX) or GPU runs it natively, else fp32 "
-                        f"(no); default {d.mixed_precision}")
-    g.add_argument("--seed", type=int, help=f"default {d.seed}")
-    g.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {d.num_workers})")
     g.add_argument("--num-valid-per-speaker", type=int,
                    help=f"held-out utterances per speaker (default {d.num_valid_per_speaker})")
     g.add_argument("--example-seconds", type=float,
@@ -111,18 +141,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                    choices=("auto", "official", "parallel", "per-speaker"),
                    help="train/validation split (default auto: FSDD's official test takes, "
                         "parallel sentences, or the last utterances of each speaker; the run's when resuming)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to train (default auto: the GPU if any, else the CPU; several GPUs: "
-                        "accelerate launch)")
-    g.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="the same as --device cpu")
     g.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start a new run from this VQ-VAE's weights (directory, run or bundled name such as "
                         "fsdd-8k; its model config is used, the optimizer starts afresh: see --warmup-steps)")
-    g.add_argument("--max-minutes", type=float, metavar="M",
-                   help="stop cleanly after M minutes of wall time, with a checkpoint (SIGTERM or Ctrl-C "
-                        "stops the same way); --resume continues")
-    g.add_argument("--log-with", action="append", default=[],
-                   help="also log to this Accelerate tracker (tensorboard, wandb, ...); repeatable")
+    add_shared_run_options(g)
     g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="no progress bars (as in the other commands; --quiet is the same)")
 
