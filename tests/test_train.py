@@ -457,3 +457,18 @@ def test_recipe_reports_a_bad_corpus_in_one_line(tmp_path):
     proc = run_recipe(tmp_path / "flat", tmp_path / "out", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cannot recognise the corpus layout" in proc.stderr
+
+
+def test_conditioning_stack_and_mel_loss_from_the_command_line(tmp_path):
+    data, _ = short_fsdd(tmp_path / "fsdd", speakers=("nicolas", "theo"))
+    run_recipe(data, tmp_path / "out", "--batch-size", "2", "--segment-seconds", "0.128", "--lr", "1e-3",
+               "--valid-every", "2", "--example-seconds", "0.02", "--log-every", "1", "--max-steps", "2",
+               "--condition-layers", "1", "--condition-channels", "8", "--mel-loss-weight", "0.1", "--mel-bands", "12",
+               "--split", "per-speaker", "--num-valid-per-speaker", "1")
+    run = tmp_path / "out" / "vqvae"
+    records = read_metrics(run)
+    assert [s for s, _ in iter_metric(records, "train/mel_loss")] == [1, 2]
+    assert [s for s, _ in iter_metric(records, "valid/mel_loss")] == [2]
+    model = VQVAE.from_pretrained(run)
+    d = model.config.decoder
+    assert (d.condition_layers, d.condition_channels, d.mel_loss_weight, d.mel_bands) == (1, 8, 0.1, 12)

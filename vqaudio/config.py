@@ -89,6 +89,19 @@ class DecoderConfig:
         local_channels: width of the local conditioning (the quantized latents, D).
         speaker_channels: width of the global speaker embedding; 0 disables it.
         num_speakers: rows of the speaker embedding table.
+        condition_layers: residual blocks over the code frames before the WaveNet sees them
+            (each ReLU, Conv1d D -> ``condition_channels`` with kernel 3 across frames, ReLU,
+            1x1 Conv1d back to D, added to its input; the last conv starts at zero, so a new
+            stack starts as the identity). They let a code's vector depend on its neighbours
+            (+-1 frame per block), like the conditioning networks of later vocoders. 0: none.
+        condition_channels: hidden width of those blocks.
+        mel_loss_weight: weight of an auxiliary loss (0: none): the L1 distance between the
+            log-mel spectrogram of the input (``mel_bands`` bands, one frame per code: window
+            4 hops, hop 1 hop) and its prediction by a 1x1 conv from each frame's
+            conditioning (code features and speaker embedding). A dense, per-frame target that
+            asks the conditioning to carry the spectrum directly, where the WaveNet's
+            cross-entropy reaches it only through the sample-level autoregression.
+        mel_bands: bands of that log-mel spectrogram.
     """
 
     num_stacks: int = 2
@@ -101,6 +114,10 @@ class DecoderConfig:
     local_channels: int = 64
     speaker_channels: int = 64
     num_speakers: int = 1
+    condition_layers: int = 0
+    condition_channels: int = 128
+    mel_loss_weight: float = 0.0
+    mel_bands: int = 40
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -148,6 +165,11 @@ class VQVAEConfig:
             )
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        d = self.decoder
+        if d.condition_layers < 0 or d.condition_channels < 1 or d.mel_bands < 1 or not d.mel_loss_weight >= 0:
+            raise ValueError(f"decoder: condition_layers must be >= 0, condition_channels and mel_bands >= 1 and "
+                             f"mel_loss_weight >= 0, got {d.condition_layers}, {d.condition_channels}, "
+                             f"{d.mel_bands}, {d.mel_loss_weight}")
 
     @property
     def hop_length(self) -> int:

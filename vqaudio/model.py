@@ -52,6 +52,8 @@ class VQVAEOutput:
         codes: [B, T // hop_length] int64.
         logits: [B, Q, T] decoder logits (float32; bf16 under bf16 autocast), a transposed
             view of the time-major [B, T, Q] result.
+        mel_loss: the auxiliary log-mel L1 loss (``decoder.mel_loss_weight``; 0 without it),
+            before its weight; ``loss`` includes it weighted.
     """
 
     loss: torch.Tensor
@@ -62,6 +64,7 @@ class VQVAEOutput:
     codes_in_use: torch.Tensor
     codes: torch.Tensor
     logits: torch.Tensor
+    mel_loss: torch.Tensor | None = None
 
 
 class VQVAE(nn.Module):
@@ -140,17 +143,25 @@ class VQVAE(nn.Module):
 
         Returns:
             :class:`VQVAEOutput`; ``loss`` is Eq. 3 of the paper with the decoder's
-            cross-entropy over mu-law values as the reconstruction term.
+            cross-entropy over mu-law values as the reconstruction term (plus, with
+            ``decoder.mel_loss_weight``, the weighted auxiliary log-mel loss).
         """
         self._checkpoint_id = None  # weights are about to change
         z_e = self.encoder(wav)
         q: QuantizerOutput = self.quantizer(z_e)
+        local = self.decoder.local_features(q.quantized)
         target = mu_law_encode(wav[:, 0], self.config.decoder.quantization_channels)
         inputs = torch.nn.functional.pad(target[:, :-1], (1, 0), value=SILENCE)
-        logits = self.decoder.forward_time_major(inputs, q.quantized, speaker)  # [B, T, Q]
+        logits = self.decoder.forward_time_major(inputs, local, speaker)  # [B, T, Q]
         rec = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+        loss = rec + q.loss
+        mel_loss = None
+        if self.decoder.mel_head is not None:
+            predicted = self.decoder.mel_head(self.decoder.conditioning(local, speaker)).float()  # [B, bands, T']
+            mel_loss = (predicted - self.log_mel(wav, frames=predicted.shape[-1])).abs().mean()
+            loss = loss + self.config.decoder.mel_loss_weight * mel_loss
         return VQVAEOutput(
-            loss=rec + q.loss,
+            loss=loss,
             reconstruction_loss=rec,
             codebook_loss=q.codebook_loss,
             commitment_loss=q.commitment_loss,
@@ -158,7 +169,36 @@ class VQVAE(nn.Module):
             codes_in_use=q.codes_in_use,
             codes=q.codes,
             logits=logits.transpose(1, 2),
+            mel_loss=mel_loss,
         )
+
+    def log_mel(self, wav: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """The target of the auxiliary mel loss: log(mel + 1e-5) of ``wav``, one frame per code.
+
+        Hann window of 4 hops, hop ``hop_length`` (frame k centred on sample ``k * hop_length``),
+        power spectrum, ``decoder.mel_bands`` Slaney mel bands from 0 Hz to Nyquist (librosa).
+
+        Args:
+            wav: [B, 1, T] float32 in [-1, 1].
+            frames: frames kept (default ``T // hop_length``).
+
+        Returns:
+            [B, mel_bands, frames] float32.
+        """
+        hop = self.hop_length
+        n_fft = 4 * hop
+        key = (str(wav.device), n_fft, self.config.decoder.mel_bands)
+        if getattr(self, "_mel_basis_key", None) != key:
+            import librosa
+
+            basis = librosa.filters.mel(sr=self.sample_rate, n_fft=n_fft, n_mels=self.config.decoder.mel_bands)
+            self._mel_basis = torch.from_numpy(basis).to(wav.device)
+            self._mel_window = torch.hann_window(n_fft, device=wav.device)
+            self._mel_basis_key = key
+        x = wav[:, 0].float()
+        spec = torch.stft(x, n_fft, hop_length=hop, window=self._mel_window, center=True, return_complex=True)
+        mel = self._mel_basis @ spec.abs().pow(2)  # [B, bands, T // hop + 1]
+        return torch.log(mel[..., : (x.shape[-1] // hop if frames is None else frames)] + 1e-5)
 
     # ----- inference ----------------------------------------------------------------
 
@@ -304,7 +344,8 @@ class VQVAE(nn.Module):
             noise = [torch.as_tensor(u, dtype=torch.float32).reshape(-1) for u in noise]
             if len(noise) != B or any(u.shape[0] != n for u, n in zip(noise, lengths)):
                 raise ValueError(f"noise must be {B} tensors of {lengths} samples, got {[tuple(u.shape) for u in noise]}")
-        local = [self.quantizer.decode(c[None].to(self.device))[0] for c in codes]  # [D, T'_b]
+        local = [self.decoder.local_features(self.quantizer.decode(c[None].to(self.device)))[0]
+                 for c in codes]  # [D, T'_b]
         Q = self.config.decoder.quantization_channels
         if method == "numba":
             from vqaudio.nn.fast_wavenet import FastWaveNet

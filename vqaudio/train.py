@@ -32,10 +32,11 @@ averaged over the steps),
 ``train/codes_in_use_window`` and ``train/perplexity_window`` (over all batches of the window),
 ``train/grad_norm`` (before clipping), ``train/lr``, ``train/segments_per_second``,
 ``train/samples_per_second`` (audio samples at the model rate), ``train/realtime_factor``
-(seconds of audio per second), ``epoch``, ``wall_seconds``. Every ``valid_every`` steps a line
+(seconds of audio per second), ``epoch``, ``wall_seconds``, and with the auxiliary mel loss
+(``DecoderConfig.mel_loss_weight``) ``train/mel_loss``. Every ``valid_every`` steps a line
 with ``valid/loss``, ``valid/reconstruction_loss``, ``valid/bits_per_sample``,
 ``valid/commitment_loss``, ``valid/perplexity``, ``valid/codes_in_use`` (over the whole
-held-out set, centred segments) and ``valid/segments``.
+held-out set, centred segments), ``valid/segments`` (and ``valid/mel_loss``).
 
 Everything in ``RUN`` is written by the main process, through temporary names and renames.
 A fresh run refuses a non-empty ``RUN`` unless ``resume`` (continue from the latest checkpoint)
@@ -243,6 +244,10 @@ MODEL_SIZE_FIELDS: dict[str, tuple[str, str]] = {
     "kernel_size": ("decoder", "kernel_size"),
     "speaker_channels": ("decoder", "speaker_channels"),
     "num_speakers": ("decoder", "num_speakers"),
+    "condition_layers": ("decoder", "condition_layers"),
+    "condition_channels": ("decoder", "condition_channels"),
+    "mel_loss_weight": ("decoder", "mel_loss_weight"),
+    "mel_bands": ("decoder", "mel_bands"),
 }
 
 
@@ -256,7 +261,8 @@ def build_model_config(base: VQVAEConfig | None = None, **sizes: Any) -> VQVAECo
             (sequence of ints, one per stride-2 layer), ``codebook_size`` (K), ``code_dim`` (D),
             ``commitment_cost`` (beta), ``ema``, ``ema_decay``, ``dead_code_threshold``,
             ``num_stacks``, ``layers_per_stack``, ``residual_channels``, ``gate_channels``,
-            ``skip_channels``, ``kernel_size``, ``speaker_channels``, ``num_speakers``);
+            ``skip_channels``, ``kernel_size``, ``speaker_channels``, ``num_speakers``,
+            ``condition_layers``, ``condition_channels``, ``mel_loss_weight``, ``mel_bands``);
             ``None`` values are ignored.
 
     Example: ``build_model_config(sample_rate=8000, residual_channels=32, gate_channels=64)``.
@@ -704,11 +710,13 @@ def train(
 class _MetricWindow:
     """Running sums of the training metrics between two log lines (kept on the device)."""
 
-    KEYS = ("loss", "reconstruction_loss", "commitment_loss", "codebook_loss", "perplexity", "codes_in_use")
+    KEYS = ("loss", "reconstruction_loss", "commitment_loss", "codebook_loss", "perplexity", "codes_in_use",
+            "mel_loss")
 
     def __init__(self, codebook_size: int, device: torch.device):
         self.codebook_size = codebook_size
         self.device = device
+        self.mel = False  # the model has the auxiliary mel loss
         self.reset()
 
     def reset(self) -> None:
@@ -720,12 +728,15 @@ class _MetricWindow:
         self.samples = 0
 
     def add(self, output: Any, grad_norm: torch.Tensor | None, segments: int, segment_length: int) -> None:
-        values = torch.stack([getattr(output, k).detach().double() for k in self.KEYS])
+        zero = torch.zeros((), device=self.device)
+        values = torch.stack([(getattr(output, k) if getattr(output, k) is not None else zero).detach().double()
+                              for k in self.KEYS])
         self.sums += values
         if grad_norm is not None:
             self.grad_norm += torch.stack([torch.as_tensor(grad_norm, device=self.device).double(),
                                            torch.ones((), dtype=torch.float64, device=self.device)])
         self.counts += torch.bincount(output.codes.reshape(-1), minlength=self.codebook_size).double()
+        self.mel = self.mel or output.mel_loss is not None
         self.batches += 1
         self.segments += segments
         self.samples += segments * segment_length
@@ -761,6 +772,8 @@ class _MetricWindow:
             "train/samples_per_second": self.samples / max(seconds, 1e-9),
             "train/realtime_factor": self.samples / sample_rate / max(seconds, 1e-9),
         }
+        if self.mel:
+            record["train/mel_loss"] = means["mel_loss"]
         if float(packed[n + 1]) > 0:
             record["train/grad_norm"] = float(packed[n] / packed[n + 1])
         self.reset()
@@ -785,12 +798,13 @@ def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size:
         ``valid/loss``, ``valid/reconstruction_loss`` (nats per sample),
         ``valid/bits_per_sample``, ``valid/commitment_loss``, ``valid/perplexity`` (of the code
         distribution over the whole set), ``valid/codes_in_use`` (distinct codes over the
-        whole set), ``valid/segments``: means weighted by batch size.
+        whole set), ``valid/segments``, and with the auxiliary mel loss ``valid/mel_loss``:
+        means weighted by batch size.
     """
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          generator=torch.Generator())
-    totals = {"loss": 0.0, "reconstruction_loss": 0.0, "commitment_loss": 0.0}
+    totals = {"loss": 0.0, "reconstruction_loss": 0.0, "commitment_loss": 0.0, "mel_loss": 0.0}
     counts = torch.zeros(model.config.quantizer.codebook_size, dtype=torch.float64)
     n = 0
     for batch in loader:
@@ -798,7 +812,7 @@ def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size:
         out = model(wav, batch["speaker"].to(model.device))
         b = wav.shape[0]
         for k in totals:
-            totals[k] += float(getattr(out, k)) * b
+            totals[k] += float(getattr(out, k) if getattr(out, k) is not None else 0.0) * b
         counts += torch.bincount(out.codes.reshape(-1).cpu(), minlength=counts.numel()).double()
         n += b
     rec = totals["reconstruction_loss"] / n
@@ -810,6 +824,7 @@ def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size:
         "valid/perplexity": round(math.exp(code_entropy(counts)), 4),
         "valid/codes_in_use": int((counts > 0).sum()),
         "valid/segments": n,
+        **({"valid/mel_loss": round(totals["mel_loss"] / n, 6)} if model.decoder.mel_head is not None else {}),
     }
 
 

@@ -63,6 +63,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig |
     g.add_argument("--skip-channels", type=int, help=f"default {d.decoder.skip_channels}")
     g.add_argument("--speaker-channels", type=int,
                    help=f"speaker embedding width, 0 disables it (default {d.decoder.speaker_channels})")
+    g.add_argument("--condition-layers", type=int,
+                   help=f"residual conv blocks (kernel 3 across code frames) between the codes and the WaveNet "
+                        f"(default {d.decoder.condition_layers})")
+    g.add_argument("--condition-channels", type=int,
+                   help=f"hidden width of those blocks (default {d.decoder.condition_channels})")
+    g.add_argument("--mel-loss-weight", type=float,
+                   help=f"weight of the auxiliary L1 loss on the log-mel spectrogram predicted from each code "
+                        f"frame's conditioning, 0 = off (default {d.decoder.mel_loss_weight})")
+    g.add_argument("--mel-bands", type=int, help=f"bands of that log-mel spectrogram (default {d.decoder.mel_bands})")
     parser.set_defaults(_model_defaults=d)
 
 

@@ -56,6 +56,28 @@ class ResidualLayer(nn.Module):
         self.residual_channels = cfg.residual_channels
 
 
+class ConditionBlock(nn.Module):
+    """A residual block over code frames: ``x + W2 relu(W1 * relu(x))`` with ``W1`` a kernel-3
+    convolution across frames (zero-padded at the utterance's ends) and ``W2`` a 1x1 one that
+    starts at zero, so the block starts as the identity.
+
+    Args:
+        channels: D, the code vector width (in and out).
+        hidden: width between the two convolutions.
+    """
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv1d(hidden, channels, 1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, D, T'] -> [B, D, T']."""
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
 @dataclass
 class WaveNetState:
     """Incremental-generation state of a :class:`WaveNet` (Paine et al. 2016).
@@ -98,6 +120,9 @@ class WaveNet(nn.Module):
         else:
             self.speaker_embedding = None
         self.layers = nn.ModuleList(ResidualLayer(cfg, d, cond_channels) for d in cfg.dilations)
+        self.condition_stack = nn.ModuleList(
+            ConditionBlock(cfg.local_channels, cfg.condition_channels) for _ in range(cfg.condition_layers))
+        self.mel_head = nn.Conv1d(cond_channels, cfg.mel_bands, 1) if cfg.mel_loss_weight > 0 else None
         self.head = nn.Sequential(
             nn.ReLU(),
             nn.Conv1d(cfg.skip_channels, cfg.skip_channels, 1),
@@ -109,6 +134,23 @@ class WaveNet(nn.Module):
     def receptive_field(self) -> int:
         """Samples of past input one output depends on (2047 by default)."""
         return self.cfg.receptive_field
+
+    def local_features(self, z_q: torch.Tensor) -> torch.Tensor:
+        """The local conditioning of whole utterances: the code vectors through the
+        :class:`ConditionBlock` stack (``cfg.condition_layers``; none: ``z_q`` itself).
+
+        Apply it to each utterance's codes before padding batches: its kernel-3 convolutions
+        see one frame on each side.
+
+        Args:
+            z_q: [B, D, T'] float32 code vectors.
+
+        Returns:
+            [B, D, T'] float32.
+        """
+        for block in self.condition_stack:
+            z_q = block(z_q)
+        return z_q
 
     def conditioning(self, local: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
         """Per-frame conditioning vector.
