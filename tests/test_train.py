@@ -472,3 +472,23 @@ def test_conditioning_stack_and_mel_loss_from_the_command_line(tmp_path):
     model = VQVAE.from_pretrained(run)
     d = model.config.decoder
     assert (d.condition_layers, d.condition_channels, d.mel_loss_weight, d.mel_bands) == (1, 8, 0.1, 12)
+
+
+def test_init_from_adds_conditioning_blocks_without_changing_the_decoding():
+    """A trained model continued with conditioning blocks and the mel loss added (or dropped):
+    the new blocks start as the identity, so the new model decodes exactly as the old one."""
+    from conftest import tiny_vqvae
+
+    from vqaudio.train import _check_init_config
+
+    source = tiny_vqvae(["a", "b"], seed=0)
+    grown = tiny_vqvae(["a", "b"], seed=1, condition_layers=2, condition_channels=8, mel_loss_weight=1.0)
+    _check_init_config("plain", source.config, grown.config)  # allowed
+    assert initialize_from(grown, source) == ["a", "b"]
+    codes = torch.randint(0, 16, (2, 5))
+    kw = dict(temperature=0.0, generator=torch.Generator().manual_seed(0), method="torch")
+    assert torch.equal(grown.decode(codes, [0, 1], **kw), source.decode(codes, [0, 1], **kw))
+    shrunk = tiny_vqvae(["a", "b"], seed=2)
+    assert initialize_from(shrunk, grown) == ["a", "b"]  # the blocks it does not have are left out
+    with pytest.raises(ValueError, match="residual_channels"):
+        _check_init_config("plain", source.config, tiny_vqvae(["a"], residual_channels=16).config)

@@ -831,9 +831,12 @@ def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size:
 def initialize_from(model: Any, source: Any) -> list[str]:
     """Copy the weights and buffers (codebook, EMA statistics) of ``source`` into ``model``.
 
-    Both are :class:`vqaudio.model.VQVAE` with the same config but for the speaker table:
-    speaker-embedding rows are copied by speaker name, and speakers ``source`` does not know
-    keep ``model``'s rows.
+    Both are :class:`vqaudio.model.VQVAE` with the same config but for the speaker table and
+    the :data:`ADDABLE_DECODER_FIELDS`: speaker-embedding rows are copied by speaker name, and
+    speakers ``source`` does not know keep ``model``'s rows; conditioning blocks and the mel
+    head that only ``model`` has keep their initialisation (a new conditioning block starts as
+    the identity, so the model decodes as ``source`` did), and those only ``source`` has are
+    left out.
 
     Returns:
         the names of the speakers whose embedding was copied, in ``model``'s order.
@@ -852,6 +855,8 @@ def initialize_from(model: Any, source: Any) -> list[str]:
                         target[name][i] = value[source.speakers.index(speaker)]
                         copied.append(speaker)
                 continue
+            if name not in target and name.startswith(("decoder.condition_stack.", "decoder.mel_head.")):
+                continue
             if name not in target or target[name].shape != value.shape:
                 raise ValueError(f"cannot initialize from the checkpoint: {name} differs "
                                  f"({tuple(value.shape)} there)")
@@ -859,11 +864,19 @@ def initialize_from(model: Any, source: Any) -> list[str]:
     return copied
 
 
+#: Decoder fields a run started ``--init-from`` a checkpoint may set otherwise than the
+#: checkpoint (:func:`initialize_from`): conditioning blocks and the auxiliary mel loss can be
+#: added to a trained model (or dropped), so an A/B can continue the same weights both ways.
+ADDABLE_DECODER_FIELDS = ("condition_layers", "condition_channels", "mel_loss_weight", "mel_bands")
+
+
 def _check_init_config(init_from: Any, source: VQVAEConfig, given: VQVAEConfig) -> None:
     """Raise ValueError when ``given`` differs from the checkpoint's config (``source``) in
-    anything but the number of speakers (the speaker table comes from the corpus)."""
+    anything but the number of speakers (the speaker table comes from the corpus) and the
+    :data:`ADDABLE_DECODER_FIELDS`."""
     def flat(c: VQVAEConfig) -> dict[str, Any]:
-        return flat_config(dataclasses.replace(c, decoder=dataclasses.replace(c.decoder, num_speakers=0)))
+        decoder = dataclasses.replace(c.decoder, num_speakers=0, **{f: 1 for f in ADDABLE_DECODER_FIELDS})
+        return flat_config(dataclasses.replace(c, decoder=decoder))
 
     a, b = flat(source), flat(given)
     differ = [f"{k}: checkpoint {a[k]!r}, given {b.get(k)!r}" for k in a if a[k] != b.get(k)]
