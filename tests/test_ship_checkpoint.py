@@ -49,7 +49,7 @@ def test_ship_two_stretches_of_one_lineage(tmp_path: Path) -> None:
     assert (row["stretch"], row["steps"], row["total_steps"]) == (1, 2, 2)
     assert row["samples"] == 2 * 4 * 1024 and row["init_from"] is None and row["cpu_hours"] > 0
     assert row["scores"]["digit_accuracy"] == 0.31 and row["scores"]["codec2_1200_digit_accuracy"] == 0.74
-    assert row["valid_bits_per_sample"] > 0 and row["valid_step"] == 2
+    assert row["valid_bits_per_sample"] > 0 and row["valid_step"] == 2 and row["intelligibility"] == "digit accuracy"
     logs = pretrained / "tiny" / "logs" / "stretch-01"
     assert (logs / "metrics.jsonl").read_text() == (run1 / "metrics.jsonl").read_text()
     assert (logs / "sessions.jsonl").is_file() and not (logs / "init_from.json").exists()
@@ -96,3 +96,6 @@ def test_log_of_a_sentence_corpus_reports_word_error_rates(tmp_path: Path) -> No
     table = ship.render_log([row])
     assert "| WER vs original |" in table and "digit acc" not in table
     assert "| 0.83 | 0.90 | 0.50 | 0.88 |" in table
+    # a stretch not yet scored: the columns still follow the corpus (from the run's data.json)
+    assert "| WER vs original |" in ship.render_log([{**row, "scores": None, "intelligibility": "word error rate"}])
+    assert "| digit acc |" in ship.render_log([{**row, "scores": None}])

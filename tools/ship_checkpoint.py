@@ -119,6 +119,7 @@ def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None) -> dict[
                        for s in sessions})
     valid = list(iter_metric(read_metrics(run), "valid/bits_per_sample"))
     init = _read_json(run / INIT_FROM_NAME, default={})
+    layout = _read_json(run / "data.json", default={"layout": None}).get("layout")
     return {
         "date": time.strftime("%Y-%m-%d"),
         "run": str(run.resolve()),
@@ -133,6 +134,7 @@ def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None) -> dict[
         "valid_bits_per_sample": valid[-1][1] if valid else None,
         "valid_step": valid[-1][0] if valid else None,
         "scores": evaluation_scores(evaluation, checkpoint_id) if evaluation else None,
+        "intelligibility": "digit accuracy" if layout == "fsdd" else "word error rate",
         "commands": [s.get("argv") for s in sessions],
     }
 
@@ -215,7 +217,8 @@ def render_log(log: list[dict[str, Any]]) -> str:
     """The training-log table of the card, one row per stretch; intelligibility is digit accuracy
     (FSDD) or, for sentences, the word error rate against the recogniser's words on the
     original audio."""
-    wer = any((r.get("scores") or {}).get("wer_vs_original") is not None for r in log)
+    wer = any((r.get("scores") or {}).get("wer_vs_original") is not None
+              or r.get("intelligibility") == "word error rate" for r in log)
     heard, conv_heard = ("WER vs original", "conv. WER vs original") if wer else ("digit acc", "conv. digit acc")
     lines = ["| stretch | date | steps (total) | samples seen (total) | CPU hours (total) | GPU min | hardware | "
              f"valid bits/sample | {heard} | speaker ID | conv. as target | {conv_heard} | STOI | codes used |",
