@@ -324,3 +324,18 @@ def test_conditioning_stack_and_auxiliary_mel_loss(tmp_path):
     model.save_pretrained(tmp_path / "ck")
     loaded = VQVAE.from_pretrained(tmp_path / "ck")
     assert loaded.config.decoder.condition_layers == 2 and loaded.checkpoint_id == model.checkpoint_id
+
+
+@pytest.mark.parametrize("name, rate, speakers", [("fsdd-8k", 8000, 6), ("vcc2016-16k", 16000, 10)])
+def test_bundled_checkpoints_load_by_name_with_their_cards(name, rate, speakers):
+    from vqaudio.model import PRETRAINED_DIR
+
+    model = VQVAE.from_pretrained(name)
+    assert (model.sample_rate, len(model.speakers)) == (rate, speakers)
+    assert model.checkpoint_id == file_sha256(PRETRAINED_DIR / name / "model.safetensors")[:16]
+    log = json.loads((PRETRAINED_DIR / name / "training_log.json").read_text())
+    assert log[-1]["checkpoint_id"] == model.checkpoint_id  # the card's log is of these weights
+    card = (PRETRAINED_DIR / name / "README.md").read_text()
+    assert "<!-- BEGIN training-log -->" in card
+    if log[-1]["scores"] is not None:  # an evaluated stretch: the card's evaluation is of these weights
+        assert f"checkpoint `{model.checkpoint_id}`" in card
