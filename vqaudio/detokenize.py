@@ -53,7 +53,7 @@ def detokenize(
     one would.
 
     Args:
-        tokens_dir: written by :func:`tokenize`.
+        tokens_dir: written by :func:`vqaudio.tokenize.tokenize`.
         checkpoint: the VQ-VAE that made the tokens (directory, bundled name, or model).
         out_dir: folder for the WAV files.
         speaker: decode every entry with this speaker; default: each entry's own speaker if

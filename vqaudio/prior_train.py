@@ -109,7 +109,7 @@ class PriorTrainConfig:
             utterance lengths, at most the prior's ``max_len``.
         learning_rate: peak AdamW learning rate, reached after ``warmup_steps``.
         lr_schedule: after the warm-up, ``"cosine"`` decay to 10 % of ``learning_rate`` at
-            ``max_steps`` or ``"constant"`` (:func:`vqaudio.train.learning_rate_factor`).
+            ``max_steps`` or ``"constant"`` (:func:`vqaudio.runs.learning_rate_factor`).
         weight_decay: AdamW weight decay of the matrices (not of norms and embeddings).
         warmup_steps: linear warm-up steps.
         max_grad_norm: maximum global gradient norm (0 disables clipping).

@@ -138,7 +138,7 @@ def tokenize(
     """Tokenize every audio file of ``inputs`` into the token directory ``out_dir``.
 
     Args:
-        inputs: a corpus folder, or audio files and folders (see :func:`discover_files`).
+        inputs: a corpus folder, or audio files and folders (see :func:`vqaudio.streaming.discover_files`).
         checkpoint: a VQ-VAE checkpoint directory (or bundled name), or a loaded model.
         out_dir: the token directory; an existing one of the same checkpoint is resumed
             (the files it holds are skipped, and counted as such), one of another checkpoint
@@ -158,7 +158,7 @@ def tokenize(
         shard_files, shard_seconds: a shard is committed after this many files or seconds.
         precision: ``"fp32"`` (``model.encode``'s codes up to float rounding, see step 3 of
             the module doc) or ``"bf16"``
-            (faster on CPUs with AVX512-BF16 and on GPUs; see :func:`encode_padded`).
+            (faster on CPUs with AVX512-BF16 and on GPUs; see :func:`vqaudio.streaming.encode_padded`).
         device: ``"cpu"``, ``"cuda"``, ...; default: the GPU of this process if any, else CPU.
         num_threads: torch threads of this process while it encodes (restored afterwards).
             Default on CPU: 1 -- on CPUs shared with other jobs, OpenMP threads that wait for
@@ -417,7 +417,7 @@ def _tokenize_files(
 
 
 class _PieceDataset(IterableDataset):
-    """Iterable dataset of :class:`Piece` dicts (or ``{"file", "error"}``) for DataLoader workers.
+    """Iterable dataset of :class:`vqaudio.streaming.Piece` dicts (or ``{"file", "error"}``) for DataLoader workers.
 
     Worker ``w`` of ``W`` decodes files ``w, w + W, ...``.
     """
