@@ -14,8 +14,7 @@ import importlib
 import sys
 
 from vqaudio import __version__
-from vqaudio._command import run_command
-from vqaudio.config import DECODE_METHODS
+from vqaudio._command import add_decoding_options, run_command
 
 #: subcommand -> (module, name used in add_*_arguments / run_*, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -36,15 +35,7 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint directory, training run directory, or bundled name")
     parser.add_argument("--out", required=True, help="output WAV path")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="sampling temperature of the WaveNet decoder (0: most likely sample)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
-    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
-                        help="decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--device", help="torch device of the model: cpu, cuda, cuda:1, ... (default: cuda if "
-                                         "available, else cpu)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_decoding_options(parser, "replace --out if it exists")
 
 
 def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqaudio._command import add_decoding_options
 from vqaudio._files import atomic_path
 from vqaudio._system import default_device
 from vqaudio.audio import load_audio, save_audio
-from vqaudio.config import DECODE_METHODS
 from vqaudio.nn.diffusion_prior import DIFFUSION_PRIOR_MODEL_TYPE, DiffusionPrior
 from vqaudio.nn.prior import PRIOR_MODEL_TYPE, PriorTransformer
 
@@ -329,15 +329,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for WAVs and codes (.npy)")
     parser.add_argument("--prompt", metavar="FILE", help="audio file whose codes are continued")
     add_prior_sampling_arguments(parser)
-    parser.add_argument("--temperature", "--decoder-temperature", dest="decoder_temperature", type=float, default=1.0,
-                        help="WaveNet decoder sampling temperature, as in the other decoding commands "
-                             "(default 1; 0 is greedy)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
-                        help="WaveNet decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
-    parser.add_argument("--overwrite", action="store_true", help="number files from 000, replacing existing ones")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_decoding_options(parser, "number files from 000, replacing existing ones",
+                         temperature_aliases=("--decoder-temperature",), temperature_dest="decoder_temperature")
 
 
 def add_prior_sampling_arguments(parser: argparse.ArgumentParser) -> None:

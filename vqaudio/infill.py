@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqaudio._command import add_decoding_options
 from vqaudio.audio import load_audio, save_audio
-from vqaudio.config import DECODE_METHODS
 from vqaudio.generate import add_prior_sampling_arguments
 from vqaudio.nn.encoder import encoder_receptive_field
 
@@ -188,14 +188,7 @@ def add_infill_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a diffusion prior (`vqaudio train-prior --type diffusion`)")
     parser.add_argument("--out", required=True, help="output WAV path (its codes go beside it as .npy)")
     add_prior_sampling_arguments(parser)
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="WaveNet decoder sampling temperature, as in the other decoding commands (0: most likely sample)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
-                        help="WaveNet decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out (and its .npy) if they exist")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_decoding_options(parser, "replace --out (and its .npy) if they exist")
 
 
 def run_infill(args: argparse.Namespace) -> int:
