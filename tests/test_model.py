@@ -339,3 +339,38 @@ def test_bundled_checkpoints_load_by_name_with_their_cards(name, rate, speakers)
     assert "<!-- BEGIN training-log -->" in card
     if log[-1]["scores"] is not None:  # an evaluated stretch: the card's evaluation is of these weights
         assert f"checkpoint `{model.checkpoint_id}`" in card
+
+
+def test_time_jitter_replaces_frames_by_neighbours_in_training_only():
+    """Chorowski et al.'s time jitter: p = 0 is the identity, p = 1 moves every frame to a
+    neighbour (the one it has at either end), about p of the frames move, gradients reach the
+    copied frames, and the model applies it in training mode only."""
+    from conftest import tiny_vqvae
+
+    from vqaudio.model import time_jitter
+
+    T = 50
+    z = torch.arange(T, dtype=torch.float32).repeat(3, 2, 1)  # [3, 2, T], frame t holds t
+    assert torch.equal(time_jitter(z, 0.0), z)
+    g = torch.Generator().manual_seed(0)
+    moved = time_jitter(z, 1.0, generator=g)
+    step = moved[:, 0] - z[:, 0]
+    assert set(step.abs().unique().tolist()) == {1.0}
+    assert (step[:, 0] == 1).all() and (step[:, -1] == -1).all()
+    assert torch.equal(moved[:, 0], moved[:, 1])  # one choice per frame, all channels alike
+    assert 0.3 < (step[:, 1:-1] > 0).float().mean() < 0.7  # left and right alike
+    share = (time_jitter(torch.arange(4000.0).reshape(1, 1, -1), 0.12, generator=g) != torch.arange(4000.0)).float().mean()
+    assert 0.09 < share < 0.15
+    x = torch.randn(1, 4, T, requires_grad=True)
+    time_jitter(x, 0.5, generator=g).sum().backward()
+    assert x.grad.sum() == 4 * T and (x.grad >= 0).all()  # every output frame is some input frame
+    with pytest.raises(ValueError, match="probability"):
+        tiny_vqvae(["a"], time_jitter=1.5)
+
+    model = tiny_vqvae(["a", "b"], seed=0, time_jitter=1.0)
+    wav = torch.sin(torch.linspace(0, 300, 2 * 640)).reshape(2, 1, 640) * 0.5
+    plain = tiny_vqvae(["a", "b"], seed=0)
+    speakers = torch.tensor([0, 1])
+    torch.manual_seed(1)
+    assert torch.equal(model.eval()(wav, speakers).logits, plain.eval()(wav, speakers).logits)
+    assert not torch.equal(model.train()(wav, speakers).logits, plain.train()(wav, speakers).logits)

@@ -102,6 +102,12 @@ class DecoderConfig:
             asks the conditioning to carry the spectrum directly, where the WaveNet's
             cross-entropy reaches it only through the sample-level autoregression.
         mel_bands: bands of that log-mel spectrogram.
+        time_jitter: probability that, in training only, each code frame the decoder sees is
+            replaced by its left or right neighbour (chosen with equal chance; the one
+            neighbour at either end), independently per frame (Chorowski et al. 2019, Sec. 3.3,
+            "time-jitter regularization", p = 0.12 there). It asks a code to carry what holds
+            across neighbouring frames (phonetic content) rather than exact timing; no weights,
+            decoding unchanged. 0: off.
     """
 
     num_stacks: int = 2
@@ -118,6 +124,7 @@ class DecoderConfig:
     condition_channels: int = 128
     mel_loss_weight: float = 0.0
     mel_bands: int = 40
+    time_jitter: float = 0.0
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -170,6 +177,8 @@ class VQVAEConfig:
             raise ValueError(f"decoder: condition_layers must be >= 0, condition_channels and mel_bands >= 1 and "
                              f"mel_loss_weight >= 0, got {d.condition_layers}, {d.condition_channels}, "
                              f"{d.mel_bands}, {d.mel_loss_weight}")
+        if not 0 <= d.time_jitter <= 1:
+            raise ValueError(f"decoder: time_jitter must be a probability in [0, 1], got {d.time_jitter}")
 
     @property
     def hop_length(self) -> int:

@@ -144,12 +144,16 @@ class VQVAE(nn.Module):
         Returns:
             :class:`VQVAEOutput`; ``loss`` is Eq. 3 of the paper with the decoder's
             cross-entropy over mu-law values as the reconstruction term (plus, with
-            ``decoder.mel_loss_weight``, the weighted auxiliary log-mel loss).
+            ``decoder.mel_loss_weight``, the weighted auxiliary log-mel loss). In training mode
+            with ``decoder.time_jitter`` the decoder sees the codes through :func:`time_jitter`.
         """
         self._checkpoint_id = None  # weights are about to change
         z_e = self.encoder(wav)
         q: QuantizerOutput = self.quantizer(z_e)
-        local = self.decoder.local_features(q.quantized)
+        z_q = q.quantized
+        if self.training and self.config.decoder.time_jitter > 0:
+            z_q = time_jitter(z_q, self.config.decoder.time_jitter)
+        local = self.decoder.local_features(z_q)
         target = mu_law_encode(wav[:, 0], self.config.decoder.quantization_channels)
         inputs = torch.nn.functional.pad(target[:, :-1], (1, 0), value=SILENCE)
         logits = self.decoder.forward_time_major(inputs, local, speaker)  # [B, T, Q]
@@ -438,6 +442,39 @@ class VQVAE(nn.Module):
             raise CheckpointError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
         model._checkpoint_id = file_sha256(path / WEIGHTS_NAME)[:16]
         return model.to(map_location).eval()
+
+
+def time_jitter(z_q: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Time-jitter regularization (Chorowski et al. 2019, Sec. 3.3): each frame is replaced,
+    with probability ``p`` and independently of the others, by its left or right neighbour
+    (equal chances; at either end, by the one neighbour it has), taken from the input
+    sequence. Gradients flow to the frames that were copied.
+
+    Args:
+        z_q: [B, D, T'] code vectors (any float dtype), one per frame.
+        p: replacement probability in [0, 1].
+        generator: random generator on ``z_q``'s device (default: the global one).
+
+    Returns:
+        [B, D, T'], same dtype and device; ``z_q`` itself when T' < 2 or ``p`` is 0.
+
+    Raises:
+        ValueError: ``z_q`` is not 3-D or ``p`` is outside [0, 1].
+    """
+    if z_q.dim() != 3:
+        raise ValueError(f"expected z_q of shape [B, D, T'], got {tuple(z_q.shape)}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"time jitter p must be in [0, 1], got {p}")
+    B, D, T = z_q.shape
+    if T < 2 or p == 0:
+        return z_q
+    u = torch.rand(B, T, generator=generator, device=z_q.device)
+    side = torch.rand(B, T, generator=generator, device=z_q.device) < 0.5
+    shift = torch.where(u < p, torch.where(side, -1, 1), 0)
+    t = torch.arange(T, device=z_q.device)
+    index = t + shift
+    index = torch.where((index < 0) | (index >= T), t - shift, index)  # the one neighbour at the ends
+    return z_q.gather(2, index[:, None, :].expand(B, D, T))
 
 
 def _draw_noise(rows: int, samples: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -72,6 +72,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig |
                    help=f"weight of the auxiliary L1 loss on the log-mel spectrogram predicted from each code "
                         f"frame's conditioning, 0 = off (default {d.decoder.mel_loss_weight})")
     g.add_argument("--mel-bands", type=int, help=f"bands of that log-mel spectrogram (default {d.decoder.mel_bands})")
+    g.add_argument("--time-jitter", type=float,
+                   help=f"probability that, in training, a code frame the decoder sees is replaced by a neighbour "
+                        f"(Chorowski et al. 2019; 0.12 there), 0 = off (default {d.decoder.time_jitter})")
     parser.set_defaults(_model_defaults=d)
 
 
