@@ -1,0 +1,111 @@
+"""Print the learning curves of several `vqaudio train` runs side by side, for A/Bs.
+
+    python tools/compare_runs.py runs/ab-plain runs/ab-cond [--metric valid/bits_per_sample]
+
+First the settings in which the runs differ (model and training config, flattened: the
+options an A/B changed) and each run's sessions (threads, stop reason; from ``sessions.jsonl``),
+then one row per logged step that any run has: each run's value of the metric at that step,
+its samples seen and its wall-clock hours of training so far (``wall_seconds`` in
+``metrics.jsonl``), so runs are compared at equal steps and, where they ran with the same
+threads, at equal CPU time. A run still training shows what it has so far.
+
+Exit status 2 with a one-line error naming the run when a directory is not a training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from vqaudio.runs import SESSIONS_NAME, iter_metric, read_metrics
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """A run's ``model_config.json`` or ``train_config.json`` as a dict (without its envelope)."""
+    data = json.loads(path.read_text())
+    return data["config"] if "config" in data and "format_version" in data else data
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``a.b.c`` keys."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def run_settings(run: Path) -> dict[str, Any]:
+    """The run's model and training configs, flattened to ``model.`` / ``train.`` keys."""
+    return {**flatten(load_config(run / "model_config.json"), "model."),
+            **flatten(load_config(run / "train_config.json"), "train.")}
+
+
+def sessions(run: Path) -> str:
+    """One line on the run's finished sessions: threads and why each stopped."""
+    path = run / SESSIONS_NAME
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    done = [f"steps {s.get('start_step', 0)}-{s.get('end_step', '?')} on {s.get('num_processes', 1)} x "
+            f"{s.get('num_threads', '?')} thread(s), {s.get('stopped', '?')}" for s in records]
+    return "; ".join(done) or "no finished session (still training, or stopped without its record)"
+
+
+def curve(run: Path, metric: str) -> dict[int, tuple[float, int, float | None]]:
+    """step -> (metric value, samples seen, wall-clock hours) for every step the run logged ``metric``."""
+    records = read_metrics(run)
+    model, train = load_config(run / "model_config.json"), load_config(run / "train_config.json")
+    hop = 2 ** len(model["encoder"]["channels"])
+    segment = round(train["segment_seconds"] * model["sample_rate"] / hop) * hop
+    samples_per_step = train["batch_size"] * train.get("gradient_accumulation_steps", 1) * segment
+    wall = {r["step"]: r["wall_seconds"] for r in records if "wall_seconds" in r}
+    out = {}
+    for step, value in iter_metric(records, metric):
+        known = [s for s in wall if s <= step]
+        out[step] = (value, step * samples_per_step, wall[max(known)] / 3600 if known else None)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="training run directories (vqaudio train --out)")
+    parser.add_argument("--metric", default="valid/bits_per_sample", help="metrics.jsonl key (default %(default)s)")
+    args = parser.parse_args(argv)
+    for run in args.runs:
+        for name in ("model_config.json", "train_config.json", "metrics.jsonl"):
+            if not (run / name).exists():
+                print(f"error: {run}: not a vqaudio training run (no {name})", file=sys.stderr)
+                return 2
+    settings = [run_settings(run) for run in args.runs]
+    keys = sorted(set().union(*settings))
+    differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1
+              and k not in ("train.out", "train.seed")]
+    names = [run.name for run in args.runs]
+    if differ:
+        print("| setting | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for k in differ:
+            print(f"| {k} | " + " | ".join(str(s.get(k, "-")) for s in settings) + " |")
+        print()
+    for run in args.runs:
+        print(f"- {run.name}: {sessions(run)}")
+    print()
+    curves = [curve(run, args.metric) for run in args.runs]
+    steps = sorted(set().union(*curves))
+    print(f"| step | " + " | ".join(f"{n}: {args.metric} (samples, wall h)" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for step in steps:
+        cells = []
+        for c in curves:
+            if step not in c:
+                cells.append("-")
+                continue
+            value, samples, hours = c[step]
+            cells.append(f"{value:.4f} ({samples:.3g}" + (f", {hours:.2f} h)" if hours is not None else ")"))
+        print(f"| {step:,} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
