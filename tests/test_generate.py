@@ -275,17 +275,20 @@ def test_prior_resume_continues_exactly_like_an_uninterrupted_run(saved_vqvae, t
                        for r in read_metrics(tmp_path / "whole")]
 
 
-def test_bundled_priors_load_by_name_and_fit_the_bundled_model():
-    """fsdd-8k-prior and fsdd-8k-diffusion were fitted to tokens of the bundled fsdd-8k: new
-    fsdd-8k weights must ship with priors retrained on their tokens (each card says how)."""
+@pytest.mark.parametrize("model, priors", [("fsdd-8k", ("prior", "diffusion")), ("vcc2016-16k", ("prior",))])
+def test_bundled_priors_load_by_name_and_fit_the_bundled_model(model, priors):
+    """The bundled MODEL-prior (and MODEL-diffusion) were fitted to tokens of the bundled MODEL:
+    new weights of MODEL must ship with priors retrained on their tokens
+    (``tools/bundled_priors.sh MODEL``; each card says so)."""
     from vqaudio.generate import check_compatible, load_prior
     from vqaudio.nn.diffusion_prior import DiffusionPrior
 
-    vqvae = VQVAE.from_pretrained("fsdd-8k")
-    for name, kind in (("fsdd-8k-prior", PriorTransformer), ("fsdd-8k-diffusion", DiffusionPrior)):
-        prior = load_prior(name)
-        assert isinstance(prior, kind) and prior.speakers == vqvae.speakers
-        check_compatible(vqvae, prior)  # the checkpoint_id of the tokens' VQ-VAE is fsdd-8k's
+    vqvae = VQVAE.from_pretrained(model)
+    for kind in priors:
+        prior = load_prior(f"{model}-{kind}")
+        assert isinstance(prior, {"prior": PriorTransformer, "diffusion": DiffusionPrior}[kind])
+        assert prior.speakers == vqvae.speakers
+        check_compatible(vqvae, prior)  # the checkpoint_id of the tokens' VQ-VAE is the bundled model's
 
 
 def test_train_prior_stops_at_sigterm_with_a_checkpoint(saved_vqvae, tmp_path):
