@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     curves = [curve(run, args.metric) for run in args.runs]
     steps = sorted(set().union(*curves))
-    print(f"| step | " + " | ".join(f"{n}: {args.metric} (samples, wall h)" for n in names) + " |")
+    print("| step | " + " | ".join(f"{n}: {args.metric} (samples, wall h)" for n in names) + " |")
     print("|---|" + "---|" * len(names))
     for step in steps:
         cells = []

@@ -104,7 +104,7 @@ class DecoderConfig:
         mel_bands: bands of that log-mel spectrogram.
         time_jitter: probability that, in training only, each code frame the decoder sees is
             replaced by its left or right neighbour (chosen with equal chance; the one
-            neighbour at either end), independently per frame (Chorowski et al. 2019, Sec. 3.3,
+            neighbour at either end), independently per frame (Chorowski et al. 2019,
             "time-jitter regularization", p = 0.12 there). It asks a code to carry what holds
             across neighbouring frames (phonetic content) rather than exact timing; no weights,
             decoding unchanged. 0: off.

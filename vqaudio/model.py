@@ -445,7 +445,7 @@ class VQVAE(nn.Module):
 
 
 def time_jitter(z_q: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Time-jitter regularization (Chorowski et al. 2019, Sec. 3.3): each frame is replaced,
+    """Time-jitter regularization (Chorowski et al. 2019, IEEE TASLP): each frame is replaced,
     with probability ``p`` and independently of the others, by its left or right neighbour
     (equal chances; at either end, by the one neighbour it has), taken from the input
     sequence. Gradients flow to the frames that were copied.
