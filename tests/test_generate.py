@@ -275,7 +275,7 @@ def test_prior_resume_continues_exactly_like_an_uninterrupted_run(saved_vqvae, t
                        for r in read_metrics(tmp_path / "whole")]
 
 
-@pytest.mark.parametrize("model, priors", [("fsdd-8k", ("prior", "diffusion")), ("vcc2016-16k", ("prior",))])
+@pytest.mark.parametrize("model, priors", [("fsdd-8k", ("prior", "diffusion")), ("vcc2016-16k", ("prior", "diffusion"))])
 def test_bundled_priors_load_by_name_and_fit_the_bundled_model(model, priors):
     """The bundled MODEL-prior (and MODEL-diffusion) were fitted to tokens of the bundled MODEL:
     new weights of MODEL must ship with priors retrained on their tokens
