@@ -20,27 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vqaudio.runs import SESSIONS_NAME, iter_metric, read_metrics
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """A run's ``model_config.json`` or ``train_config.json`` as a dict (without its envelope)."""
-    data = json.loads(path.read_text())
-    return data["config"] if "config" in data and "format_version" in data else data
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``a.b.c`` keys."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
+from vqaudio.runs import SESSIONS_NAME, flat_config, iter_metric, read_metrics
+from vqaudio.train import read_run_configs
 
 
 def run_settings(run: Path) -> dict[str, Any]:
-    """The run's model and training configs, flattened to ``model.`` / ``train.`` keys."""
-    return {**flatten(load_config(run / "model_config.json"), "model."),
-            **flatten(load_config(run / "train_config.json"), "train.")}
+    """The run's training and model configs, flattened to ``train.`` / ``model.`` keys."""
+    model, train, _ = read_run_configs(run)
+    return flat_config(train, model)
 
 
 def sessions(run: Path) -> str:
@@ -55,10 +42,9 @@ def sessions(run: Path) -> str:
 def curve(run: Path, metric: str) -> dict[int, tuple[float, int, float | None]]:
     """step -> (metric value, samples seen, wall-clock hours) for every step the run logged ``metric``."""
     records = read_metrics(run)
-    model, train = load_config(run / "model_config.json"), load_config(run / "train_config.json")
-    hop = 2 ** len(model["encoder"]["channels"])
-    segment = round(train["segment_seconds"] * model["sample_rate"] / hop) * hop
-    samples_per_step = train["batch_size"] * train.get("gradient_accumulation_steps", 1) * segment
+    model, train, _ = read_run_configs(run)
+    samples_per_step = (train.batch_size * train.gradient_accumulation_steps
+                        * train.segment_length(model.sample_rate, model.hop_length))
     wall = {r["step"]: r["wall_seconds"] for r in records if "wall_seconds" in r}
     out = {}
     for step, value in iter_metric(records, metric):
@@ -72,15 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", type=Path, nargs="+", help="training run directories (vqaudio train --out)")
     parser.add_argument("--metric", default="valid/bits_per_sample", help="metrics.jsonl key (default %(default)s)")
     args = parser.parse_args(argv)
-    for run in args.runs:
-        for name in ("model_config.json", "train_config.json", "metrics.jsonl"):
-            if not (run / name).exists():
-                print(f"error: {run}: not a vqaudio training run (no {name})", file=sys.stderr)
-                return 2
-    settings = [run_settings(run) for run in args.runs]
+    try:
+        settings = [run_settings(run) for run in args.runs]
+    except (OSError, ValueError) as e:
+        print(f"error: not a vqaudio training run: {e}", file=sys.stderr)
+        return 2
     keys = sorted(set().union(*settings))
-    differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1
-              and k not in ("train.out", "train.seed")]
+    differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
     names = [run.name for run in args.runs]
     if differ:
         print("| setting | " + " | ".join(names) + " |")
