@@ -373,3 +373,27 @@ def test_time_jitter_replaces_frames_by_neighbours_in_training_only():
     speakers = torch.tensor([0, 1])
     assert torch.equal(model.eval()(wav, speakers).logits, plain.eval()(wav, speakers).logits)
     assert not torch.equal(model.train()(wav, speakers).logits, plain.train()(wav, speakers).logits)
+
+
+def test_decoding_temperature_defaults_to_the_checkpoints(tmp_path):
+    """``decoder.temperature`` is what decoding uses when no temperature is given, in every
+    method, and it survives a checkpoint round trip; an explicit temperature overrides it."""
+    from conftest import tiny_vqvae
+
+    model = tiny_vqvae(["a", "b"], seed=0, temperature=0.0)
+    plain = tiny_vqvae(["a", "b"], seed=0)
+    assert (model.decode_temperature(), plain.decode_temperature(), model.decode_temperature(0.7)) == (0.0, 1.0, 0.7)
+    codes = torch.randint(0, 16, (2, 5), generator=torch.Generator().manual_seed(1))
+    noise = torch.rand(2, 5 * 64, generator=torch.Generator().manual_seed(2))
+    for method in ("torch", "numba"):
+        greedy = plain.decode(codes, [0, 1], temperature=0.0, noise=noise, method=method)
+        assert torch.equal(model.decode(codes, [0, 1], noise=noise, method=method), greedy)
+        assert not torch.equal(plain.decode(codes, [0, 1], noise=noise, method=method), greedy)
+        assert torch.equal(model.decode(codes, [0, 1], temperature=1.0, noise=noise, method=method),
+                           plain.decode(codes, [0, 1], noise=noise, method=method))
+    model.save_pretrained(tmp_path / "ckpt")
+    assert type(model).from_pretrained(tmp_path / "ckpt").decode_temperature() == 0.0
+    with pytest.raises(ValueError, match="temperature"):
+        tiny_vqvae(["a"], temperature=-1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        plain.decode(codes, [0, 1], temperature=float("nan"))

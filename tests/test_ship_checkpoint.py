@@ -22,10 +22,12 @@ COMMON = ["--batch-size", "4", "--segment-seconds", "0.128", "--lr", "3e-3", "--
           "--example-seconds", "0.02", "--num-valid-per-speaker", "1", "--split", "per-speaker"]
 
 
-def fake_evaluation(folder: Path, checkpoint_id: str) -> Path:
-    """A minimal ``vqaudio evaluate`` folder (report.json and report.md) for ``checkpoint_id``."""
+def fake_evaluation(folder: Path, checkpoint_id: str, temperature: float = 1.0) -> Path:
+    """A minimal ``vqaudio evaluate`` folder (report.json and report.md) for ``checkpoint_id``,
+    decoded at ``temperature``."""
     folder.mkdir(parents=True)
     report = {"checkpoint": {"checkpoint_id": checkpoint_id}, "data": {"clips": 300},
+              "settings": {"temperature": temperature},
               "systems": {"codec2-1200": {"digit_accuracy": 0.74, "speaker_identification": 0.62},
                           "vqaudio": {"digit_accuracy": 0.31, "speaker_identification": 0.7, "stoi": 0.66}},
               "conversion": {"identified_as_target": 0.4, "digit_accuracy": 0.25},
@@ -60,8 +62,19 @@ def test_ship_two_stretches_of_one_lineage(tmp_path: Path) -> None:
     assert "stale rows" not in card and "| 1 | " in card and "--max-steps 2" in card
     assert "### Reconstruction" in card and "Plots" not in card
 
-    # shipping the same run again replaces its row
-    assert ship.ship(run1, "tiny", pretrained_dir=pretrained)["stretch"] == 1
+    assert "| 1 | 0.31 |" in card and "decoded at temperature 1:" in card
+
+    # shipping the same run again replaces its row; --temperature sets the shipped default,
+    # and an evaluation must have decoded at it
+    with pytest.raises(ship.ShipError, match="decoded at temperature 1.0"):
+        ship.ship(run1, "tiny", evaluation, pretrained_dir=pretrained, temperature=0.5)
+    evaluation_05 = fake_evaluation(tmp_path / "eval1-t05", model1.checkpoint_id, temperature=0.5)
+    row = ship.ship(run1, "tiny", evaluation_05, pretrained_dir=pretrained, temperature=0.5)
+    assert row["stretch"] == 1 and row["decode_temperature"] == 0.5
+    assert VQVAE.from_pretrained(pretrained / "tiny").decode_temperature() == 0.5
+    assert VQVAE.from_pretrained(run1).decode_temperature() == 1.0  # the run itself is untouched
+    card = (pretrained / "tiny" / "README.md").read_text()
+    assert "| 0.5 | 0.31 |" in card and "decoded at temperature 0.5:" in card
     # a run that did not start from the shipped weights is refused
     other = tmp_path / "other" / "vqvae"
     run_recipe(data, other.parent, *COMMON, "--max-steps", "1")
@@ -73,6 +86,7 @@ def test_ship_two_stretches_of_one_lineage(tmp_path: Path) -> None:
     row2 = ship.ship(run2, "tiny", pretrained_dir=pretrained)
     assert (row2["stretch"], row2["steps"], row2["total_steps"]) == (2, 3, 5)
     assert row2["total_samples"] == 5 * 4 * 1024 and row2["init_from"] == model1.checkpoint_id
+    assert row2["decode_temperature"] == 0.5  # inherited from the shipped config by --init-from
     assert len(json.loads((pretrained / "tiny" / "training_log.json").read_text())) == 2
     # evaluation of other weights is refused
     with pytest.raises(ship.ShipError, match="evaluates checkpoint"):
@@ -82,7 +96,7 @@ def test_ship_two_stretches_of_one_lineage(tmp_path: Path) -> None:
 
 
 def test_log_of_a_sentence_corpus_reports_word_error_rates(tmp_path: Path) -> None:
-    report = {"checkpoint": {"checkpoint_id": "abc"}, "data": {"clips": 120},
+    report = {"checkpoint": {"checkpoint_id": "abc"}, "data": {"clips": 120}, "settings": {"temperature": 1.0},
               "systems": {"codec2-3200": {"wer_vs_original": 0.41}, "codec2-1200": {"wer_vs_original": 0.62},
                           "vqaudio": {"wer_vs_original": 0.83, "speaker_identification": 0.9}},
               "conversion": {"identified_as_target": 0.5, "wer_vs_original": 0.88}, "codebook": {"codebook_usage": 0.9}}
@@ -95,7 +109,7 @@ def test_log_of_a_sentence_corpus_reports_word_error_rates(tmp_path: Path) -> No
            "valid_bits_per_sample": 4.0, "scores": scores, "commands": []}
     table = ship.render_log([row])
     assert "| WER vs original |" in table and "digit acc" not in table
-    assert "| 0.83 | 0.90 | 0.50 | 0.88 |" in table
+    assert "| 4.000 | 1 | 0.83 | 0.90 | 0.50 | 0.88 |" in table
     # a stretch not yet scored: the columns still follow the corpus (from the run's data.json)
     assert "| WER vs original |" in ship.render_log([{**row, "scores": None, "intelligibility": "word error rate"}])
     assert "| digit acc |" in ship.render_log([{**row, "scores": None}])

@@ -7,6 +7,9 @@ continues a run with ``--resume``), and at its end this tool
 
 1. copies the run's exported model (``RUN/model``: ``config.json``, ``model.safetensors``,
    ``speakers.json``) into ``vqaudio/pretrained/NAME/``, refusing weights over ``--max-mb``;
+   with ``--temperature T``, the shipped ``config.json`` decodes at T by default
+   (``decoder.temperature``: the temperature that scored best with these weights; an
+   ``--evaluation`` must have been run at the temperature shipped);
 2. appends a row to ``training_log.json`` there: steps, samples seen, CPU hours (wall time x
    threads x processes of every session in ``RUN/sessions.jsonl``) or GPU minutes, hardware,
    validation bits/sample (the run's last ``valid/bits_per_sample``), and, with
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -75,16 +79,21 @@ def read_sessions(run: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def evaluation_scores(evaluation: Path, checkpoint_id: str) -> dict[str, Any]:
-    """The model card's scores from a ``vqaudio evaluate`` folder of the weights ``checkpoint_id``.
+def evaluation_scores(evaluation: Path, checkpoint_id: str, temperature: float | None = None) -> dict[str, Any]:
+    """The model card's scores from a ``vqaudio evaluate`` folder of the weights ``checkpoint_id``,
+    decoded at ``temperature`` (None: not checked).
 
     Raises:
-        ShipError: no report there, or a report of other weights.
+        ShipError: no report there, a report of other weights, or of another decoding temperature.
     """
     report = _read_json(evaluation / "report.json")
     evaluated = (report.get("checkpoint") or {}).get("checkpoint_id")
     if evaluated != checkpoint_id:
         raise ShipError(f"{evaluation}: evaluates checkpoint {evaluated}, not the run's model {checkpoint_id}")
+    used = (report.get("settings") or {}).get("temperature")
+    if temperature is not None and used != temperature:
+        raise ShipError(f"{evaluation}: decoded at temperature {used}, but the shipped model decodes at "
+                        f"{temperature}; evaluate with --temperature {temperature} (or ship --temperature {used})")
     systems = report["systems"]
     ours = systems.get("vqaudio", {})
     conv = report.get("conversion") or {}
@@ -108,7 +117,8 @@ def evaluation_scores(evaluation: Path, checkpoint_id: str) -> dict[str, Any]:
     }
 
 
-def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None) -> dict[str, Any]:
+def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None,
+                temperature: float | None = None) -> dict[str, Any]:
     """One training-log row for the run (its own totals; lineage totals are added by :func:`ship`)."""
     sessions = read_sessions(run)
     cpu_hours = sum(s["session_seconds"] * s["num_threads"] * s["num_processes"]
@@ -133,15 +143,20 @@ def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None) -> dict[
         "mixed_precision": sorted({s["mixed_precision"] for s in sessions}),
         "valid_bits_per_sample": valid[-1][1] if valid else None,
         "valid_step": valid[-1][0] if valid else None,
-        "scores": evaluation_scores(evaluation, checkpoint_id) if evaluation else None,
+        "decode_temperature": temperature,
+        "scores": evaluation_scores(evaluation, checkpoint_id, temperature) if evaluation else None,
         "intelligibility": "digit accuracy" if layout == "fsdd" else "word error rate",
         "commands": [s.get("argv") for s in sessions],
     }
 
 
 def ship(run: Path, name: str, evaluation: Path | None = None, new_lineage: bool = False,
-         max_mb: float = 8.0, pretrained_dir: Path = PRETRAINED_DIR) -> dict[str, Any]:
+         max_mb: float = 8.0, pretrained_dir: Path = PRETRAINED_DIR,
+         temperature: float | None = None) -> dict[str, Any]:
     """Copy ``run``'s model into ``pretrained_dir / name``, log the stretch, redraw the card.
+
+    ``temperature`` (None: the run's) is written to the shipped config as its
+    ``decoder.temperature``, the default of every decoding command.
 
     Returns:
         the row written (with the lineage totals).
@@ -149,7 +164,7 @@ def ship(run: Path, name: str, evaluation: Path | None = None, new_lineage: bool
     Raises:
         ShipError: the run has no exported model, its weights exceed ``max_mb``, it does not
             continue the shipped weights (and ``new_lineage`` is not given), or the evaluation
-            is of other weights.
+            is of other weights or of another decoding temperature, or ``temperature`` is negative.
     """
     model_dir = run / MODEL_DIR
     for f in (CONFIG_NAME, WEIGHTS_NAME, SPEAKERS_NAME):
@@ -159,7 +174,14 @@ def ship(run: Path, name: str, evaluation: Path | None = None, new_lineage: bool
     if size_mb > max_mb:
         raise ShipError(f"{model_dir / WEIGHTS_NAME}: {size_mb:.1f} MB, over the {max_mb:g} MB limit")
     checkpoint_id = file_sha256(model_dir / WEIGHTS_NAME)[:16]
-    row = stretch_row(run, checkpoint_id, evaluation)
+    config = _read_json(model_dir / CONFIG_NAME)  # {"format_version", "model_type", ..., "config": VQVAEConfig}
+    decoder = config["config"]["decoder"]
+    if temperature is not None:
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise ShipError(f"--temperature must be a finite number >= 0, got {temperature}")
+        decoder["temperature"] = temperature
+    temperature = decoder.get("temperature", 1.0)
+    row = stretch_row(run, checkpoint_id, evaluation, temperature)
 
     target = pretrained_dir / name
     log: list[dict[str, Any]] = [] if new_lineage else _read_json(target / LOG_NAME, default=[])
@@ -180,9 +202,10 @@ def ship(run: Path, name: str, evaluation: Path | None = None, new_lineage: bool
     log.append(row)
 
     target.mkdir(parents=True, exist_ok=True)
-    for f in (WEIGHTS_NAME, SPEAKERS_NAME, CONFIG_NAME):  # config.json last, as the writer does
+    for f in (WEIGHTS_NAME, SPEAKERS_NAME):
         with atomic_path(target / f) as tmp:
             shutil.copyfile(model_dir / f, tmp)
+    atomic_write_json(target / CONFIG_NAME, config)  # last, as the writer does
     logs = target / "logs" / f"stretch-{row['stretch']:02d}"
     for f in ("metrics.jsonl", SESSIONS_NAME, INIT_FROM_NAME, "train_config.json", "model_config.json", "data.json"):
         if (run / f).is_file():
@@ -216,13 +239,14 @@ def _f(value: Any, fmt: str = ".2f") -> str:
 def render_log(log: list[dict[str, Any]]) -> str:
     """The training-log table of the card, one row per stretch; intelligibility is digit accuracy
     (FSDD) or, for sentences, the word error rate against the recogniser's words on the
-    original audio."""
+    original audio. Scores are of reconstructions decoded at the stretch's decode temperature
+    (rows shipped before it was recorded: 1)."""
     wer = any((r.get("scores") or {}).get("wer_vs_original") is not None
               or r.get("intelligibility") == "word error rate" for r in log)
     heard, conv_heard = ("WER vs original", "conv. WER vs original") if wer else ("digit acc", "conv. digit acc")
     lines = ["| stretch | date | steps (total) | samples seen (total) | CPU hours (total) | GPU min | hardware | "
-             f"valid bits/sample | {heard} | speaker ID | conv. as target | {conv_heard} | STOI | codes used |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"valid bits/sample | decode temp. | {heard} | speaker ID | conv. as target | {conv_heard} | STOI | codes used |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in log:
         s = r.get("scores") or {}
         if wer:
@@ -232,7 +256,8 @@ def render_log(log: list[dict[str, Any]]) -> str:
             f"| {r['stretch']} | {r['date']} | {r['steps']:,} ({r['total_steps']:,}) | "
             f"{r['samples']:.3g} ({r['total_samples']:.3g}) | {r['cpu_hours']:.2f} ({r['total_cpu_hours']:.2f}) | "
             f"{r['gpu_minutes']:g} | {'; '.join(r['hardware'])}, {'/'.join(r['mixed_precision'])} | "
-            f"{_f(r['valid_bits_per_sample'], '.3f')} | {_f(s.get('digit_accuracy'))} | "
+            f"{_f(r['valid_bits_per_sample'], '.3f')} | {r.get('decode_temperature', 1.0):g} | "
+            f"{_f(s.get('digit_accuracy'))} | "
             f"{_f(s.get('speaker_identification'))} | {_f(s.get('conversion_identified_as_target'))} | "
             f"{_f(s.get('conversion_digit_accuracy'))} | {_f(s.get('stoi'))} | {_f(s.get('codebook_usage'))} |"
         )
@@ -256,7 +281,8 @@ def render_evaluation(evaluation: Path, row: dict[str, Any]) -> str:
     body = body.split("\n## Plots", 1)[0].replace("\n## ", "\n### ")
     body = "\n".join(ln for ln in body.splitlines() if not ln.startswith("Listening page"))  # not shipped
     return (f"Stretch {row['stretch']}, checkpoint `{row['checkpoint_id']}` after {row['total_steps']:,} steps "
-            f"({row['total_samples']:.3g} samples):\n{body}")
+            f"({row['total_samples']:.3g} samples), decoded at temperature {row.get('decode_temperature', 1.0):g}:"
+            f"\n{body}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,9 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-lineage", action="store_true",
                         help="start a new training log (the run did not start from the shipped weights)")
     parser.add_argument("--max-mb", type=float, default=8.0, help="largest model.safetensors shipped (default 8)")
+    parser.add_argument("--temperature", type=float,
+                        help="decoding temperature the shipped model uses by default (decoder.temperature; "
+                             "default: the run's); --evaluation must be at this temperature")
     args = parser.parse_args(argv)
     try:
-        row = ship(args.run, args.name, args.evaluation, args.new_lineage, args.max_mb)
+        row = ship(args.run, args.name, args.evaluation, args.new_lineage, args.max_mb,
+                   temperature=args.temperature)
     except ShipError as exc:
         print(f"ship_checkpoint.py: error: {exc}", file=sys.stderr)
         return 2

@@ -42,13 +42,13 @@ def add_decoding_options(parser: argparse.ArgumentParser, overwrite_help: str,
                          temperature_aliases: tuple[str, ...] = (), temperature_dest: str = "temperature") -> None:
     """The WaveNet decoding options of the commands that decode audio (``reconstruct``,
     ``convert``, ``generate``, ``infill``), with the same names, defaults and meanings:
-    ``--temperature`` (the decoder's; 0 takes the most likely sample), ``--seed``, ``--method``
+    ``--temperature`` (the decoder's; 0 takes the most likely sample; default the checkpoint's), ``--seed``, ``--method``
     (:data:`vqaudio.config.DECODE_METHODS`), ``--device``, ``--overwrite`` (``overwrite_help``
     says what it replaces) and ``--no-progress``."""
     from vqaudio.config import DECODE_METHODS
 
-    parser.add_argument("--temperature", *temperature_aliases, dest=temperature_dest, type=float, default=1.0,
-                        help="sampling temperature of the WaveNet decoder (default 1; 0: the most likely sample)")
+    parser.add_argument("--temperature", *temperature_aliases, dest=temperature_dest, type=float,
+                        help="sampling temperature of the WaveNet decoder (default: the checkpoint's, 1 unless it sets one; 0: the most likely sample)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
     parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
                         help="decoding implementation (default auto: cuda on a GPU, else the compiled numba loop)")

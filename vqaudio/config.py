@@ -108,6 +108,13 @@ class DecoderConfig:
             "time-jitter regularization", p = 0.12 there). It asks a code to carry what holds
             across neighbouring frames (phonetic content) rather than exact timing; no weights,
             decoding unchanged. 0: off.
+        temperature: the sampling temperature decoding uses when none is given (the default of
+            :meth:`vqaudio.model.VQVAE.decode` and of every command's ``--temperature``): the
+            mu-law sample is drawn from ``softmax(logits / temperature)``, 1 samples the model's
+            distribution, 0 takes the most likely value. Not used in training; a checkpoint
+            sets it to the value that scored best with its weights (an undertrained WaveNet
+            decodes less noisily a little below 1, as the conditional sampling of FFTNet,
+            Jin et al. 2018, which lowers it in voiced speech). Default 1.
     """
 
     num_stacks: int = 2
@@ -125,6 +132,7 @@ class DecoderConfig:
     mel_loss_weight: float = 0.0
     mel_bands: int = 40
     time_jitter: float = 0.0
+    temperature: float = 1.0
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -179,6 +187,8 @@ class VQVAEConfig:
                              f"{d.mel_bands}, {d.mel_loss_weight}")
         if not 0 <= d.time_jitter <= 1:
             raise ValueError(f"decoder: time_jitter must be a probability in [0, 1], got {d.time_jitter}")
+        if not (d.temperature >= 0 and math.isfinite(d.temperature)):
+            raise ValueError(f"decoder: temperature must be a finite number >= 0, got {d.temperature}")
 
     @property
     def hop_length(self) -> int:

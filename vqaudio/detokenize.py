@@ -29,7 +29,7 @@ def detokenize(
     out_dir: str | os.PathLike,
     *,
     speaker: str | None = None,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     seed: int = 0,
     limit: int | None = None,
     overwrite: bool = False,
@@ -58,7 +58,8 @@ def detokenize(
         out_dir: folder for the WAV files.
         speaker: decode every entry with this speaker; default: each entry's own speaker if
             the checkpoint knows it, else the first speaker of the table.
-        temperature, seed: sampling of the decoder.
+        temperature, seed: sampling of the decoder (temperature default: the checkpoint's,
+            ``config.decoder.temperature``).
         limit: decode only the first ``limit`` entries.
         overwrite: replace existing WAV files.
         allow_other_checkpoint: decode tokens made by another checkpoint of the same

@@ -202,7 +202,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    decoder_temperature: float = 1.0,
+    decoder_temperature: float | None = None,
     seed: int | None = 0,
     overwrite: bool = False,
     allow_mismatch: bool = False,
@@ -229,7 +229,8 @@ def generate(
         num: utterances per speaker.
         prompt: optional audio file whose codes are continued.
         temperature, top_k, top_p: sampling of the prior.
-        decoder_temperature: sampling temperature of the WaveNet decoder.
+        decoder_temperature: sampling temperature of the WaveNet decoder (default: the
+            checkpoint's, ``config.decoder.temperature``).
         seed: per speaker, seeds one ``torch.Generator`` used for the prior, then for the
             decoder's noise, so a speaker's samples do not depend on the other speakers asked
             for (``None``: torch's global generator).

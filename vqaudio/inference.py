@@ -54,7 +54,7 @@ def decode_file(
     in_path: str | os.PathLike,
     out_path: str | os.PathLike,
     speaker: str,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     seed: int | None = 0,
     method: str = "auto",
     overwrite: bool = False,

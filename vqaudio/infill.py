@@ -115,7 +115,7 @@ def infill_codes(prior, codes: torch.Tensor, first: int, stop: int, speaker: int
 
 def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.PathLike, start: float, end: float,
                 speaker: str, steps: int | None = None, prior_temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, temperature: float = 1.0, seed: int | None = 0, method: str = "auto",
+                top_p: float | None = None, temperature: float | None = None, seed: int | None = 0, method: str = "auto",
                 overwrite: bool = False, allow_mismatch: bool = False, progress: bool = True) -> InfilledFile:
     """Infill ``[start, end)`` seconds of ``in_path`` and write the decoded result to ``out_path``
     (and its codes to ``out_path`` with suffix ``.npy``).
@@ -128,7 +128,7 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
         start, end: the stretch to replace, in seconds.
         speaker: a speaker in both tables (the prior's condition and the decoder's voice).
         steps, prior_temperature, top_k, top_p: the prior's sampling.
-        temperature: the WaveNet decoder's sampling temperature.
+        temperature: the WaveNet decoder's sampling temperature (default: the checkpoint's).
         seed: seeds the prior's sampling and the decoder's noise.
         method: decoder implementation (see :meth:`vqaudio.model.VQVAE.decode`).
         overwrite: replace existing outputs.

@@ -235,7 +235,7 @@ class VQVAE(nn.Module):
         self,
         codes: torch.Tensor,
         speaker: torch.Tensor | int | str | list,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
         method: str = "auto",
         progress: bool = False,
@@ -251,7 +251,8 @@ class VQVAE(nn.Module):
         Args:
             codes: [B, T'] (or [T']) int64 in [0, K).
             speaker: [B] int64 ids, or one id / name for all, or a list of ids / names.
-            temperature: sampling temperature (1 samples the model's distribution; 0 is greedy).
+            temperature: sampling temperature (1 samples the model's distribution; 0 is greedy;
+                default ``config.decoder.temperature``, the checkpoint's).
             generator: random generator for reproducible sampling; the noise is drawn on its
                 device as ``torch.rand(B, T' * hop_length)``.
             method: one of :data:`vqaudio.config.DECODE_METHODS`: ``"auto"`` (the fastest available:
@@ -300,7 +301,7 @@ class VQVAE(nn.Module):
         self,
         codes: Sequence[torch.Tensor | np.ndarray],
         speaker: torch.Tensor | int | str | list,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
         method: str = "auto",
         progress: bool = False,
@@ -328,8 +329,7 @@ class VQVAE(nn.Module):
         Raises:
             UnknownSpeakerError, ValueError: as :meth:`decode`.
         """
-        if not (temperature >= 0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        temperature = self.decode_temperature(temperature)
         method = self.resolve_decode_method(method)
         codes = [torch.as_tensor(c) for c in codes]
         for b, c in enumerate(codes):
@@ -371,6 +371,18 @@ class VQVAE(nn.Module):
             )
             q = [out[b, : lengths[b]] for b in range(B)]
         return [mu_law_decode(x.to(self.device), Q)[None] for x in q]
+
+    def decode_temperature(self, temperature: float | None = None) -> float:
+        """The sampling temperature decoding uses: ``temperature``, or the checkpoint's
+        ``config.decoder.temperature`` when it is None.
+
+        Raises:
+            ValueError: a temperature that is negative or not finite.
+        """
+        t = self.config.decoder.temperature if temperature is None else float(temperature)
+        if not (t >= 0 and math.isfinite(t)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        return t
 
     def resolve_decode_method(self, method: str) -> str:
         """The decoding method ``method`` stands for on this model's device (see :meth:`decode`).

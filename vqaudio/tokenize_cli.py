@@ -117,7 +117,7 @@ def add_detokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="the VQ-VAE checkpoint that made the tokens")
     parser.add_argument("--out", required=True, help="folder for the WAV files")
     parser.add_argument("--speaker", help="decode every file with this speaker (default: each file's own)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="decoder sampling temperature")
+    parser.add_argument("--temperature", type=float, help="sampling temperature of the WaveNet decoder (default: the checkpoint's, 1 unless it sets one; 0: the most likely sample)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     parser.add_argument("--limit", type=int, help="decode only the first N files")
     parser.add_argument("--method", default="auto", choices=DECODE_METHODS,

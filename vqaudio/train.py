@@ -875,10 +875,11 @@ ADDABLE_DECODER_FIELDS = ("condition_layers", "condition_channels", "mel_loss_we
 
 def _check_init_config(init_from: Any, source: VQVAEConfig, given: VQVAEConfig) -> None:
     """Raise ValueError when ``given`` differs from the checkpoint's config (``source``) in
-    anything but the number of speakers (the speaker table comes from the corpus) and the
-    :data:`ADDABLE_DECODER_FIELDS`."""
+    anything but the number of speakers (the speaker table comes from the corpus), the
+    :data:`ADDABLE_DECODER_FIELDS` and the decoding temperature (not used in training)."""
     def flat(c: VQVAEConfig) -> dict[str, Any]:
-        decoder = dataclasses.replace(c.decoder, num_speakers=0, **{f: 1 for f in ADDABLE_DECODER_FIELDS})
+        decoder = dataclasses.replace(c.decoder, num_speakers=0, temperature=1.0,
+                                      **{f: 1 for f in ADDABLE_DECODER_FIELDS})
         return flat_config(dataclasses.replace(c, decoder=decoder))
 
     a, b = flat(source), flat(given)

@@ -42,7 +42,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="join clips per speaker into groups of at least this many seconds (default 3)")
     parser.add_argument("--gap-seconds", type=float, default=0.3, help="silence between joined clips (default 0.3)")
     parser.add_argument("--batch-size", type=int, default=16, help="clips decoded together (default 16)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="decoder sampling temperature (default 1)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature of the WaveNet decoder (default: the checkpoint's, 1 unless it sets one; 0: the most likely sample)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the decoding (default 0)")
     parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
                         help="decoding implementation (default auto: the fastest available)")

@@ -676,7 +676,7 @@ def evaluate(
     join_seconds: float = 3.0,
     gap_seconds: float = 0.3,
     batch_size: int = 16,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     seed: int = 0,
     method: str = "auto",
     num_plot_clips: int = 3,
@@ -720,7 +720,8 @@ def evaluate(
             ``join_seconds`` with ``gap_seconds`` of silence between clips, for STOI, ESTOI,
             ViSQOL and PESQ on joined clips.
         batch_size: clips decoded together.
-        temperature, seed, method: passed to ``VQVAE.decode``.
+        temperature, seed, method: passed to ``VQVAE.decode`` (temperature default: the
+            checkpoint's, ``config.decoder.temperature``; the report records the one used).
         num_plot_clips: clips shown in the spectrogram plot and on the listening page
             (``report.html``; 0: neither).
         num_threads: torch threads during the evaluation (restored after); None leaves them.
@@ -772,6 +773,8 @@ def evaluate(
                 samplers.append((label, load_code_sampler(p, model, prior_steps, steps_need_diffusion=not several)))
             if not several:  # one prior: its samples in audio/generation/, as before priors could be compared
                 samplers = [("", samplers[0][1])]
+        if model is not None:
+            temperature = model.decode_temperature(temperature)
         _prepare_out_dir(out_dir, model, temperature, seed, overwrite)
 
         t = time.perf_counter()
