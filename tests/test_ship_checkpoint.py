@@ -113,3 +113,6 @@ def test_log_of_a_sentence_corpus_reports_word_error_rates(tmp_path: Path) -> No
     # a stretch not yet scored: the columns still follow the corpus (from the run's data.json)
     assert "| WER vs original |" in ship.render_log([{**row, "scores": None, "intelligibility": "word error rate"}])
     assert "| digit acc |" in ship.render_log([{**row, "scores": None}])
+    # a stretch is dated by the end of its last session (UTC), not by the day it was shipped
+    assert ship._trained_on({"started_at": "2026-11-27T23:50:00+0000", "session_seconds": 1200}) == "2026-11-28"
+    assert ship._trained_on({"started_at": "2026-11-27T20:50:00-0300", "session_seconds": 60}) == "2026-11-27"

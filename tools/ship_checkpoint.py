@@ -35,6 +35,7 @@ starts a new log).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import shutil
@@ -117,6 +118,17 @@ def evaluation_scores(evaluation: Path, checkpoint_id: str, temperature: float |
     }
 
 
+def _trained_on(session: dict[str, Any]) -> str:
+    """The date (UTC) a training session ended: its start plus its length; today for records
+    without a start time."""
+    started = session.get("started_at")
+    if not started:
+        return time.strftime("%Y-%m-%d")
+    end = datetime.datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z") + datetime.timedelta(
+        seconds=session.get("session_seconds", 0))
+    return end.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
 def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None,
                 temperature: float | None = None) -> dict[str, Any]:
     """One training-log row for the run (its own totals; lineage totals are added by :func:`ship`)."""
@@ -131,7 +143,7 @@ def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None,
     init = _read_json(run / INIT_FROM_NAME, default={})
     layout = _read_json(run / "data.json", default={"layout": None}).get("layout")
     return {
-        "date": time.strftime("%Y-%m-%d"),
+        "date": _trained_on(sessions[-1]),
         "run": str(run.resolve()),
         "init_from": init.get("checkpoint_id"),
         "checkpoint_id": checkpoint_id,
