@@ -376,6 +376,12 @@ class VQVAE(nn.Module):
         """The sampling temperature decoding uses: ``temperature``, or the checkpoint's
         ``config.decoder.temperature`` when it is None.
 
+        Args:
+            temperature: a softmax temperature of the mu-law output, or None.
+
+        Returns:
+            the temperature, a float >= 0 (0: the most likely sample).
+
         Raises:
             ValueError: a temperature that is negative or not finite.
         """
