@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,17 @@ def test_every_command_that_runs_a_model_takes_the_shared_flags(capsys):
         assert all(flag in text for flag in wanted), (command, [f for f in wanted if f not in text])
         if "--method" in wanted:
             assert "{auto,numba,torch,cuda}" in text, command
+    # the commands that decode audio share one definition of the decoding flags: same help, default, choices
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    def decoding_flags(command):
+        return {a.option_strings[0]: (a.help, a.default, a.choices) for a in sub.choices[command]._actions
+                if a.option_strings and a.option_strings[0] in decoding | {"--device", "--no-progress"}}
+
+    reference = decoding_flags("reconstruct")
+    assert set(reference) == decoding | {"--device", "--no-progress"}
+    for command in ("convert", "infill", "detokenize"):
+        assert decoding_flags(command) == reference, command
     # the trainers' --cpu is --device cpu
     for argv in (["train", "d", "--out", "o", "--cpu"], ["train-prior", "t", "--out", "o", "--cpu"]):
         assert parser.parse_args(argv).device == "cpu"

@@ -179,3 +179,34 @@ def test_save_load_round_trip_and_loading_by_kind(tmp_path):
         DiffusionPrior.from_pretrained(tmp_path / "ar")
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
         load_prior(tmp_path / "missing")
+
+
+def test_sequences_longer_than_max_len_are_sampled_window_by_window():
+    from vqaudio.generate import sample_codes
+
+    model = tiny(num_timesteps=4, max_len=16)
+    calls = []
+    sample = model.sample
+
+    def recording_sample(speakers, num_codes, **kw):
+        out = sample(speakers, num_codes, **kw)
+        calls.append((num_codes, kw.get("known"), out))
+        return out
+
+    model.sample = recording_sample
+    prompt = torch.randint(0, K, (1, 10))
+    codes = sample_codes(model, 1, 40, num=2, prompt=prompt, steps=3, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (2, 50) and torch.equal(codes[:, :10], prompt.expand(2, -1))
+    assert int(codes.min()) >= 0 and int(codes.max()) < K
+    # every window fits the model, holds the last codes sampled so far fixed, and they add up to the whole
+    assert all(n <= 16 for n, _, _ in calls) and len(calls) == 5
+    have = prompt.expand(2, -1)
+    for n, known, out in calls:
+        context = int((known[0] >= 0).sum())
+        assert context >= 8 and torch.equal(known[:, :context], have[:, have.shape[1] - context:])
+        have = torch.cat([have, out[:, context:]], 1)
+    assert torch.equal(have, codes)
+    # without a prompt: the first window is a whole max_len
+    calls.clear()
+    codes = sample_codes(model, 0, 20, num=1, steps=3, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (1, 20) and [n for n, _, _ in calls] == [16, 16] and calls[0][1] is None

@@ -41,7 +41,7 @@ def run_command(command: str, run: Callable[[argparse.Namespace], int | None], a
 def add_decoding_options(parser: argparse.ArgumentParser, overwrite_help: str,
                          temperature_aliases: tuple[str, ...] = (), temperature_dest: str = "temperature") -> None:
     """The WaveNet decoding options of the commands that decode audio (``reconstruct``,
-    ``convert``, ``generate``, ``infill``), with the same names, defaults and meanings:
+    ``convert``, ``generate``, ``infill``, ``detokenize``), with the same names, defaults and meanings:
     ``--temperature`` (the decoder's; 0 takes the most likely sample; default the checkpoint's), ``--seed``, ``--method``
     (:data:`vqaudio.config.DECODE_METHODS`), ``--device``, ``--overwrite`` (``overwrite_help``
     says what it replaces) and ``--no-progress``."""

@@ -148,8 +148,9 @@ def sample_codes(
     """Sample ``num`` code sequences of one speaker from the prior, as one batch.
 
     The autoregressive prior continues the prompt code by code; the diffusion prior denoises
-    the whole sequence in ``steps`` reverse steps, with the prompt's last codes (as many as fit
-    its ``max_len`` beside the new ones) kept as known codes.
+    a window of up to ``max_len`` codes at once in ``steps`` reverse steps, with the prompt's
+    last codes kept as known codes, and goes on window by window past ``max_len`` (see
+    :func:`_sample_diffusion_windows`).
 
     Args:
         prior: a :class:`PriorTransformer` or :class:`DiffusionPrior` (on any device;
@@ -166,7 +167,7 @@ def sample_codes(
         codes: [num, P + num_codes] int64 in [0, K), the prompt first.
 
     Raises:
-        ValueError: bad sampling parameters, or more new codes than the diffusion prior's ``max_len``.
+        ValueError: bad sampling parameters.
     """
     device = prior.token_embedding.weight.device
     speakers = torch.full((num,), speaker, dtype=torch.long, device=device)
@@ -175,20 +176,51 @@ def sample_codes(
         if prompt.shape[0] == 1 and num > 1:
             prompt = prompt.expand(num, -1)
     if isinstance(prior, DiffusionPrior):
-        if num_codes > prior.config.max_len:
-            raise ValueError(f"{num_codes} codes exceed the diffusion prior's max_len={prior.config.max_len}; "
-                             f"ask for fewer seconds")
-        if prompt is None:
-            return prior.sample(speakers, num_codes, steps=steps, temperature=temperature, top_k=top_k,
-                                top_p=top_p, generator=generator, progress=progress)
-        context = prompt[:, max(0, prompt.shape[1] - (prior.config.max_len - num_codes)):]
-        known = torch.cat([context, torch.full((num, num_codes), -1, dtype=torch.long, device=device)], 1)
-        new = prior.sample(speakers, known.shape[1], steps=steps, temperature=temperature, top_k=top_k,
-                           top_p=top_p, generator=generator, known=known, progress=progress)
-        return torch.cat([prompt, new[:, context.shape[1]:]], dim=1)
+        new = _sample_diffusion_windows(prior, speakers, num_codes, prompt, steps=steps, temperature=temperature,
+                                        top_k=top_k, top_p=top_p, generator=generator, progress=progress)
+        return new if prompt is None else torch.cat([prompt, new], dim=1)
     new = prior.sample(speakers, num_codes, prompt=prompt, temperature=temperature, top_k=top_k,
                        top_p=top_p, generator=generator, progress=progress)
     return new if prompt is None else torch.cat([prompt, new], dim=1)
+
+
+def _sample_diffusion_windows(prior: DiffusionPrior, speakers: torch.Tensor, num_codes: int,
+                              prompt: torch.Tensor | None, steps: int | None, **sampling) -> torch.Tensor:
+    """Sample ``num_codes`` new codes after ``prompt`` from a diffusion prior, any number of them.
+
+    The prior sees at most ``max_len`` codes, so a longer sequence is denoised in windows, each
+    one outpainting (VQ-Diffusion's sampling with known codes held fixed): a window keeps the
+    last ``min(have, max_len // 2)`` codes sampled (or given) so far as known codes, more when
+    fewer new ones are left, and samples the rest of its ``max_len`` positions. A sequence that
+    fits in one window (prompt context included) takes one pass of ``steps`` reverse steps.
+
+    Args:
+        prior: the diffusion prior.
+        speakers: [B] int64 speaker ids.
+        num_codes: new codes per sequence, >= 1.
+        prompt: None or [B, P] int64 codes in [0, K) to continue.
+        steps: reverse steps per window (default: the prior's T).
+        **sampling: ``temperature``, ``top_k``, ``top_p``, ``generator``, ``progress`` of
+            :meth:`DiffusionPrior.sample`.
+
+    Returns:
+        codes: [B, num_codes] int64 in [0, K), the new codes only.
+    """
+    max_len, keep = prior.config.max_len, prior.config.max_len // 2
+    batch = speakers.shape[0]
+    have = prompt if prompt is not None else torch.zeros(batch, 0, dtype=torch.long, device=speakers.device)
+    start, remaining = have.shape[1], num_codes
+    while remaining > 0:
+        chunk = min(remaining, max_len - min(have.shape[1], keep))
+        context = have[:, have.shape[1] - min(have.shape[1], max_len - chunk):]
+        if context.shape[1] == 0:
+            new = prior.sample(speakers, chunk, steps=steps, **sampling)
+        else:
+            known = torch.cat([context, torch.full((batch, chunk), -1, dtype=torch.long, device=have.device)], 1)
+            new = prior.sample(speakers, known.shape[1], steps=steps, known=known, **sampling)[:, context.shape[1]:]
+        have = torch.cat([have, new], dim=1)
+        remaining -= chunk
+    return have[:, start:]
 
 
 def generate(

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vqaudio._files import atomic_write_json
-from vqaudio.config import DECODE_METHODS
+from vqaudio._command import add_decoding_options
 from vqaudio.detokenize import detokenize
 from vqaudio.nn.encoder import PRECISIONS
 from vqaudio.tokenize import TokenizeSummary, tokenize
@@ -117,19 +117,12 @@ def add_detokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="the VQ-VAE checkpoint that made the tokens")
     parser.add_argument("--out", required=True, help="folder for the WAV files")
     parser.add_argument("--speaker", help="decode every file with this speaker (default: each file's own)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature of the WaveNet decoder (default: the checkpoint's, 1 unless it sets one; 0: the most likely sample)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     parser.add_argument("--limit", type=int, help="decode only the first N files")
-    parser.add_argument("--method", default="auto", choices=DECODE_METHODS,
-                        help="decoder implementation (default auto: the fastest available)")
     parser.add_argument("--batch-size", type=int,
                         help="files decoded together (default: 4 per CPU core, 64 on a GPU)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing WAV files")
     parser.add_argument("--allow-other-checkpoint", action="store_true",
                         help="decode tokens made by another checkpoint with the same codebook size")
-    parser.add_argument("--device", help="torch device of the model: cpu, cuda, cuda:1, ... (default: cuda if "
-                                         "available, else cpu)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_decoding_options(parser, overwrite_help="replace existing WAV files")
 
 
 def run_detokenize(args: argparse.Namespace) -> int:
@@ -137,7 +130,7 @@ def run_detokenize(args: argparse.Namespace) -> int:
     written = detokenize(args.tokens_dir, args.checkpoint, args.out, speaker=args.speaker,
                          temperature=args.temperature, seed=args.seed, limit=args.limit,
                          overwrite=args.overwrite, allow_other_checkpoint=args.allow_other_checkpoint,
-                         method=args.method, batch_size=args.batch_size, progress=args.progress,
+                         method=args.method, batch_size=args.batch_size, progress=not args.no_progress,
                          device=args.device)
     print(f"wrote {len(written)} WAV files to {args.out}")
     return 0
