@@ -131,6 +131,15 @@ def test_every_command_that_runs_a_model_takes_the_shared_flags(capsys):
     assert set(reference) == decoding | {"--device", "--no-progress"}
     for command in ("convert", "infill", "detokenize"):
         assert decoding_flags(command) == reference, command
+    # and the commands that sample a prior, one definition of its sampling flags
+    prior_flags = {"--steps", "--prior-temperature", "--top-k", "--top-p", "--allow-mismatch"}
+
+    def sampling_flags(command):
+        return {a.option_strings[0]: (a.help, a.default) for a in sub.choices[command]._actions
+                if a.option_strings and a.option_strings[0] in prior_flags}
+
+    assert set(sampling_flags("generate")) == prior_flags
+    assert sampling_flags("infill") == sampling_flags("generate") == sampling_flags("evaluate")
     # the trainers' --cpu is --device cpu
     for argv in (["train", "d", "--out", "o", "--cpu"], ["train-prior", "t", "--out", "o", "--cpu"]):
         assert parser.parse_args(argv).device == "cpu"

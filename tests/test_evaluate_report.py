@@ -207,6 +207,21 @@ def test_generation_with_a_saved_prior(tmp_path: Path) -> None:
     wavs = sorted((tmp_path / "r" / "audio" / "generation").glob("*.wav"))
     assert [p.stem for p in wavs] == [f"{s}__0" for s in SPEAKERS]
     assert all(len(sf.read(str(p))[0]) == round(0.1 * 125) * 64 for p in wavs)
+    # other sampling settings in the same folder: the samples are drawn again, not read back
+    first = [sf.read(str(p))[0] for p in wavs]
+    again = evaluate(model, SAMPLE, tmp_path / "r", prior=path, max_clips=6, baselines=(), generate_per_speaker=1,
+                     generate_seconds=0.1, skip=NO_EXTRA + ["conversion", "plots"], method="torch",
+                     num_threads=1, progress=False, prior_temperature=0.5, prior_top_p=0.9)
+    assert again["generation"]["prior"]["temperature"] == 0.5 and again["generation"]["prior"]["top_p"] == 0.9
+    assert again["generation"]["sampling_seconds_each"] > 0  # drawn by this run
+    assert any(not np.array_equal(a, sf.read(str(p))[0]) for a, p in zip(first, wavs))
+    assert "autoregressive, temperature 0.5, top-p 0.9" in (tmp_path / "r" / "report.md").read_text()
+    # a prior fitted to another checkpoint's tokens is refused unless allowed
+    prior.metadata["checkpoint_id"] = "0123456789abcdef"
+    stranger = prior.save_pretrained(tmp_path / "stranger")
+    with pytest.raises(ValueError, match="trained on tokens of VQ-VAE checkpoint 0123456789abcdef"):
+        evaluate(model, SAMPLE, tmp_path / "r3", prior=stranger, max_clips=2, baselines=(),
+                 skip=NO_EXTRA + ["conversion", "plots"], method="torch", num_threads=1, progress=False)
     other = PriorTransformer(PriorConfig(codebook_size=32, num_speakers=2, d_model=16, n_layers=1, n_heads=2,
                                          max_len=32), ["a", "b"])
     with pytest.raises(ValueError, match="speakers"):
@@ -230,7 +245,8 @@ def test_generation_and_infilling_with_a_diffusion_prior(tmp_path: Path) -> None
                       generate_seconds=0.1, skip=NO_EXTRA + ["conversion"], num_plot_clips=2, method="torch",
                       num_threads=1, progress=False)
     gen = report["generation"]
-    assert gen["samples"] == 6 and gen["prior"] == {"type": "diffusion", "path": str(path), "steps": 3}
+    assert gen["samples"] == 6 and gen["prior"] == {"type": "diffusion", "path": str(path), "steps": 3,
+                                                      "temperature": 1.0, "top_k": None, "top_p": None}
     assert gen["sampling_seconds_each"] > 0
     assert len(gen["infilled"]["clips"]) == 2
     page = (out / "report.html").read_text()

@@ -56,3 +56,17 @@ def add_decoding_options(parser: argparse.ArgumentParser, overwrite_help: str,
                                          "available, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_prior_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of sampling a prior, the same in ``generate``, ``infill`` and ``evaluate``: ``--steps``,
+    ``--prior-temperature``, ``--top-k``, ``--top-p`` and ``--allow-mismatch``."""
+    parser.add_argument("--steps", type=int, default=None,
+                        help="reverse steps of a diffusion prior per window of up to its max_len codes (default: "
+                             "all of its T steps; fewer skip evenly); not used by the autoregressive prior")
+    parser.add_argument("--prior-temperature", type=float, default=1.0,
+                        help="prior sampling temperature (default 1; 0 is greedy)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="use a prior trained on tokens of another VQ-VAE checkpoint")

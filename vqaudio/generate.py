@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqaudio._command import add_decoding_options
+from vqaudio._command import add_decoding_options, add_prior_sampling_arguments
 from vqaudio._files import atomic_path
 from vqaudio._system import default_device
 from vqaudio.audio import load_audio, save_audio
@@ -364,20 +364,6 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     add_prior_sampling_arguments(parser)
     add_decoding_options(parser, "number files from 000, replacing existing ones",
                          temperature_aliases=("--decoder-temperature",), temperature_dest="decoder_temperature")
-
-
-def add_prior_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of sampling a prior, the same in ``generate`` and ``infill``: ``--steps``,
-    ``--prior-temperature``, ``--top-k``, ``--top-p`` and ``--allow-mismatch``."""
-    parser.add_argument("--steps", type=int, default=None,
-                        help="reverse steps of a diffusion prior for the whole utterance (default: all "
-                             "of its T steps; fewer skip evenly); not used by the autoregressive prior")
-    parser.add_argument("--prior-temperature", type=float, default=1.0,
-                        help="prior sampling temperature (default 1; 0 is greedy)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
-    parser.add_argument("--allow-mismatch", action="store_true",
-                        help="use a prior trained on tokens of another VQ-VAE checkpoint")
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqaudio._command import add_decoding_options
+from vqaudio._command import add_decoding_options, add_prior_sampling_arguments
 from vqaudio.audio import load_audio, save_audio
-from vqaudio.generate import add_prior_sampling_arguments
 from vqaudio.nn.encoder import encoder_receptive_field
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from vqaudio.evaluate.baselines import DEFAULT_BASELINES
+from vqaudio._command import add_prior_sampling_arguments
 from vqaudio.config import DECODE_METHODS
 from vqaudio.evaluate.pipeline import SKIPPABLE
 
@@ -20,8 +21,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", nargs="+", metavar="PRIOR_DIR",
                         help="prior checkpoint(s) (autoregressive or diffusion): also generate and judge samples "
                              "per speaker; several are compared in one report on the same seeds")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="reverse steps of a diffusion prior (default: all of its T steps)")
+    add_prior_sampling_arguments(parser)
     parser.add_argument("--split", choices=("auto", "held-out", "all"), default="auto",
                         help="held-out split of a corpus folder (FSDD: takes 0-4), or all clips "
                         "(default auto: held-out for a folder, all for files)")
@@ -72,7 +72,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             baselines=baselines, skip=skip, join_seconds=args.join_seconds, gap_seconds=args.gap_seconds,
             batch_size=args.batch_size, temperature=args.temperature, seed=args.seed, method=args.method,
             num_plot_clips=args.plot_clips, num_threads=args.threads, overwrite=args.overwrite,
-            progress=not args.no_progress, device=args.device, prior_steps=args.steps,
+            progress=not args.no_progress, device=args.device, prior_steps=args.steps, prior_temperature=args.prior_temperature,
+            prior_top_k=args.top_k, prior_top_p=args.top_p, allow_mismatch=args.allow_mismatch,
             conversion_matrix=args.conversion_matrix,
         )
     except MissingExtraError as exc:

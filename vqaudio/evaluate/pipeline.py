@@ -599,22 +599,29 @@ def codebook_statistics(codes: Sequence[np.ndarray], codebook_size: int) -> dict
 # ----- prior ---------------------------------------------------------------------------------
 
 
-def load_code_sampler(prior, model, steps: int | None = None, steps_need_diffusion: bool = True) -> CodeSampler:
+def load_code_sampler(prior, model, steps: int | None = None, steps_need_diffusion: bool = True,
+                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                      allow_mismatch: bool = False) -> CodeSampler:
     """A :data:`CodeSampler` from a prior: a callable (used as is), a
     :class:`vqaudio.nn.prior.PriorTransformer` or
     :class:`vqaudio.nn.diffusion_prior.DiffusionPrior`, or the path of a saved one of either.
 
-    A sampler made from a prior carries ``description`` (``{"type", "path", "steps"}``) and, for
+    A sampler made from a prior draws with :func:`vqaudio.generate.sample_codes` (so a
+    diffusion prior makes sequences longer than its ``max_len`` window by window) and carries
+    ``description`` (``{"type", "path", "steps", "temperature", "top_k", "top_p"}``) and, for
     the diffusion prior, ``infill(codes [T'] int64, first, stop, speaker_id, generator)``.
 
     Args:
         steps: reverse steps of a diffusion prior (default: all of its T).
         steps_need_diffusion: ``steps`` given for an autoregressive prior is an error (else,
             when several priors are compared, it is for the diffusion ones only).
+        temperature, top_k, top_p: the prior's sampling (:func:`vqaudio.nn.prior.filter_logits`).
+        allow_mismatch: see :func:`vqaudio.generate.check_compatible`.
 
     Raises:
-        ValueError: the prior's speaker table or codebook size differs from the model's, or
-            ``steps`` for an autoregressive prior with ``steps_need_diffusion``.
+        ValueError: the prior's speaker table or codebook size differs from the model's, it was
+            fitted to another checkpoint's tokens (without ``allow_mismatch``), or ``steps``
+            for an autoregressive prior with ``steps_need_diffusion``.
     """
     import torch
 
@@ -628,26 +635,27 @@ def load_code_sampler(prior, model, steps: int | None = None, steps_need_diffusi
     if hasattr(prior, "sample") and hasattr(prior, "speakers"):
         if list(prior.speakers) != list(model.speakers):
             raise ValueError(f"the prior's speakers {prior.speakers} differ from the checkpoint's {model.speakers}")
-        k = getattr(prior.config, "codebook_size", model.config.quantizer.codebook_size)
-        if k != model.config.quantizer.codebook_size:
-            raise ValueError(f"the prior has {k} codes, the checkpoint {model.config.quantizer.codebook_size}")
+        from vqaudio.generate import check_compatible, sample_codes
+
+        check_compatible(model, prior, allow_mismatch)
         module = prior
         diffusion = isinstance(module, DiffusionPrior)
         if steps is not None and not diffusion and steps_need_diffusion:
             raise ValueError("--steps is for a diffusion prior; this prior is autoregressive")
-        extra = {"steps": steps} if diffusion else {}
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
 
         def sample(speaker_id: int, num_codes: int, generator) -> torch.Tensor:
-            return module.sample(torch.tensor([speaker_id]), num_codes, generator=generator, **extra)[0]
+            return sample_codes(module, speaker_id, num_codes, generator=generator,
+                                steps=steps if diffusion else None, **sampling)[0]
 
         sample.description = {"type": "diffusion" if diffusion else "autoregressive", "path": path,
-                              "steps": (steps or module.config.num_timesteps) if diffusion else None}
+                              "steps": (steps or module.config.num_timesteps) if diffusion else None, **sampling}
         if diffusion:
             from vqaudio.infill import infill_codes
 
             def infill(codes, first: int, stop: int, speaker_id: int, generator) -> torch.Tensor:
                 return infill_codes(module, torch.as_tensor(codes, dtype=torch.long), first, stop, speaker_id,
-                                    steps=steps, generator=generator)
+                                    steps=steps, generator=generator, **sampling)
 
             sample.infill = infill
         return sample
@@ -686,6 +694,10 @@ def evaluate(
     progress: bool = True,
     device: str | None = None,
     prior_steps: int | None = None,
+    prior_temperature: float = 1.0,
+    prior_top_k: int | None = None,
+    prior_top_p: float | None = None,
+    allow_mismatch: bool = False,
     conversion_matrix: int = 0,
 ) -> dict[str, Any]:
     """Score a checkpoint and classic codecs on held-out audio; write report.json, report.md, plots.
@@ -704,6 +716,10 @@ def evaluate(
             diffusion prior the listening page also shows the listening clips with their
             middle third infilled.
         prior_steps: reverse steps of a diffusion prior (default: all of its T).
+        prior_temperature, prior_top_k, prior_top_p: the priors' sampling
+            (:func:`vqaudio.nn.prior.filter_logits`); recorded with each prior's result.
+        allow_mismatch: score priors fitted to another checkpoint's tokens (see
+            :func:`vqaudio.generate.check_compatible`).
         split, num_held_out, max_clips: which clips (see :func:`load_clips`).
         max_conversions: at most this many conversions (default: one per clip).
         conversion_matrix: this many clips (one per speaker first, as on the listening page)
@@ -770,7 +786,9 @@ def evaluate(
                 label = Path(p).name if isinstance(p, (str, os.PathLike)) else f"prior{i + 1}"
                 if any(label == other for other, _ in samplers):
                     label = f"{label}-{i + 1}"
-                samplers.append((label, load_code_sampler(p, model, prior_steps, steps_need_diffusion=not several)))
+                samplers.append((label, load_code_sampler(
+                    p, model, prior_steps, steps_need_diffusion=not several, temperature=prior_temperature,
+                    top_k=prior_top_k, top_p=prior_top_p, allow_mismatch=allow_mismatch)))
             if not several:  # one prior: its samples in audio/generation/, as before priors could be compared
                 samplers = [("", samplers[0][1])]
         if model is not None:
@@ -1020,6 +1038,14 @@ def _generate_and_judge(model, sampler: CodeSampler, ref: _References, folder: P
         seconds = float(np.median([len(w) for w in ref.wavs])) / ref.sample_rate
     num_codes = max(1, int(round(seconds * model.config.codes_per_second)))
     speakers = sorted({c.speaker for c in ref.clips if c.speaker is not None})
+    # Samples on disk are reused only if the same prior drew them the same way.
+    drawn_by = {"prior": getattr(sampler, "description", None), "num_codes": num_codes}
+    state = folder / "sampler.json"
+    if folder.is_dir() and (not state.is_file() or json.loads(state.read_text()) != drawn_by):
+        for old in folder.glob("*.wav"):
+            old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(state, drawn_by, indent=1)
     jobs = []
     sampling_s, sampled = 0.0, 0
     for s in speakers:

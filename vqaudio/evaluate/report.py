@@ -42,6 +42,22 @@ _PACKAGES = ("pesq", "pystoi", "visqol-python", "pycodec2", "resemblyzer", "pock
              "webrtcvad-wheels")
 
 
+def prior_sampling_text(description: dict[str, Any]) -> str:
+    """How a prior's samples were drawn, in words, from a sampler's ``description``
+    (:func:`vqaudio.evaluate.pipeline.load_code_sampler`): e.g. ``"autoregressive,
+    temperature 0.8, top-p 0.9"`` or ``"diffusion, 25 reverse steps"``; the defaults
+    (temperature 1, no top-k or top-p) are left out."""
+    parts = [description.get("type", "")] if description.get("type") else []
+    if description.get("steps"):
+        parts.append(f"{description['steps']} reverse steps")
+    if description.get("temperature", 1.0) != 1.0:
+        parts.append(f"temperature {description['temperature']:g}")
+    if description.get("top_k"):
+        parts.append(f"top-k {description['top_k']}")
+    if description.get("top_p"):
+        parts.append(f"top-p {description['top_p']:g}")
+    return ", ".join(parts)
+
 def judge_versions() -> dict[str, str | None]:
     """Installed versions of the metric and judge packages (None when absent)."""
     out: dict[str, str | None] = {}
@@ -129,9 +145,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     gen = report.get("generation")
     if gen:
         prior = gen.get("prior") or {}
-        kind = prior.get("type", "")
-        if prior.get("steps"):
-            kind += f", {prior['steps']} reverse steps"
+        kind = prior_sampling_text(prior)
         lines += ["", "## Generation with the prior", "",
                   f"- prior: {prior.get('path') or 'in memory'}" + (f" ({kind})" if kind else ""),
                   f"- {gen['samples']} samples of {gen['seconds_each']:.2f} s"
@@ -148,7 +162,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|"]
         for g in gens:
             p = g.get("prior") or {}
-            lines.append(f"| {g['label']} | {p.get('type', '–')} | {p.get('steps') or '–'} | "
+            lines.append(f"| {g['label']} | {prior_sampling_text({**p, 'steps': None}) or '–'} | {p.get('steps') or '–'} | "
                          f"{_fmt(g.get('sampling_seconds_each'), '.3f')} | {_fmt(g.get('identified_as_requested'), '.3f')} | "
                          f"{_fmt(g.get('similarity_to_requested'), '.3f')} | {_fmt(g.get('recognised_as_digit'), '.3f')} |")
     if report.get("listening_page"):
@@ -425,7 +439,7 @@ def _prior_sample_rows(out_dir: Path, report: dict[str, Any], esc) -> str:
             cells.append(f'<td><div>{esc(rel.stem)}</div><audio controls preload="none" src="{esc(rel.as_posix())}"></audio></td>')
         if cells:
             p = g.get("prior") or {}
-            kind = p.get("type", "") + (f", {p['steps']} reverse steps" if p.get("steps") else "")
+            kind = prior_sampling_text(p)
             title = f"{label or p.get('path') or 'prior'} ({kind}): identified as the requested speaker " \
                     f"{_fmt(g.get('identified_as_requested'), '.3f')}"
             rows.append(f"<section><h3>{esc(title)}</h3><table><tr>{''.join(cells)}</tr></table></section>")
