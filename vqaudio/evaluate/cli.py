@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vqaudio.evaluate.baselines import DEFAULT_BASELINES
 from vqaudio._command import add_prior_sampling_arguments
 from vqaudio.config import DECODE_METHODS
+from vqaudio.evaluate.baselines import DEFAULT_BASELINES
 from vqaudio.evaluate.pipeline import SKIPPABLE
 
 

@@ -58,6 +58,7 @@ def prior_sampling_text(description: dict[str, Any]) -> str:
         parts.append(f"top-p {description['top_p']:g}")
     return ", ".join(parts)
 
+
 def judge_versions() -> dict[str, str | None]:
     """Installed versions of the metric and judge packages (None when absent)."""
     out: dict[str, str | None] = {}
