@@ -149,7 +149,7 @@ def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None,
         "checkpoint_id": checkpoint_id,
         "steps": sessions[-1]["end_step"],
         "samples": sessions[-1]["samples_seen"],
-        "cpu_hours": round(cpu_hours, 3),
+        "cpu_hours": round(cpu_hours, 5),  # 0.02 s: a two-step test run still counts
         "gpu_minutes": round(gpu_minutes, 1),
         "hardware": hardware,
         "mixed_precision": sorted({s["mixed_precision"] for s in sessions}),
@@ -209,7 +209,7 @@ def ship(run: Path, name: str, evaluation: Path | None = None, new_lineage: bool
     row["stretch"] = len(log) + 1
     row["total_steps"] = before["total_steps"] + row["steps"]
     row["total_samples"] = before["total_samples"] + row["samples"]
-    row["total_cpu_hours"] = round(before["total_cpu_hours"] + row["cpu_hours"], 3)
+    row["total_cpu_hours"] = round(before["total_cpu_hours"] + row["cpu_hours"], 5)
     row["total_gpu_minutes"] = round(before["total_gpu_minutes"] + row["gpu_minutes"], 1)
     log.append(row)
 
