@@ -6,14 +6,16 @@
 #
 #   bash tools/bundled_priors.sh [MODEL [AR_STEPS [DIFFUSION_STEPS]]]
 #   # default fsdd-8k 3000 6000: about 30 minutes on 2 cores
+#   ONE_CORE=1 bash tools/bundled_priors.sh vcc2016-16k 5000 4500
+#   # the two priors one after the other on one core, leaving the other to a training run
 #
 # 1. tokens: runs/tokens-MODEL (`vqaudio tokenize` of the training utterances with --checkpoint
 #    MODEL: FSDD takes 5-49; VCC 2016 sentences 100001-100150 of every speaker)
 # 2. runs/prior-ar (autoregressive) and runs/prior-diffusion (VQ-Diffusion), the recipe's CPU
 #    size (d_model 128, 4 layers, 4 heads, 0.9 M parameters), windows of 128 codes, batch 16,
-#    lr 1e-3 with cosine decay, one thread each, side by side (on fsdd-8k the autoregressive
-#    prior's validation is lowest near 2,500-3,000 steps and rises after: 140k training codes
-#    for 0.9 M parameters)
+#    lr 1e-3 with cosine decay, one thread each, side by side (with ONE_CORE=1, one after the
+#    other; on fsdd-8k the autoregressive prior's validation is lowest near 2,500-3,000 steps
+#    and rises after: 140k training codes for 0.9 M parameters)
 # 3. each run's config.json, model.safetensors, speakers.json, metrics.json and train_config.json
 #    copied into vqaudio/pretrained/MODEL-prior and MODEL-diffusion (their README.md cards are
 #    hand-written: update their figures from the evaluation printed last)
@@ -42,15 +44,23 @@ esac
 rm -rf "runs/tokens-$model" runs/prior-ar runs/prior-diffusion
 inputs=("@runs/$model-train-files.txt")
 if [ "$model" = vcc2016-16k ]; then inputs=("runs/$model-train"); fi
-OMP_NUM_THREADS=2 vqaudio tokenize "${inputs[@]}" --checkpoint "$model" --out "runs/tokens-$model" \
+tokenize_threads=2
+if [ "${ONE_CORE:-0}" = 1 ]; then tokenize_threads=1; fi
+OMP_NUM_THREADS=$tokenize_threads vqaudio tokenize "${inputs[@]}" --checkpoint "$model" --out "runs/tokens-$model" \
   --num-processes 1 --no-progress
 common=(--d-model 128 --layers 4 --heads 4 --window 128 --learning-rate 1e-3
         --valid-every 500 --checkpoint-every 500 --no-progress)
-OMP_NUM_THREADS=1 vqaudio train-prior "runs/tokens-$model" --out runs/prior-ar --max-len 256 --max-steps "$ar_steps" \
-  "${common[@]}" > runs/prior-ar.log 2>&1 &
-OMP_NUM_THREADS=1 vqaudio train-prior "runs/tokens-$model" --out runs/prior-diffusion --type diffusion --max-len 512 \
-  --max-steps "$diffusion_steps" "${common[@]}" > runs/prior-diffusion.log 2>&1 &
-wait
+ar=(vqaudio train-prior "runs/tokens-$model" --out runs/prior-ar --max-len 256 --max-steps "$ar_steps" "${common[@]}")
+diffusion=(vqaudio train-prior "runs/tokens-$model" --out runs/prior-diffusion --type diffusion --max-len 512
+           --max-steps "$diffusion_steps" "${common[@]}")
+if [ "${ONE_CORE:-0}" = 1 ]; then  # one after the other, leaving the other core to a training run
+  OMP_NUM_THREADS=1 "${ar[@]}" > runs/prior-ar.log 2>&1
+  OMP_NUM_THREADS=1 "${diffusion[@]}" > runs/prior-diffusion.log 2>&1
+else
+  OMP_NUM_THREADS=1 "${ar[@]}" > runs/prior-ar.log 2>&1 &
+  OMP_NUM_THREADS=1 "${diffusion[@]}" > runs/prior-diffusion.log 2>&1 &
+  wait
+fi
 tail -n 1 runs/prior-ar.log runs/prior-diffusion.log
 for pair in "prior-ar $model-prior" "prior-diffusion $model-diffusion"; do
   set -- $pair
