@@ -44,16 +44,15 @@ esac
 rm -rf "runs/tokens-$model" runs/prior-ar runs/prior-diffusion
 inputs=("@runs/$model-train-files.txt")
 if [ "$model" = vcc2016-16k ]; then inputs=("runs/$model-train"); fi
-tokenize_threads=2
-if [ "${ONE_CORE:-0}" = 1 ]; then tokenize_threads=1; fi
-OMP_NUM_THREADS=$tokenize_threads vqaudio tokenize "${inputs[@]}" --checkpoint "$model" --out "runs/tokens-$model" \
+one_core=${ONE_CORE:-0}
+OMP_NUM_THREADS=$((2 - one_core)) vqaudio tokenize "${inputs[@]}" --checkpoint "$model" --out "runs/tokens-$model" \
   --num-processes 1 --no-progress
 common=(--d-model 128 --layers 4 --heads 4 --window 128 --learning-rate 1e-3
         --valid-every 500 --checkpoint-every 500 --no-progress)
 ar=(vqaudio train-prior "runs/tokens-$model" --out runs/prior-ar --max-len 256 --max-steps "$ar_steps" "${common[@]}")
 diffusion=(vqaudio train-prior "runs/tokens-$model" --out runs/prior-diffusion --type diffusion --max-len 512
            --max-steps "$diffusion_steps" "${common[@]}")
-if [ "${ONE_CORE:-0}" = 1 ]; then  # one after the other, leaving the other core to a training run
+if [ "$one_core" = 1 ]; then  # one after the other, leaving the other core to a training run
   OMP_NUM_THREADS=1 "${ar[@]}" > runs/prior-ar.log 2>&1
   OMP_NUM_THREADS=1 "${diffusion[@]}" > runs/prior-diffusion.log 2>&1
 else
