@@ -375,6 +375,32 @@ def test_time_jitter_replaces_frames_by_neighbours_in_training_only():
     assert not torch.equal(model.train()(wav, speakers).logits, plain.train()(wav, speakers).logits)
 
 
+def test_input_noise_perturbs_the_teacher_forced_input_in_training_only():
+    """``decoder.input_noise``: in training the WaveNet's past samples are encoded from a noisy
+    waveform while the loss's targets stay the clean mu-law values; eval mode is unchanged; a
+    negative std is refused."""
+    from conftest import tiny_vqvae
+
+    from vqaudio.audio import mu_law_encode
+
+    with pytest.raises(ValueError, match="input_noise"):
+        tiny_vqvae(["a"], input_noise=-0.1)
+    model = tiny_vqvae(["a", "b"], seed=0, input_noise=0.05)
+    plain = tiny_vqvae(["a", "b"], seed=0)
+    wav = torch.sin(torch.linspace(0, 300, 2 * 640)).reshape(2, 1, 640) * 0.5
+    speakers = torch.tensor([0, 1])
+    assert torch.equal(model.eval()(wav, speakers).logits, plain.eval()(wav, speakers).logits)
+
+    seen = []
+    forward = model.decoder.forward_time_major
+    model.decoder.forward_time_major = lambda inputs, *a: seen.append(inputs) or forward(inputs, *a)
+    out = model.train()(wav, speakers)
+    clean = mu_law_encode(wav[:, 0], 256)
+    assert (seen[0][:, 1:] != clean[:, :-1]).float().mean() > 0.3  # the past samples are noisy
+    rec = torch.nn.functional.cross_entropy(out.logits.float(), clean)
+    assert torch.allclose(out.reconstruction_loss, rec, atol=1e-5)  # the targets are clean
+
+
 def test_decoding_temperature_defaults_to_the_checkpoints(tmp_path):
     """``decoder.temperature`` is what decoding uses when no temperature is given, in every
     method, and it survives a checkpoint round trip; an explicit temperature overrides it."""

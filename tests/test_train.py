@@ -464,14 +464,15 @@ def test_conditioning_stack_and_mel_loss_from_the_command_line(tmp_path):
     run_recipe(data, tmp_path / "out", "--batch-size", "2", "--segment-seconds", "0.128", "--lr", "1e-3",
                "--valid-every", "2", "--example-seconds", "0.02", "--log-every", "1", "--max-steps", "2",
                "--condition-layers", "1", "--condition-channels", "8", "--mel-loss-weight", "0.1", "--mel-bands", "12",
-               "--time-jitter", "0.12", "--split", "per-speaker", "--num-valid-per-speaker", "1")
+               "--time-jitter", "0.12", "--input-noise", "0.01", "--split", "per-speaker", "--num-valid-per-speaker", "1")
     run = tmp_path / "out" / "vqvae"
     records = read_metrics(run)
     assert [s for s, _ in iter_metric(records, "train/mel_loss")] == [1, 2]
     assert [s for s, _ in iter_metric(records, "valid/mel_loss")] == [2]
     model = VQVAE.from_pretrained(run)
     d = model.config.decoder
-    assert (d.condition_layers, d.condition_channels, d.mel_loss_weight, d.mel_bands, d.time_jitter) == (1, 8, 0.1, 12, 0.12)
+    assert (d.condition_layers, d.condition_channels, d.mel_loss_weight, d.mel_bands, d.time_jitter, d.input_noise) == (
+        1, 8, 0.1, 12, 0.12, 0.01)
 
 
 def test_init_from_adds_conditioning_blocks_without_changing_the_decoding():
@@ -483,7 +484,7 @@ def test_init_from_adds_conditioning_blocks_without_changing_the_decoding():
 
     source = tiny_vqvae(["a", "b"], seed=0)
     grown = tiny_vqvae(["a", "b"], seed=1, condition_layers=2, condition_channels=8, mel_loss_weight=1.0,
-                       time_jitter=0.12, temperature=0.6)
+                       time_jitter=0.12, input_noise=0.01, temperature=0.6)
     _check_init_config("plain", source.config, grown.config)  # allowed (the temperature is a decoding setting)
     assert initialize_from(grown, source) == ["a", "b"]
     codes = torch.randint(0, 16, (2, 5))

@@ -108,6 +108,14 @@ class DecoderConfig:
             "time-jitter regularization", p = 0.12 there). It asks a code to carry what holds
             across neighbouring frames (phonetic content) rather than exact timing; no weights,
             decoding unchanged. 0: off.
+        input_noise: standard deviation, in linear amplitude of the [-1, 1] waveform, of
+            Gaussian noise added in training only to the decoder's teacher-forced input (the
+            past samples, before mu-law encoding; the targets stay clean). Past samples it
+            cannot trust make the WaveNet lean on its conditioning (codes and speaker), as
+            noise on the input of WaveNet and WaveRNN autoencoders is used for (nsynth_wavenet,
+            mkotha/WaveRNN). Mu-law spends most levels near zero, so 0.01 blurs silence by
+            tens of levels and speech at amplitude 0.1 by about two. No weights, decoding
+            unchanged. 0: off.
         temperature: the sampling temperature decoding uses when none is given (the default of
             :meth:`vqaudio.model.VQVAE.decode` and of every command's ``--temperature``): the
             mu-law sample is drawn from ``softmax(logits / temperature)``, 1 samples the model's
@@ -132,6 +140,7 @@ class DecoderConfig:
     mel_loss_weight: float = 0.0
     mel_bands: int = 40
     time_jitter: float = 0.0
+    input_noise: float = 0.0
     temperature: float = 1.0
 
     @property
@@ -187,6 +196,8 @@ class VQVAEConfig:
                              f"{d.mel_bands}, {d.mel_loss_weight}")
         if not 0 <= d.time_jitter <= 1:
             raise ValueError(f"decoder: time_jitter must be a probability in [0, 1], got {d.time_jitter}")
+        if not (d.input_noise >= 0 and math.isfinite(d.input_noise)):
+            raise ValueError(f"decoder: input_noise must be a finite number >= 0, got {d.input_noise}")
         if not (d.temperature >= 0 and math.isfinite(d.temperature)):
             raise ValueError(f"decoder: temperature must be a finite number >= 0, got {d.temperature}")
 

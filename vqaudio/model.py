@@ -145,7 +145,9 @@ class VQVAE(nn.Module):
             :class:`VQVAEOutput`; ``loss`` is Eq. 3 of the paper with the decoder's
             cross-entropy over mu-law values as the reconstruction term (plus, with
             ``decoder.mel_loss_weight``, the weighted auxiliary log-mel loss). In training mode
-            with ``decoder.time_jitter`` the decoder sees the codes through :func:`time_jitter`.
+            with ``decoder.time_jitter`` the decoder sees the codes through :func:`time_jitter`,
+            and with ``decoder.input_noise`` its teacher-forced input is encoded from
+            ``wav + N(0, input_noise^2)`` clamped to [-1, 1] (the target stays clean).
         """
         self._checkpoint_id = None  # weights are about to change
         z_e = self.encoder(wav)
@@ -155,7 +157,11 @@ class VQVAE(nn.Module):
             z_q = time_jitter(z_q, self.config.decoder.time_jitter)
         local = self.decoder.local_features(z_q)
         target = mu_law_encode(wav[:, 0], self.config.decoder.quantization_channels)
-        inputs = torch.nn.functional.pad(target[:, :-1], (1, 0), value=SILENCE)
+        past = target
+        if self.training and self.config.decoder.input_noise > 0:
+            noisy = (wav[:, 0] + self.config.decoder.input_noise * torch.randn_like(wav[:, 0])).clamp(-1, 1)
+            past = mu_law_encode(noisy, self.config.decoder.quantization_channels)
+        inputs = torch.nn.functional.pad(past[:, :-1], (1, 0), value=SILENCE)
         logits = self.decoder.forward_time_major(inputs, local, speaker)  # [B, T, Q]
         rec = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
         loss = rec + q.loss

@@ -249,6 +249,7 @@ MODEL_SIZE_FIELDS: dict[str, tuple[str, str]] = {
     "mel_loss_weight": ("decoder", "mel_loss_weight"),
     "mel_bands": ("decoder", "mel_bands"),
     "time_jitter": ("decoder", "time_jitter"),
+    "input_noise": ("decoder", "input_noise"),
 }
 
 
@@ -264,7 +265,7 @@ def build_model_config(base: VQVAEConfig | None = None, **sizes: Any) -> VQVAECo
             ``num_stacks``, ``layers_per_stack``, ``residual_channels``, ``gate_channels``,
             ``skip_channels``, ``kernel_size``, ``speaker_channels``, ``num_speakers``,
             ``condition_layers``, ``condition_channels``, ``mel_loss_weight``, ``mel_bands``,
-            ``time_jitter``);
+            ``time_jitter``, ``input_noise``);
             ``None`` values are ignored.
 
     Example: ``build_model_config(sample_rate=8000, residual_channels=32, gate_channels=64)``.
@@ -867,10 +868,11 @@ def initialize_from(model: Any, source: Any) -> list[str]:
 
 
 #: Decoder fields a run started ``--init-from`` a checkpoint may set otherwise than the
-#: checkpoint (:func:`initialize_from`): conditioning blocks, the auxiliary mel loss and time
-#: jitter can be added to a trained model (or dropped), so an A/B can continue the same weights
-#: both ways.
-ADDABLE_DECODER_FIELDS = ("condition_layers", "condition_channels", "mel_loss_weight", "mel_bands", "time_jitter")
+#: checkpoint (:func:`initialize_from`): conditioning blocks, the auxiliary mel loss, time
+#: jitter and input noise can be added to a trained model (or dropped), so an A/B can continue
+#: the same weights both ways.
+ADDABLE_DECODER_FIELDS = ("condition_layers", "condition_channels", "mel_loss_weight", "mel_bands", "time_jitter",
+                          "input_noise")
 
 
 def _check_init_config(init_from: Any, source: VQVAEConfig, given: VQVAEConfig) -> None:

@@ -75,6 +75,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig |
     g.add_argument("--time-jitter", type=float,
                    help=f"probability that, in training, a code frame the decoder sees is replaced by a neighbour "
                         f"(Chorowski et al. 2019; 0.12 there), 0 = off (default {d.decoder.time_jitter})")
+    g.add_argument("--input-noise", type=float,
+                   help=f"std of Gaussian noise added, in training, to the decoder's teacher-forced past samples "
+                        f"(linear amplitude; targets stay clean), 0 = off (default {d.decoder.input_noise})")
     parser.set_defaults(_model_defaults=d)
 
 
