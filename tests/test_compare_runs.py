@@ -41,6 +41,17 @@ def test_compare_two_runs(tmp_path: Path, capsys) -> None:
     assert len(rows) == 2 and all("1.2500 (" in row for row in rows)
     samples = 2 * 1024  # batch 2 x 0.128 s at 8 kHz (1,024 samples, 16 hops)
     assert f"({2 * samples:.3g}, " in rows[1]
+    assert all(row.count("CPU h)") == 2 for row in rows)
+
+    # CPU hours: each session's share of the wall time times its threads
+    session = json.loads((b / "sessions.jsonl").read_text().splitlines()[0])
+    wall = session["wall_seconds_total"]
+    more = dict(session, start_step=2, end_step=4, num_threads=2, wall_seconds_total=wall + 100.0)
+    (b / "sessions.jsonl").write_text(json.dumps(session) + "\n" + json.dumps(more) + "\n")
+    records = compare_runs.session_records(b)
+    assert compare_runs.cpu_hours(records, 2, wall) == wall / 3600
+    assert abs(compare_runs.cpu_hours(records, 3, wall + 50.0) - (wall + 2 * 50.0) / 3600) < 1e-12
+    assert compare_runs.cpu_hours(records, 5, wall + 150.0) is None  # a session still running
 
     assert compare_runs.main([str(a), str(tmp_path / "fsdd")]) == 2
     assert "not a vqaudio training run" in capsys.readouterr().err

@@ -5,9 +5,10 @@
 First the settings in which the runs differ (model and training config, flattened: the
 options an A/B changed) and each run's sessions (threads, stop reason; from ``sessions.jsonl``),
 then one row per logged step that any run has: each run's value of the metric at that step,
-its samples seen and its wall-clock hours of training so far (``wall_seconds`` in
-``metrics.jsonl``), so runs are compared at equal steps and, where they ran with the same
-threads, at equal CPU time. A run still training shows what it has so far.
+its samples seen, its wall-clock hours of training so far (``wall_seconds`` in
+``metrics.jsonl``) and its CPU hours (that wall time times each finished session's threads x
+processes, from ``sessions.jsonl``), so runs are compared at equal steps and at equal CPU time.
+A run still training shows what it has so far (without CPU hours for its running session).
 
 Exit status 2 with a one-line error naming the run when a directory is not a training run.
 """
@@ -30,26 +31,57 @@ def run_settings(run: Path) -> dict[str, Any]:
     return flat_config(train, model)
 
 
+def session_records(run: Path) -> list[dict[str, Any]]:
+    """The run's finished sessions, one record each (``sessions.jsonl``; empty if none)."""
+    path = run / SESSIONS_NAME
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def sessions(run: Path) -> str:
     """One line on the run's finished sessions: threads and why each stopped."""
-    path = run / SESSIONS_NAME
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    records = session_records(run)
     done = [f"steps {s.get('start_step', 0)}-{s.get('end_step', '?')} on {s.get('num_processes', 1)} x "
             f"{s.get('num_threads', '?')} thread(s), {s.get('stopped', '?')}" for s in records]
     return "; ".join(done) or "no finished session (still training, or stopped without its record)"
 
 
-def curve(run: Path, metric: str) -> dict[int, tuple[float, int, float | None]]:
-    """step -> (metric value, samples seen, wall-clock hours) for every step the run logged ``metric``."""
+def cpu_hours(records: list[dict[str, Any]], step: int, wall_seconds: float) -> float | None:
+    """CPU hours spent up to ``step``, logged at ``wall_seconds`` of training wall time.
+
+    Each finished session (``records``, from :func:`session_records`) counts its share of the
+    training wall time times its threads x processes, so arms run on different thread counts
+    compare at equal CPU time. ``None`` for a step of a session still running (its threads are
+    recorded at its end) or where a record lacks the fields.
+    """
+    spent, wall_before = 0.0, 0.0
+    for s in records:
+        try:
+            start, end, wall_after = s["start_step"], s["end_step"], s["wall_seconds_total"]
+            cores = s["num_threads"] * s.get("num_processes", 1)
+        except (KeyError, TypeError):
+            return None
+        if start < step <= end:
+            return (spent + (wall_seconds - wall_before) * cores) / 3600
+        spent += (wall_after - wall_before) * cores
+        wall_before = wall_after
+    return None
+
+
+def curve(run: Path, metric: str) -> dict[int, tuple[float, int, float | None, float | None]]:
+    """step -> (metric value, samples seen, wall-clock hours, CPU hours) for every step the run
+    logged ``metric``."""
     records = read_metrics(run)
     model, train, _ = read_run_configs(run)
     samples_per_step = (train.batch_size * train.gradient_accumulation_steps
                         * train.segment_length(model.sample_rate, model.hop_length))
     wall = {r["step"]: r["wall_seconds"] for r in records if "wall_seconds" in r}
+    finished = session_records(run)
     out = {}
     for step, value in iter_metric(records, metric):
         known = [s for s in wall if s <= step]
-        out[step] = (value, step * samples_per_step, wall[max(known)] / 3600 if known else None)
+        seconds = wall[max(known)] if known else None
+        out[step] = (value, step * samples_per_step, seconds / 3600 if known else None,
+                     cpu_hours(finished, step, seconds) if known else None)
     return out
 
 
@@ -77,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     curves = [curve(run, args.metric) for run in args.runs]
     steps = sorted(set().union(*curves))
-    print("| step | " + " | ".join(f"{n}: {args.metric} (samples, wall h)" for n in names) + " |")
+    print("| step | " + " | ".join(f"{n}: {args.metric} (samples, wall h, CPU h)" for n in names) + " |")
     print("|---|" + "---|" * len(names))
     for step in steps:
         cells = []
@@ -85,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             if step not in c:
                 cells.append("-")
                 continue
-            value, samples, hours = c[step]
-            cells.append(f"{value:.4f} ({samples:.3g}" + (f", {hours:.2f} h)" if hours is not None else ")"))
+            value, samples, hours, cpu = c[step]
+            cells.append(f"{value:.4f} ({samples:.3g}" + (f", {hours:.2f} h" if hours is not None else "")
+                         + (f", {cpu:.2f} CPU h)" if cpu is not None else ")"))
         print(f"| {step:,} | " + " | ".join(cells) + " |")
     return 0
 
