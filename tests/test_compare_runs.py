@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import compare_runs  # noqa: E402
 from test_train import run_recipe, short_fsdd  # noqa: E402
 
+from vqaudio.runs import read_sessions  # noqa: E402
+
 
 def test_compare_two_runs(tmp_path: Path, capsys) -> None:
     data, _ = short_fsdd(tmp_path / "fsdd", speakers=("nicolas", "theo"))
@@ -48,10 +50,12 @@ def test_compare_two_runs(tmp_path: Path, capsys) -> None:
     wall = session["wall_seconds_total"]
     more = dict(session, start_step=2, end_step=4, num_threads=2, wall_seconds_total=wall + 100.0)
     (b / "sessions.jsonl").write_text(json.dumps(session) + "\n" + json.dumps(more) + "\n")
-    records = compare_runs.session_records(b)
+    records = read_sessions(b)
     assert compare_runs.cpu_hours(records, 2, wall) == wall / 3600
     assert abs(compare_runs.cpu_hours(records, 3, wall + 50.0) - (wall + 2 * 50.0) / 3600) < 1e-12
     assert compare_runs.cpu_hours(records, 5, wall + 150.0) is None  # a session still running
+    on_gpu = [records[0], dict(more, device="cuda:0")]  # GPU time is not CPU time
+    assert compare_runs.cpu_hours(on_gpu, 3, wall + 50.0) == wall / 3600
 
     assert compare_runs.main([str(a), str(tmp_path / "fsdd")]) == 2
     assert "not a vqaudio training run" in capsys.readouterr().err

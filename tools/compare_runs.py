@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vqaudio.runs import SESSIONS_NAME, flat_config, iter_metric, read_metrics
+from vqaudio.runs import flat_config, iter_metric, read_metrics, read_sessions
 from vqaudio.train import read_run_configs
 
 
@@ -31,15 +31,9 @@ def run_settings(run: Path) -> dict[str, Any]:
     return flat_config(train, model)
 
 
-def session_records(run: Path) -> list[dict[str, Any]]:
-    """The run's finished sessions, one record each (``sessions.jsonl``; empty if none)."""
-    path = run / SESSIONS_NAME
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def sessions(run: Path) -> str:
     """One line on the run's finished sessions: threads and why each stopped."""
-    records = session_records(run)
+    records = read_sessions(run)
     done = [f"steps {s.get('start_step', 0)}-{s.get('end_step', '?')} on {s.get('num_processes', 1)} x "
             f"{s.get('num_threads', '?')} thread(s), {s.get('stopped', '?')}" for s in records]
     return "; ".join(done) or "no finished session (still training, or stopped without its record)"
@@ -48,17 +42,19 @@ def sessions(run: Path) -> str:
 def cpu_hours(records: list[dict[str, Any]], step: int, wall_seconds: float) -> float | None:
     """CPU hours spent up to ``step``, logged at ``wall_seconds`` of training wall time.
 
-    Each finished session (``records``, from :func:`session_records`) counts its share of the
-    training wall time times its threads x processes, so arms run on different thread counts
-    compare at equal CPU time. ``None`` for a step of a session still running (its threads are
+    Each finished CPU session (``records``, from :func:`vqaudio.runs.read_sessions`) counts its
+    share of the training wall time times its threads x processes, so arms run on different
+    thread counts compare at equal CPU time; GPU sessions count none (``ship_checkpoint`` counts
+    them in GPU minutes). ``None`` for a step of a session still running (its threads are
     recorded at its end) or where a record lacks the fields.
     """
     spent, wall_before = 0.0, 0.0
     for s in records:
         try:
             start, end, wall_after = s["start_step"], s["end_step"], s["wall_seconds_total"]
-            cores = s["num_threads"] * s.get("num_processes", 1)
-        except (KeyError, TypeError):
+            cpu = s.get("device", "cpu").startswith("cpu")
+            cores = s["num_threads"] * s.get("num_processes", 1) if cpu else 0
+        except (KeyError, TypeError, AttributeError):
             return None
         if start < step <= end:
             return (spent + (wall_seconds - wall_before) * cores) / 3600
@@ -75,13 +71,15 @@ def curve(run: Path, metric: str) -> dict[int, tuple[float, int, float | None, f
     samples_per_step = (train.batch_size * train.gradient_accumulation_steps
                         * train.segment_length(model.sample_rate, model.hop_length))
     wall = {r["step"]: r["wall_seconds"] for r in records if "wall_seconds" in r}
-    finished = session_records(run)
+    finished = read_sessions(run)
     out = {}
     for step, value in iter_metric(records, metric):
         known = [s for s in wall if s <= step]
-        seconds = wall[max(known)] if known else None
-        out[step] = (value, step * samples_per_step, seconds / 3600 if known else None,
-                     cpu_hours(finished, step, seconds) if known else None)
+        if known:
+            seconds = wall[max(known)]
+            out[step] = (value, step * samples_per_step, seconds / 3600, cpu_hours(finished, step, seconds))
+        else:
+            out[step] = (value, step * samples_per_step, None, None)
     return out
 
 

@@ -51,6 +51,7 @@ from vqaudio._files import atomic_path, atomic_write_json, atomic_write_text  # 
 from vqaudio.checkpoint import CONFIG_NAME, SPEAKERS_NAME, WEIGHTS_NAME  # noqa: E402
 from vqaudio.model import PRETRAINED_DIR, file_sha256  # noqa: E402
 from vqaudio.runs import SESSIONS_NAME, iter_metric, read_metrics  # noqa: E402
+from vqaudio.runs import read_sessions as read_session_records  # noqa: E402
 from vqaudio.train import INIT_FROM_NAME, MODEL_DIR  # noqa: E402
 
 LOG_NAME = "training_log.json"
@@ -73,11 +74,15 @@ def _read_json(path: Path, default: Any = None) -> Any:
 
 
 def read_sessions(run: Path) -> list[dict[str, Any]]:
-    """The run's ``sessions.jsonl`` records (one per finished ``train`` call), oldest first."""
+    """The run's ``sessions.jsonl`` records (one per finished ``train`` call), oldest first.
+
+    Raises:
+        ShipError: the file is missing.
+    """
     path = run / SESSIONS_NAME
     if not path.is_file():
         raise ShipError(f"{path}: missing (the run was made by a vqaudio without session records)")
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return read_session_records(run)
 
 
 def evaluation_scores(evaluation: Path, checkpoint_id: str, temperature: float | None = None) -> dict[str, Any]:

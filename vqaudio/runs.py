@@ -4,7 +4,7 @@ priors) share about a training run directory, so that a run of either reads and 
 ``RUN/checkpoints/step_N/`` (:func:`save_checkpoint`, written whole or not at all),
 ``RUN/metrics.jsonl`` (:class:`JSONLinesTracker`: one JSON object per log event, ``step`` plus
 ``train/...`` or ``valid/...`` keys; :func:`read_metrics`), ``RUN/sessions.jsonl`` (one line per
-finished call of a trainer: :func:`session_record`, :func:`append_session`), the learning-rate
+finished call of a trainer: :func:`session_record`, :func:`append_session`, :func:`read_sessions`), the learning-rate
 schedule (:func:`learning_rate_factor`) and the stop rule: ``max_minutes`` or SIGTERM/SIGINT
 stop at the end of a step, with a checkpoint, on every process at once (:func:`stop_reason`).
 """
@@ -272,6 +272,15 @@ def append_session(run_dir: Path, session: dict[str, Any], started: float, **end
     record = {**session, **end, "session_seconds": round(time.perf_counter() - started, 1)}
     with open(Path(run_dir) / SESSIONS_NAME, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def read_sessions(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``RUN/sessions.jsonl`` (:func:`append_session`), oldest first; empty when
+    the run has no finished session yet (or predates session records)."""
+    path = Path(run_dir) / SESSIONS_NAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def flat_config(*configs: Any) -> dict[str, Any]:
