@@ -132,7 +132,7 @@ def test_every_command_that_runs_a_model_takes_the_shared_flags(capsys):
     for command in ("convert", "infill", "detokenize"):
         assert decoding_flags(command) == reference, command
     # and the commands that sample a prior, one definition of its sampling flags
-    prior_flags = {"--steps", "--prior-temperature", "--top-k", "--top-p", "--allow-mismatch"}
+    prior_flags = {"--steps", "--sampler", "--prior-temperature", "--top-k", "--top-p", "--allow-mismatch"}
 
     def sampling_flags(command):
         return {a.option_strings[0]: (a.help, a.default) for a in sub.choices[command]._actions
@@ -140,6 +140,10 @@ def test_every_command_that_runs_a_model_takes_the_shared_flags(capsys):
 
     assert set(sampling_flags("generate")) == prior_flags
     assert sampling_flags("infill") == sampling_flags("generate") == sampling_flags("evaluate")
+    from vqaudio.nn.diffusion_prior import SAMPLERS
+
+    sampler = next(a for a in sub.choices["generate"]._actions if "--sampler" in a.option_strings)
+    assert tuple(sampler.choices) == SAMPLERS and sampler.default == SAMPLERS[0]
     # the trainers' --cpu is --device cpu
     for argv in (["train", "d", "--out", "o", "--cpu"], ["train-prior", "t", "--out", "o", "--cpu"]):
         assert parser.parse_args(argv).device == "cpu"

@@ -60,6 +60,33 @@ def test_posteriors_are_consistent_with_the_marginals():
     assert (post[..., K] == 0).all()  # no [MASK] left at s = 0
 
 
+def test_posterior_equals_the_sum_over_x0_of_bayes_rule():
+    """p(x_s | x_t) = sum_k v_k q(x_t | x_s) q(x_s | x_0 = k) / q(x_t | x_0 = k), written out with
+    the [K + 1, K + 1] transition matrices, for soft v, masked and unmasked x_t, skipped steps."""
+    k = 6
+    sched = MaskAndReplaceSchedule(k, 12, 0.000009, 0.99999)
+    g = torch.Generator().manual_seed(0)
+
+    def matrix(alpha, beta, gamma):  # rows: from-state, columns: to-state; [MASK] is absorbing
+        m = torch.zeros(k + 1, k + 1, dtype=torch.float64)
+        m[:k, :k] = beta + alpha * torch.eye(k, dtype=torch.float64)
+        m[:k, k] = gamma
+        m[k, k] = 1.0
+        return m
+
+    for t_val, s_val in [(1, 0), (5, 4), (12, 3), (9, 0)]:
+        t, s = torch.tensor([t_val]), torch.tensor([s_val])
+        step = matrix(*(float(z[0]) for z in sched.step(t, s)))
+        bar_s = matrix(float(sched.abar[s_val]), float(sched.bbar[s_val]), float(sched.gbar[s_val]))
+        bar_t = matrix(float(sched.abar[t_val]), float(sched.bbar[t_val]), float(sched.gbar[t_val]))
+        xt = torch.arange(k + 1)[None]  # every state of x_t once, [MASK] last
+        v = torch.randn(1, k + 1, k, generator=g, dtype=torch.float64).mul(2).softmax(-1)
+        got = sched.posterior(v, xt, t, s)
+        for i in range(k + 1):
+            want = sum(v[0, i, x0] * step[:, i] * bar_s[x0] / bar_t[x0, i] for x0 in range(k))
+            torch.testing.assert_close(got[0, i], want / want.sum(), atol=1e-12, rtol=1e-9)
+
+
 def test_the_bound_of_the_exact_reverse_model_is_the_entropy():
     """On uniform codes the exact p(x_0 | x_t) is q(x_t | x_0) normalised over x_0; with it the
     variational bound equals log2 K (here up to the Monte Carlo error of one draw per step)."""
@@ -116,18 +143,56 @@ def test_training_lowers_the_bound_on_tiny_data():
     assert (sample[0] < 8).float().mean() > 0.8 and (sample[1] >= 8).float().mean() > 0.8  # the speakers' codes
 
 
+@pytest.mark.parametrize("sampler", ["posterior", "confidence"])
 @pytest.mark.parametrize("steps", [None, 1, 3])
-def test_sampling_leaves_no_mask_only_valid_codes_and_is_reproducible(steps):
+def test_sampling_leaves_no_mask_only_valid_codes_and_is_reproducible(steps, sampler):
     model = tiny()
     speakers = torch.tensor([0, 1, 1])
-    a = model.sample(speakers, 20, steps=steps, generator=torch.Generator().manual_seed(7))
-    b = model.sample(speakers, 20, steps=steps, generator=torch.Generator().manual_seed(7))
+    a = model.sample(speakers, 20, steps=steps, generator=torch.Generator().manual_seed(7), sampler=sampler)
+    b = model.sample(speakers, 20, steps=steps, generator=torch.Generator().manual_seed(7), sampler=sampler)
     assert a.shape == (3, 20) and a.dtype == torch.long
     assert int(a.min()) >= 0 and int(a.max()) < K  # no [MASK] (= K) left
     assert torch.equal(a, b)
-    greedy = model.sample(speakers, 20, steps=steps, temperature=0)
+    greedy = model.sample(speakers, 20, steps=steps, temperature=0, sampler=sampler)
     assert int(greedy.max()) < K
     assert model.timesteps(3) == [10, 7, 3, 0] and model.timesteps(None) == list(range(10, -1, -1))
+
+
+def test_confidence_decoding_fixes_the_surest_codes_first_on_the_cosine_schedule():
+    """Each step keeps the masked codes whose drawn code the network gives the highest
+    probability (no noise: choice_temperature 0), keeps what it fixed, leaves a
+    cos(pi/2 * i / n) share of the codes to sample masked after step i, and tells the network
+    the step whose [MASK] share is nearest the current one."""
+    model = tiny(num_timesteps=10)
+    n, steps = 20, 4
+    seen = []
+    def network(xt, t, speaker, valid=None):  # position i is surest of code i % K, more so further right
+        seen.append((xt.clone(), t.clone()))
+        logits = torch.zeros(*xt.shape, K)
+        pos = torch.arange(xt.shape[1])
+        logits[:, pos, pos % K] += 1.0 + pos.float()
+        return logits
+
+    model.forward = network
+    known = torch.full((1, n), -1)
+    known[0, :2] = torch.tensor([5, 6])  # two known codes: 18 to sample
+    out = model.sample(torch.tensor([0]), n, steps=steps, temperature=0, known=known, sampler="confidence",
+                       choice_temperature=0.0)
+    assert len(seen) == steps
+    masked_counts = [int((x == K).sum()) for x, _ in seen]
+    assert masked_counts == [18] + [math.floor(18 * math.cos(math.pi / 2 * i / steps)) for i in (1, 2, 3)]
+    for x, _ in seen:
+        assert torch.equal(x[0, :2], torch.tensor([5, 6]))  # known codes are shown clean
+        # the rightmost codes (the surest) are fixed first: the masked ones are a block at the left
+        assert torch.equal(x[0, 2:] == K, torch.arange(2, n) < 2 + int((x[0] == K).sum()))
+    for (a, _), (b, _) in zip(seen, seen[1:]):  # a fixed code never changes
+        fixed = a[0] != K
+        assert torch.equal(b[0][fixed], a[0][fixed])
+    assert torch.equal(out[0, 2:], torch.arange(2, n) % K) and torch.equal(out[0, :2], torch.tensor([5, 6]))
+    gbar = model.schedule.gbar
+    for x, t in seen:
+        share = float((x == K).float().mean())
+        assert int(t) == int((gbar[1:] - share).abs().argmin()) + 1
 
 
 def test_infilling_keeps_every_code_outside_the_span():
@@ -137,9 +202,11 @@ def test_infilling_keeps_every_code_outside_the_span():
     span[0, 10:15] = True
     span[1, 0:4] = True
     for steps in (None, 2):
-        out = model.infill(codes, span, torch.tensor([0, 1]), steps=steps, generator=torch.Generator().manual_seed(1))
-        assert torch.equal(out[~span], codes[~span])
-        assert int(out.max()) < K and int(out.min()) >= 0
+        for sampler in ("posterior", "confidence"):
+            out = model.infill(codes, span, torch.tensor([0, 1]), steps=steps,
+                               generator=torch.Generator().manual_seed(1), sampler=sampler)
+            assert torch.equal(out[~span], codes[~span])
+            assert int(out.max()) < K and int(out.min()) >= 0
     with pytest.raises(ValueError, match="both be"):
         model.infill(codes, span[:, :5], torch.tensor([0, 1]))
 
@@ -154,6 +221,10 @@ def test_bad_arguments_are_clear_errors():
         model.sample(torch.tensor([0]), 4, steps=0)
     with pytest.raises(ValueError, match="temperature"):
         model.sample(torch.tensor([0]), 4, temperature=-1)
+    with pytest.raises(ValueError, match="sampler must be one of posterior, confidence"):
+        model.sample(torch.tensor([0]), 4, sampler="maskgit")
+    with pytest.raises(ValueError, match="choice_temperature"):
+        model.sample(torch.tensor([0]), 4, sampler="confidence", choice_temperature=-1)
     with pytest.raises(ValueError, match="gamma_bar_end"):
         DiffusionPriorConfig(alpha_bar_end=0.5, gamma_bar_end=0.9)
 

@@ -246,7 +246,8 @@ def test_generation_and_infilling_with_a_diffusion_prior(tmp_path: Path) -> None
                       num_threads=1, progress=False)
     gen = report["generation"]
     assert gen["samples"] == 6 and gen["prior"] == {"type": "diffusion", "path": str(path), "steps": 3,
-                                                      "temperature": 1.0, "top_k": None, "top_p": None}
+                                                      "sampler": "posterior", "temperature": 1.0, "top_k": None,
+                                                      "top_p": None}
     assert gen["sampling_seconds_each"] > 0
     assert len(gen["infilled"]["clips"]) == 2
     page = (out / "report.html").read_text()
@@ -256,6 +257,10 @@ def test_generation_and_infilling_with_a_diffusion_prior(tmp_path: Path) -> None
         assert 0 < first < stop
         assert sf.info(str(out / "audio" / "infill" / f"{utt}.wav")).frames > 0
     assert "diffusion, 3 reverse steps" in (out / "report.md").read_text()
+    from vqaudio.evaluate.report import prior_sampling_text
+
+    text = prior_sampling_text({**gen["prior"], "sampler": "confidence"})
+    assert text == "diffusion, 3 reverse steps, confidence decoding"
 
 
 def test_two_priors_are_compared_in_one_report(tmp_path: Path) -> None:

@@ -355,6 +355,17 @@ def test_train_diffusion_prior_on_real_tokens_resume_and_generate(saved_vqvae, t
                              "--out", str(tmp_path / "gen2")])
     with pytest.raises(ValueError, match="--steps is for a diffusion prior"):
         run_generate(bad)
+    bad = parser.parse_args(["--speaker", "theo", "--sampler", "confidence", "--checkpoint", str(ckpt), "--prior",
+                             str(ar), "--out", str(tmp_path / "gen2")])
+    with pytest.raises(ValueError, match="--sampler is for a diffusion prior"):
+        run_generate(bad)
+    # MaskGIT-style decoding, from the command line: codes of the requested length, none masked
+    args = parser.parse_args(["--speaker", "theo", "--seconds", "0.2", "--steps", "3", "--sampler", "confidence",
+                              "--checkpoint", str(ckpt), "--prior", str(out), "--out", str(tmp_path / "conf"),
+                              "--no-progress"])
+    assert run_generate(args) == 0
+    codes = np.load(tmp_path / "conf" / "theo_000.npy")
+    assert codes.shape == (round(0.2 * 125),) and codes.min() >= 0 and codes.max() < 16
 
 
 def test_infill_keeps_the_codes_outside_the_span(saved_vqvae, tmp_path):
@@ -383,6 +394,8 @@ def test_infill_keeps_the_codes_outside_the_span(saved_vqvae, tmp_path):
     np.testing.assert_array_equal(codes[keep], original[keep])
     assert sf.info(out).frames == len(original) * 64
     assert main(argv) == 2  # the output exists: refused without --overwrite
+    assert main(argv + ["--overwrite", "--sampler", "confidence"]) == 0
+    np.testing.assert_array_equal(np.load(out.with_suffix(".npy"))[keep], original[keep])
     ar = tmp_path / "ar"
     tiny_prior_for(vqvae).save_pretrained(ar)
     with pytest.raises(ValueError, match="needs a diffusion prior"):

@@ -23,6 +23,12 @@
 #
 # Then, here: tar xzf FILES_AT/run.tgz -C runs/ && python tools/ship_checkpoint.py runs/MODEL-gpu ...
 #
+# `bench-priors [bench options]` times the bundled priors of both models on the GPU (issue 15's
+# sampling-speed target: tools/bench_prior_sampling.py, --device cuda, fastest of 3, both samplers) into
+# $OUT/bench-priors-MODEL.json; it needs only the wheels (carry [".whl"]), takes under a minute,
+# and can go first in a training call: `bash tools/device_stretch.sh bench-priors && bash ...train 8`.
+# Dry run here: OUT=/tmp/out bash tools/device_stretch.sh bench-priors --device cpu --repeat 1
+#
 # `train [MODEL] MINUTES [extra vqaudio train options]` starts a new run from the bundled MODEL
 # (--init-from, Adam warm-up), trains for MINUTES (--max-minutes: it stops at a step's end with
 # a checkpoint), and packs the run's model, logs and configs into $OUT/run.tgz (one file: the run
@@ -134,8 +140,20 @@ train)
   ls -la "$out"
   exit "$rc"
   ;;
+bench-priors)
+  install_wheels
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  out=${OUT:?set OUT to the folder that comes back}
+  mkdir -p "$out"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+  # 500 codes: 4 s of fsdd-8k (issue 15's measure), 2 s of vcc2016-16k (its diffusion prior's max_len is 512)
+  for m in fsdd-8k vcc2016-16k; do
+    python3 tools/bench_prior_sampling.py --prior "$m-prior" --diffusion-prior "$m-diffusion" --codes 500 \
+      --batch 1 10 --steps 4 10 25 100 --repeat 3 --device cuda --json "$out/bench-priors-$m.json" "$@"
+  done
+  ;;
 *)
-  sed -n '2,31p' "$0"
+  sed -n '2,38p' "$0"
   exit 2
   ;;
 esac

@@ -60,10 +60,15 @@ def add_decoding_options(parser: argparse.ArgumentParser, overwrite_help: str,
 
 def add_prior_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of sampling a prior, the same in ``generate``, ``infill`` and ``evaluate``: ``--steps``,
-    ``--prior-temperature``, ``--top-k``, ``--top-p`` and ``--allow-mismatch``."""
+    ``--sampler``, ``--prior-temperature``, ``--top-k``, ``--top-p`` and ``--allow-mismatch``."""
     parser.add_argument("--steps", type=int, default=None,
                         help="reverse steps of a diffusion prior per window of up to its max_len codes (default: "
                              "all of its T steps; fewer skip evenly); not used by the autoregressive prior")
+    # the choices are vqaudio.nn.diffusion_prior.SAMPLERS (not imported: this module loads no torch)
+    parser.add_argument("--sampler", choices=("posterior", "confidence"), default="posterior",
+                        help="how a diffusion prior runs its steps: posterior (VQ-Diffusion's reverse process, "
+                             "the default) or confidence (MaskGIT: the codes it is surest of first; better with "
+                             "few --steps); not used by the autoregressive prior")
     parser.add_argument("--prior-temperature", type=float, default=1.0,
                         help="prior sampling temperature (default 1; 0 is greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")

@@ -144,6 +144,7 @@ def sample_codes(
     generator: torch.Generator | None = None,
     progress: bool = False,
     steps: int | None = None,
+    sampler: str = "posterior",
 ) -> torch.Tensor:
     """Sample ``num`` code sequences of one speaker from the prior, as one batch.
 
@@ -162,6 +163,8 @@ def sample_codes(
         temperature, top_k, top_p: see :func:`vqaudio.nn.prior.filter_logits`.
         steps: reverse steps of the diffusion prior (default: its T); ignored by the
             autoregressive prior.
+        sampler: how the diffusion prior runs them, one of
+            :data:`vqaudio.nn.diffusion_prior.SAMPLERS`; ignored by the autoregressive prior.
 
     Returns:
         codes: [num, P + num_codes] int64 in [0, K), the prompt first.
@@ -177,7 +180,8 @@ def sample_codes(
             prompt = prompt.expand(num, -1)
     if isinstance(prior, DiffusionPrior):
         new = _sample_diffusion_windows(prior, speakers, num_codes, prompt, steps=steps, temperature=temperature,
-                                        top_k=top_k, top_p=top_p, generator=generator, progress=progress)
+                                        top_k=top_k, top_p=top_p, generator=generator, progress=progress,
+                                        sampler=sampler)
         return new if prompt is None else torch.cat([prompt, new], dim=1)
     new = prior.sample(speakers, num_codes, prompt=prompt, temperature=temperature, top_k=top_k,
                        top_p=top_p, generator=generator, progress=progress)
@@ -200,8 +204,8 @@ def _sample_diffusion_windows(prior: DiffusionPrior, speakers: torch.Tensor, num
         num_codes: new codes per sequence, >= 1.
         prompt: None or [B, P] int64 codes in [0, K) to continue.
         steps: reverse steps per window (default: the prior's T).
-        **sampling: ``temperature``, ``top_k``, ``top_p``, ``generator``, ``progress`` of
-            :meth:`DiffusionPrior.sample`.
+        **sampling: ``temperature``, ``top_k``, ``top_p``, ``generator``, ``progress``,
+            ``sampler`` of :meth:`DiffusionPrior.sample`.
 
     Returns:
         codes: [B, num_codes] int64 in [0, K), the new codes only.
@@ -241,6 +245,7 @@ def generate(
     method: str = "auto",
     progress: bool = True,
     steps: int | None = None,
+    sampler: str = "posterior",
 ) -> list[GeneratedSample]:
     """Generate ``num`` utterances of each speaker, ``seconds`` long each, into ``out_dir``.
 
@@ -272,6 +277,7 @@ def generate(
             fastest available).
         progress: show progress bars.
         steps: reverse steps of a diffusion prior (default: all T of them).
+        sampler: how a diffusion prior runs them (see :func:`sample_codes`).
 
     Returns:
         one :class:`GeneratedSample` per utterance, speaker by speaker.
@@ -301,7 +307,7 @@ def generate(
     for vqvae_id, prior_id in ids:
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         c = sample_codes(prior, prior_id, num_codes, num, prompt_codes, temperature, top_k, top_p,
-                         generator, progress, steps)
+                         generator, progress, steps, sampler)
         if generator is not None and vqvae.device != device:
             generator = torch.Generator(device=vqvae.device).manual_seed(seed + 1)
         # the noise vqvae.decode would draw for this [num, T'] batch
@@ -375,6 +381,8 @@ def run_generate(args: argparse.Namespace) -> int:
     prior = load_prior(args.prior, map_location=device)
     if args.steps is not None and not isinstance(prior, DiffusionPrior):
         raise ValueError(f"--steps is for a diffusion prior; {args.prior} is autoregressive")
+    if args.sampler != "posterior" and not isinstance(prior, DiffusionPrior):
+        raise ValueError(f"--sampler is for a diffusion prior; {args.prior} is autoregressive")
     check_compatible(vqvae, prior, args.allow_mismatch)
     names: Sequence[str] = [s for s in vqvae.speakers if s in prior.speakers] if args.all_speakers else args.speaker
     for sample in generate(
@@ -382,7 +390,7 @@ def run_generate(args: argparse.Namespace) -> int:
         temperature=args.prior_temperature, top_k=args.top_k, top_p=args.top_p,
         decoder_temperature=args.decoder_temperature, seed=args.seed, overwrite=args.overwrite,
         allow_mismatch=args.allow_mismatch, method=args.method, progress=not args.no_progress,
-        steps=args.steps,
+        steps=args.steps, sampler=args.sampler,
     ):
         print(f"wrote {sample.wav_path} ({sample.seconds:.2f} s, speaker {sample.speaker}, "
               f"{sample.num_codes} codes, {sample.prompt_codes} from the prompt) and {sample.codes_path.name}")

@@ -73,7 +73,8 @@ def span_codes(start: float, end: float, num_codes: int, sample_rate: int, hop_l
 
 def infill_codes(prior, codes: torch.Tensor, first: int, stop: int, speaker: int, steps: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+                 generator: torch.Generator | None = None, progress: bool = False,
+                 sampler: str = "posterior") -> torch.Tensor:
     """Resample ``codes[first:stop]`` with a diffusion prior, conditioned on both sides.
 
     A recording longer than the prior's ``max_len`` is infilled in a window of ``max_len``
@@ -84,7 +85,7 @@ def infill_codes(prior, codes: torch.Tensor, first: int, stop: int, speaker: int
         codes: [T'] int64 codes in [0, K) of the recording.
         first, stop: the span, code indices (``stop`` exclusive).
         speaker: the speaker's id in the prior's table.
-        steps, temperature, top_k, top_p, generator, progress: see
+        steps, temperature, top_k, top_p, generator, progress, sampler: see
             :meth:`vqaudio.nn.diffusion_prior.DiffusionPrior.sample`.
 
     Returns:
@@ -106,7 +107,7 @@ def infill_codes(prior, codes: torch.Tensor, first: int, stop: int, speaker: int
     span = torch.zeros_like(window, dtype=torch.bool)
     span[0, first - lo : stop - lo] = True
     new = prior.infill(window, span, torch.tensor([speaker], device=device), steps=steps, temperature=temperature,
-                       top_k=top_k, top_p=top_p, generator=generator, progress=progress)[0]
+                       top_k=top_k, top_p=top_p, generator=generator, progress=progress, sampler=sampler)[0]
     out = codes.clone()
     out[lo:hi] = new.to(codes.device)
     return out
@@ -115,7 +116,8 @@ def infill_codes(prior, codes: torch.Tensor, first: int, stop: int, speaker: int
 def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.PathLike, start: float, end: float,
                 speaker: str, steps: int | None = None, prior_temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, temperature: float | None = None, seed: int | None = 0, method: str = "auto",
-                overwrite: bool = False, allow_mismatch: bool = False, progress: bool = True) -> InfilledFile:
+                overwrite: bool = False, allow_mismatch: bool = False, progress: bool = True,
+                sampler: str = "posterior") -> InfilledFile:
     """Infill ``[start, end)`` seconds of ``in_path`` and write the decoded result to ``out_path``
     (and its codes to ``out_path`` with suffix ``.npy``).
 
@@ -126,7 +128,8 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
         out_path: the output WAV.
         start, end: the stretch to replace, in seconds.
         speaker: a speaker in both tables (the prior's condition and the decoder's voice).
-        steps, prior_temperature, top_k, top_p: the prior's sampling.
+        steps, prior_temperature, top_k, top_p, sampler: the prior's sampling (see
+            :meth:`vqaudio.nn.diffusion_prior.DiffusionPrior.sample`).
         temperature: the WaveNet decoder's sampling temperature (default: the checkpoint's).
         seed: seeds the prior's sampling and the decoder's noise.
         method: decoder implementation (see :meth:`vqaudio.model.VQVAE.decode`).
@@ -161,7 +164,7 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
     device = prior.token_embedding.weight.device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     new = infill_codes(prior, codes, first, stop, prior_id, steps=steps, temperature=prior_temperature,
-                       top_k=top_k, top_p=top_p, generator=generator, progress=progress)
+                       top_k=top_k, top_p=top_p, generator=generator, progress=progress, sampler=sampler)
     decoder_generator = torch.Generator(device=vqvae.device).manual_seed(seed + 1) if seed is not None else None
     out = vqvae.decode(new[None].to(vqvae.device), vqvae_id, temperature=temperature, generator=decoder_generator,
                        method=method, progress=progress)
@@ -210,7 +213,7 @@ def run_infill(args: argparse.Namespace) -> int:
                          prior_temperature=args.prior_temperature, top_k=args.top_k, top_p=args.top_p,
                          temperature=args.temperature, seed=args.seed, method=args.method,
                          overwrite=args.overwrite, allow_mismatch=args.allow_mismatch,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, sampler=args.sampler)
     first, stop = result.span
     print(f"wrote {result.path} ({result.seconds:.2f} s, speaker {result.speaker}): codes {first}..{stop - 1} of "
           f"{result.num_codes} resampled, the rest kept; codes in {result.codes_path.name}")

@@ -72,9 +72,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             baselines=baselines, skip=skip, join_seconds=args.join_seconds, gap_seconds=args.gap_seconds,
             batch_size=args.batch_size, temperature=args.temperature, seed=args.seed, method=args.method,
             num_plot_clips=args.plot_clips, num_threads=args.threads, overwrite=args.overwrite,
-            progress=not args.no_progress, device=args.device, prior_steps=args.steps, prior_temperature=args.prior_temperature,
-            prior_top_k=args.top_k, prior_top_p=args.top_p, allow_mismatch=args.allow_mismatch,
-            conversion_matrix=args.conversion_matrix,
+            progress=not args.no_progress, device=args.device, prior_steps=args.steps, prior_sampler=args.sampler,
+            prior_temperature=args.prior_temperature, prior_top_k=args.top_k, prior_top_p=args.top_p,
+            allow_mismatch=args.allow_mismatch, conversion_matrix=args.conversion_matrix,
         )
     except MissingExtraError as exc:
         print(f"vqaudio evaluate: error: {exc}", file=sys.stderr)

@@ -601,27 +601,29 @@ def codebook_statistics(codes: Sequence[np.ndarray], codebook_size: int) -> dict
 
 def load_code_sampler(prior, model, steps: int | None = None, steps_need_diffusion: bool = True,
                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                      allow_mismatch: bool = False) -> CodeSampler:
+                      allow_mismatch: bool = False, sampler: str = "posterior") -> CodeSampler:
     """A :data:`CodeSampler` from a prior: a callable (used as is), a
     :class:`vqaudio.nn.prior.PriorTransformer` or
     :class:`vqaudio.nn.diffusion_prior.DiffusionPrior`, or the path of a saved one of either.
 
     A sampler made from a prior draws with :func:`vqaudio.generate.sample_codes` (so a
     diffusion prior makes sequences longer than its ``max_len`` window by window) and carries
-    ``description`` (``{"type", "path", "steps", "temperature", "top_k", "top_p"}``) and, for
+    ``description`` (``{"type", "path", "steps", "sampler", "temperature", "top_k", "top_p"}``) and, for
     the diffusion prior, ``infill(codes [T'] int64, first, stop, speaker_id, generator)``.
 
     Args:
         steps: reverse steps of a diffusion prior (default: all of its T).
-        steps_need_diffusion: ``steps`` given for an autoregressive prior is an error (else,
-            when several priors are compared, it is for the diffusion ones only).
+        steps_need_diffusion: ``steps`` (or a ``sampler`` other than the default) given for an
+            autoregressive prior is an error (else, when several priors are compared, they are
+            for the diffusion ones only).
+        sampler: how a diffusion prior runs its steps (:data:`vqaudio.nn.diffusion_prior.SAMPLERS`).
         temperature, top_k, top_p: the prior's sampling (:func:`vqaudio.nn.prior.filter_logits`).
         allow_mismatch: see :func:`vqaudio.generate.check_compatible`.
 
     Raises:
         ValueError: the prior's speaker table or codebook size differs from the model's, it was
-            fitted to another checkpoint's tokens (without ``allow_mismatch``), or ``steps``
-            for an autoregressive prior with ``steps_need_diffusion``.
+            fitted to another checkpoint's tokens (without ``allow_mismatch``), or ``steps`` or
+            ``sampler`` for an autoregressive prior with ``steps_need_diffusion``.
     """
     import torch
 
@@ -642,20 +644,23 @@ def load_code_sampler(prior, model, steps: int | None = None, steps_need_diffusi
         diffusion = isinstance(module, DiffusionPrior)
         if steps is not None and not diffusion and steps_need_diffusion:
             raise ValueError("--steps is for a diffusion prior; this prior is autoregressive")
+        if sampler != "posterior" and not diffusion and steps_need_diffusion:
+            raise ValueError("--sampler is for a diffusion prior; this prior is autoregressive")
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
 
         def sample(speaker_id: int, num_codes: int, generator) -> torch.Tensor:
             return sample_codes(module, speaker_id, num_codes, generator=generator,
-                                steps=steps if diffusion else None, **sampling)[0]
+                                steps=steps if diffusion else None, sampler=sampler, **sampling)[0]
 
         sample.description = {"type": "diffusion" if diffusion else "autoregressive", "path": path,
-                              "steps": (steps or module.config.num_timesteps) if diffusion else None, **sampling}
+                              "steps": (steps or module.config.num_timesteps) if diffusion else None,
+                              "sampler": sampler if diffusion else None, **sampling}
         if diffusion:
             from vqaudio.infill import infill_codes
 
             def infill(codes, first: int, stop: int, speaker_id: int, generator) -> torch.Tensor:
                 return infill_codes(module, torch.as_tensor(codes, dtype=torch.long), first, stop, speaker_id,
-                                    steps=steps, generator=generator, **sampling)
+                                    steps=steps, generator=generator, sampler=sampler, **sampling)
 
             sample.infill = infill
         return sample
@@ -699,6 +704,7 @@ def evaluate(
     prior_top_p: float | None = None,
     allow_mismatch: bool = False,
     conversion_matrix: int = 0,
+    prior_sampler: str = "posterior",
 ) -> dict[str, Any]:
     """Score a checkpoint and classic codecs on held-out audio; write report.json, report.md, plots.
 
@@ -716,6 +722,7 @@ def evaluate(
             diffusion prior the listening page also shows the listening clips with their
             middle third infilled.
         prior_steps: reverse steps of a diffusion prior (default: all of its T).
+        prior_sampler: how a diffusion prior runs them (:data:`vqaudio.nn.diffusion_prior.SAMPLERS`).
         prior_temperature, prior_top_k, prior_top_p: the priors' sampling
             (:func:`vqaudio.nn.prior.filter_logits`); recorded with each prior's result.
         allow_mismatch: score priors fitted to another checkpoint's tokens (see
@@ -788,7 +795,7 @@ def evaluate(
                     label = f"{label}-{i + 1}"
                 samplers.append((label, load_code_sampler(
                     p, model, prior_steps, steps_need_diffusion=not several, temperature=prior_temperature,
-                    top_k=prior_top_k, top_p=prior_top_p, allow_mismatch=allow_mismatch)))
+                    top_k=prior_top_k, top_p=prior_top_p, allow_mismatch=allow_mismatch, sampler=prior_sampler)))
             if not several:  # one prior: its samples in audio/generation/, as before priors could be compared
                 samplers = [("", samplers[0][1])]
         if model is not None:

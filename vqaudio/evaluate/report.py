@@ -45,11 +45,13 @@ _PACKAGES = ("pesq", "pystoi", "visqol-python", "pycodec2", "resemblyzer", "pock
 def prior_sampling_text(description: dict[str, Any]) -> str:
     """How a prior's samples were drawn, in words, from a sampler's ``description``
     (:func:`vqaudio.evaluate.pipeline.load_code_sampler`): e.g. ``"autoregressive,
-    temperature 0.8, top-p 0.9"`` or ``"diffusion, 25 reverse steps"``; the defaults
-    (temperature 1, no top-k or top-p) are left out."""
+    temperature 0.8, top-p 0.9"`` or ``"diffusion, 25 reverse steps, confidence decoding"``; the
+    defaults (temperature 1, no top-k or top-p, the posterior sampler) are left out."""
     parts = [description.get("type", "")] if description.get("type") else []
     if description.get("steps"):
         parts.append(f"{description['steps']} reverse steps")
+    if description.get("sampler") not in (None, "posterior"):
+        parts.append(f"{description['sampler']} decoding")
     if description.get("temperature", 1.0) != 1.0:
         parts.append(f"temperature {description['temperature']:g}")
     if description.get("top_k"):
