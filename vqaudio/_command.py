@@ -67,8 +67,8 @@ def add_prior_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     # the choices are vqaudio.nn.diffusion_prior.SAMPLERS (not imported: this module loads no torch)
     parser.add_argument("--sampler", choices=("posterior", "confidence"), default="posterior",
                         help="how a diffusion prior runs its steps: posterior (VQ-Diffusion's reverse process, "
-                             "the default) or confidence (MaskGIT: the codes it is surest of first; better with "
-                             "few --steps); not used by the autoregressive prior")
+                             "the default) or confidence (MaskGIT: the codes it is surest of first; on fsdd-8k better "
+                             "with few --steps); not used by the autoregressive prior")
     parser.add_argument("--prior-temperature", type=float, default=1.0,
                         help="prior sampling temperature (default 1; 0 is greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
