@@ -436,11 +436,11 @@ class DiffusionPrior(TransformerPrior):
         from vqaudio._system import resolve_mixed_precision
 
         bf16 = resolve_mixed_precision(mixed_precision, device.type) == "bf16"
+        points = self.timesteps(steps)  # checks steps
         if sampler == "confidence":
             return self._sample_by_confidence(speaker, num_codes, steps, temperature, top_k, top_p, generator,
-                                              known, keep, progress, bf16, choice_temperature)
+                                              known, progress, bf16, choice_temperature)
         sched = self.schedule
-        points = self.timesteps(steps)
         x = torch.full((b, num_codes), cfg.mask_token, dtype=torch.long, device=device)
         if keep is not None:
             t_first = torch.full((b,), points[0], dtype=torch.long)
@@ -478,20 +478,18 @@ class DiffusionPrior(TransformerPrior):
     @torch.no_grad()
     def _sample_by_confidence(self, speaker: torch.Tensor, num_codes: int, steps: int | None, temperature: float,
                               top_k: int | None, top_p: float | None, generator: torch.Generator | None,
-                              known: torch.Tensor | None, keep: torch.Tensor | None, progress: bool, bf16: bool,
+                              known: torch.Tensor | None, progress: bool, bf16: bool,
                               choice_temperature: float) -> torch.Tensor:
         """:meth:`sample` with ``sampler="confidence"``, its arguments checked there."""
         cfg = self.config
         device = speaker.device
         b = speaker.shape[0]
         steps = self.schedule.T if steps is None else int(steps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         x = torch.full((b, num_codes), cfg.mask_token, dtype=torch.long, device=device)
-        if keep is not None:
-            x = torch.where(keep, known, x)
+        if known is not None:
+            x = torch.where(known >= 0, known, x)
         to_sample = (x == cfg.mask_token).sum(-1)  # [B]
-        gbar = self.schedule.gbar.float().to(device)
+        gbar = self.schedule.gbar[1:].float().to(device)  # steps 1 .. T
         positions = torch.arange(num_codes, device=device).expand(b, -1)
         was_training = self.training
         self.eval()
@@ -506,10 +504,8 @@ class DiffusionPrior(TransformerPrior):
                 left = masked.sum(-1)
                 if int(left.max()) == 0:
                     break
-                share = left.float() / num_codes
-                t = torch.searchsorted(gbar, share[:, None])[:, 0].clamp(1, self.schedule.T)
-                earlier = t - 1  # the nearer of the two steps around the share
-                t = torch.where((share - gbar[earlier]).abs() < (gbar[t] - share).abs(), earlier, t).clamp(min=1)
+                share = left.float() / num_codes  # the step told to the network: gbar_t nearest it
+                t = (gbar - share[:, None]).abs().argmin(-1) + 1
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     logits = self(x, t, speaker).float()
                 if temperature == 0:
