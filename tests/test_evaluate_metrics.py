@@ -195,3 +195,32 @@ def test_metric_without_its_package_raises_the_named_extra(monkeypatch: pytest.M
     with pytest.raises(MissingExtraError, match="pycodec2"):
         Codec2("1200")(clip(1), 8000)
     assert "pycodec2" in baseline_available(Codec2("1200"))
+
+
+def test_output_level_peak_rms_and_clipping() -> None:
+    t = np.arange(8000) / 8000
+    sine = 0.5 * np.sin(2 * np.pi * 200 * t)
+    loud = np.clip(2 * sine, -0.995, 0.995)
+    level = M.output_level([sine, loud, np.zeros(0)])
+    assert level["peak"] == pytest.approx(0.995) and level["clipped_share"] == 0.5
+    assert M.rms_dbfs(sine) == pytest.approx(20 * math.log10(0.5 / math.sqrt(2)), abs=1e-3)
+    assert level["rms_dbfs"] == pytest.approx(np.median([M.rms_dbfs(sine), M.rms_dbfs(loud)]))
+    assert M.rms_dbfs(np.zeros(10)) == -math.inf
+    assert M.output_level([])["peak"] is None
+
+
+def test_speaker_probe_finds_a_speaker_that_is_there_and_not_one_that_is_not() -> None:
+    """Code vectors whose mean depends on the speaker are named far above chance; vectors that
+    do not depend on it score near chance; clips are never both fitted and scored."""
+    rng = np.random.default_rng(0)
+    speakers = [s for s in ("a", "b", "c") for _ in range(10)]
+    offset = {"a": 0.0, "b": 1.0, "c": -1.0}
+    marked = [rng.normal(offset[s], 1.0, size=(40, 8)) + np.eye(8)[0] * offset[s] for s in speakers]
+    blind = [rng.normal(0.0, 1.0, size=(40, 8)) for _ in speakers]
+    found = M.speaker_probe(marked, speakers)
+    assert found["chance"] == pytest.approx(1 / 3) and (found["fit_clips"], found["test_clips"]) == (15, 15)
+    assert found["frame_accuracy"] > 0.8 and found["clip_accuracy"] == 1.0
+    none = M.speaker_probe(blind, speakers)
+    assert none["frame_accuracy"] < 0.45
+    with pytest.raises(ValueError):
+        M.speaker_probe(marked, speakers[:-1])

@@ -67,9 +67,18 @@ def test_full_report_on_real_clips(checkpoint: Path, tmp_path: Path) -> None:
     cb = report["codebook"]
     assert 1 <= cb["codes_in_use"] <= 32 and cb["codebook_size"] == 32
     assert 1.0 <= cb["perplexity"] <= cb["codes_in_use"] + 1e-6
+    # one clip per speaker: nothing to score a speaker probe on, but chance is known
+    assert cb["speaker_probe"]["chance"] == pytest.approx(1 / 6) and cb["speaker_probe"]["frame_accuracy"] is None
+    assert orig["clipped_share"] == 0.0 and orig["peak"] < 0.99 and -60 < orig["rms_dbfs"] < 0
+    levels = report["speaker_levels_dbfs"]
+    assert sorted(levels) == SPEAKERS and all(-60 < v < 0 for v in levels.values())
 
     conv = report["conversion"]
     assert conv["pairs"] == 6 and 0.0 <= conv["identified_as_target"] <= 1.0
+    assert 0.0 <= conv["clipped_share"] <= 1.0 and 0.0 <= conv["within_6db_of_target"] <= 1.0
+    assert conv["level_vs_target_db"] == pytest.approx(float(np.median(
+        [20 * np.log10(np.sqrt(np.mean(sf.read(str(out / "audio" / "conversion" / f"{utt}__to__{t}.wav"))[0] ** 2)))
+         - levels[t] for utt, t in conv["targets"].items()])), abs=0.05)
     for utt, target in conv["targets"].items():
         assert utt.split("_")[1] != target
     assert len(set(conv["targets"].values())) >= 3
@@ -83,6 +92,7 @@ def test_full_report_on_real_clips(checkpoint: Path, tmp_path: Path) -> None:
         len(sf.read(str(p))[0]) // 64 for p in (out / "audio" / "reconstruction").glob("*.wav"))
     md = (out / "report.md").read_text()
     assert "| vqaudio | 0.625 |" in md and "| codec2-1200 | 1.2 |" in md and "## Speaker conversion" in md
+    assert "RMS dBFS" in md and "within 6 dB" in md and "Median RMS level of each speaker" in md
     for png in ("plots/spectrograms.png", "plots/codebook_usage.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
         assert png in report["plots"]

@@ -423,3 +423,95 @@ def test_decoding_temperature_defaults_to_the_checkpoints(tmp_path):
         tiny_vqvae(["a"], temperature=-1.0)
     with pytest.raises(ValueError, match="temperature"):
         plain.decode(codes, [0, 1], temperature=float("nan"))
+
+
+def test_pre_emphasis_inverts_and_shapes_the_mu_law_noise_under_the_speech_spectrum():
+    """``pre_emphasis`` / ``de_emphasis`` are inverses; through 8-bit mu-law with pre-emphasis
+    0.85 a known signal comes back within one mu-law step (at its largest level) amplified by
+    the de-emphasis gain 1 / (1 - a), with its quantization error moved out of the high band
+    (LPCNet, Sec. 3.2)."""
+    from vqaudio.audio import de_emphasis, pre_emphasis
+
+    t = torch.arange(8000) / 8000
+    x = (0.5 * torch.sin(2 * math.pi * 220 * t) * torch.exp(-3 * t) + 0.2 * torch.sin(2 * math.pi * 1800 * t * t)).float()
+    a = 0.85
+    assert torch.equal(pre_emphasis(x, 0.0), x) and torch.equal(de_emphasis(x, 0.0), x)
+    y = pre_emphasis(x, a)
+    assert torch.allclose(y[1:], x[1:] - a * x[:-1]) and y[0] == x[0]
+    assert torch.allclose(de_emphasis(y, a), x, atol=1e-6)
+    assert torch.allclose(de_emphasis(y[None, None], a)[0, 0], x, atol=1e-6)  # along the last axis
+
+    emphasised = de_emphasis(mu_law_decode(mu_law_encode(y)), a)
+    plain = mu_law_decode(mu_law_encode(x))
+    level = float(y.abs().max())  # the mu-law step (in amplitude) at that level:
+    step = (256 ** (math.log1p(255 * level) / math.log(256))) * math.log(256) / 255 * 2 / 255
+    assert (emphasised - x).abs().max() <= step / (1 - a)
+
+    def high_band_energy(e):
+        spectrum = torch.fft.rfft(e).abs() ** 2
+        return float(spectrum[torch.fft.rfftfreq(e.numel(), 1 / 8000) > 2000].sum())
+
+    assert high_band_energy(emphasised - x) < 0.5 * high_band_energy(plain - x)
+
+
+def test_pre_emphasis_model_learns_the_emphasised_signal_and_every_method_de_emphasises():
+    """With ``decoder.pre_emphasis`` the WaveNet's targets are the mu-law values of the
+    pre-emphasised waveform, and decoding (torch and numba, the same noise) returns the
+    de-emphasis of what the same weights generate without it, clipped to [-1, 1]."""
+    from conftest import tiny_vqvae
+
+    from vqaudio.audio import de_emphasis, pre_emphasis
+
+    with pytest.raises(ValueError, match="pre_emphasis"):
+        tiny_vqvae(["a"], pre_emphasis=1.0)
+    model = tiny_vqvae(["a", "b"], seed=0, pre_emphasis=0.85)
+    plain = tiny_vqvae(["a", "b"], seed=0)
+    wav = torch.sin(torch.linspace(0, 300, 2 * 640)).reshape(2, 1, 640) * 0.5
+    out = model(wav, torch.tensor([0, 1]))
+    target = mu_law_encode(pre_emphasis(wav[:, 0], 0.85))
+    assert torch.allclose(out.reconstruction_loss, torch.nn.functional.cross_entropy(out.logits.float(), target),
+                          atol=1e-5)
+    codes = torch.randint(0, 16, (2, 5), generator=torch.Generator().manual_seed(1))
+    noise = torch.rand(2, 5 * 64, generator=torch.Generator().manual_seed(2))
+    for method in ("torch", "numba"):
+        got = model.decode(codes, [0, 1], noise=noise, method=method)
+        expected = de_emphasis(plain.decode(codes, [0, 1], noise=noise, method=method), 0.85).clamp(-1, 1)
+        assert torch.allclose(got, expected, atol=1e-6), method
+        assert got.abs().max() <= 1
+
+
+def test_speaker_adversary_reverses_its_gradient_into_the_encoder():
+    """``decoder.speaker_adversary`` W: the classifier's cross-entropy is added to the loss; the
+    classifier descends it while the encoder output receives -W times its gradient; the
+    adversary changes neither the codes nor the decoding."""
+    from conftest import tiny_vqvae
+
+    from vqaudio.nn.adversary import SpeakerAdversary, gradient_reversal
+
+    z = torch.randn(3, 4, requires_grad=True)
+    gradient_reversal(z, 0.5).sum().backward()
+    assert torch.equal(z.grad, torch.full((3, 4), -0.5))
+
+    adversary = SpeakerAdversary(8, 3, weight=2.0)
+    z_e = torch.randn(2, 8, 5, requires_grad=True)
+    speaker = torch.tensor([0, 2])
+    loss, acc = adversary(z_e, speaker)
+    loss.backward()
+    reversed_grad = z_e.grad.clone()
+    z_e.grad = None
+    logits = adversary.classifier(z_e.transpose(1, 2))
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 3), speaker[:, None].expand(-1, 5).reshape(-1)).backward()
+    assert torch.allclose(reversed_grad, -2.0 * z_e.grad, atol=1e-6)
+    assert 0 <= float(acc) <= 1
+
+    with pytest.raises(ValueError, match="speaker_adversary"):
+        tiny_vqvae(["a"], speaker_adversary=-1.0)
+    model = tiny_vqvae(["a", "b"], seed=0, speaker_adversary=0.5)
+    plain = tiny_vqvae(["a", "b"], seed=0)
+    wav = torch.sin(torch.linspace(0, 300, 2 * 640)).reshape(2, 1, 640) * 0.5
+    out = model(wav, torch.tensor([0, 1]))
+    assert out.speaker_adversary_loss is not None and 0 <= float(out.speaker_adversary_acc) <= 1
+    assert torch.allclose(out.loss, out.reconstruction_loss + out.commitment_loss * 0.25 + out.codebook_loss
+                          + out.speaker_adversary_loss, atol=1e-5)
+    assert torch.equal(out.codes, plain(wav, torch.tensor([0, 1])).codes)
+    assert plain(wav, torch.tensor([0, 1])).speaker_adversary_loss is None

@@ -35,9 +35,9 @@ def _fsdd_recordings() -> Path:
     pytest.skip("no FSDD recordings (samples/fsdd or ../shared/data/fsdd)")
 
 
-def _tiny_model(sample_rate: int = 8000, seed: int = 0, bias: float | None = None) -> VQVAE:
+def _tiny_model(sample_rate: int = 8000, seed: int = 0, bias: float | None = None, causal: bool = False) -> VQVAE:
     model = tiny_vqvae(FSDD_SPEAKERS, seed, sample_rate=sample_rate, encoder_channels=(8, 8, 16, 16, 16, 16),
-                       codebook_size=32, gate_channels=8).train()
+                       codebook_size=32, gate_channels=8, causal_encoder=causal).train()
     # Variance-preserving weights and a codebook spread over the latents' range, so that
     # latents are well separated from each other (not all within float rounding of one
     # code, as with PyTorch's default init) and many codes are used.
@@ -186,6 +186,39 @@ def test_chunked_long_file_equals_whole_file(tmp_path, sample_rate):
         (entry,) = read_tokens(out).entries
         assert entry.codes.size == len(load_audio(tmp_path / "long.wav", sample_rate)) // 64
         np.testing.assert_array_equal(entry.codes, ref)
+
+
+def test_causal_encoder_needs_no_future_samples_and_streams_code_for_code(tmp_path):
+    """``EncoderConfig.causal``: the codes of any prefix of a file are the first codes of the
+    whole file (a centred encoder's last latent changes when more audio arrives); the fast
+    encoder equals the training forward pass; ``tokenize`` in small chunks equals offline."""
+    src = _fsdd_recordings()
+    wav = np.concatenate([sf.read(str(p), dtype="float32")[0] for p in sorted(src.glob("*_theo_2.wav"))])
+    sf.write(str(tmp_path / "long.wav"), wav, 8000, subtype="PCM_16")
+    x = torch.from_numpy(load_audio(tmp_path / "long.wav", 8000))[None, None]
+    x = x[..., : x.shape[-1] // 64 * 64]
+    prefixes = np.linspace(3, x.shape[-1] // 64 - 1, 12).astype(int)
+    changed = 0
+    for causal in (True, False):
+        model = _tiny_model(causal=causal)
+        whole = model.encode(x)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(model.quantizer.encode(model.encoder(x))[0], whole, rtol=0, atol=0)
+        with torch.no_grad():
+            latents = model.encoder(x)
+            for n in prefixes:
+                last = model.encoder(x[..., : n * 64])[0, :, -1]
+                if causal:
+                    torch.testing.assert_close(model.encode(x[..., : n * 64])[0], whole[:n], rtol=0, atol=0)
+                    torch.testing.assert_close(last, latents[0, :, n - 1], rtol=1e-5, atol=1e-6)
+                else:
+                    changed += int(not torch.allclose(last, latents[0, :, n - 1], rtol=1e-3, atol=1e-4))
+    assert changed == len(prefixes)  # the centred encoder looks ahead
+    model = _tiny_model(causal=True)
+    tk.tokenize([tmp_path / "long.wav"], model, tmp_path / "tok", chunk_seconds=0.05, batch_size=4,
+                num_workers=0, progress=False)
+    (entry,) = read_tokens(tmp_path / "tok").entries
+    np.testing.assert_array_equal(entry.codes, model.encode(x)[0].numpy())
 
 
 class _Killed(Exception):

@@ -214,3 +214,42 @@ def mu_law_decode(q: torch.Tensor, quantization_channels: int = 256) -> torch.Te
     mu = quantization_channels - 1
     y = 2 * q.float() / mu - 1
     return torch.sign(y) * ((1 + mu) ** y.abs() - 1) / mu
+
+
+def pre_emphasis(wav: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """First-order pre-emphasis ``y_t = x_t - a x_{t-1}`` along the last axis (``x_{-1} = 0``).
+
+    LPCNet (Valin & Skoglund 2019, Sec. 3.2) pre-emphasises before its 8-bit mu-law so that the
+    quantization noise, white in ``y``, comes out of :func:`de_emphasis` shaped like the speech
+    spectrum (low-pass) instead of flat across the band.
+
+    Args:
+        wav: [..., T] float in [-1, 1].
+        coefficient: ``a`` in [0, 1); 0 returns ``wav`` unchanged.
+
+    Returns:
+        [..., T] float, same dtype; not clipped (``|y| <= 1 + a``).
+    """
+    if coefficient == 0:
+        return wav
+    past = torch.nn.functional.pad(wav[..., :-1], (1, 0))
+    return wav - coefficient * past
+
+
+def de_emphasis(wav: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """Inverse of :func:`pre_emphasis`: the IIR filter ``x_t = y_t + a x_{t-1}`` along the last
+    axis (``x_{-1} = 0``), run by ``scipy.signal.lfilter`` in float64 on the CPU.
+
+    Args:
+        wav: [..., T] float, on any device.
+        coefficient: ``a`` in [0, 1); 0 returns ``wav`` unchanged.
+
+    Returns:
+        [..., T] float32 on ``wav``'s device, not clipped: its gain is ``1 / (1 - a)`` at 0 Hz.
+    """
+    if coefficient == 0:
+        return wav
+    from scipy.signal import lfilter
+
+    y = lfilter([1.0], [1.0, -coefficient], wav.detach().double().cpu().numpy(), axis=-1)
+    return torch.from_numpy(y.astype(np.float32)).to(wav.device)

@@ -29,11 +29,21 @@ class EncoderConfig:
     ``len(channels)`` Conv1d layers of ``kernel_size`` and ``stride`` each divide time by
     ``stride``; with the defaults (6 layers, stride 2) one latent covers 64 samples.
     Widths grow as time shrinks so that the layers at the sample rate stay cheap.
+
+    Attributes:
+        channels: widths of the strided layers (their number sets the hop, ``stride ** n``).
+        kernel_size, stride: of every strided layer.
+        causal: pad each layer's input on the left only (``kernel_size - stride`` zeros)
+            instead of on both sides, so that the code of frame n depends on no sample after
+            the frame's own hop (``n * hop_length + hop_length - 1``): a streaming encoder that
+            can emit each code as soon as its hop of audio has arrived. Default False (the
+            paper's centred padding).
     """
 
     channels: tuple[int, ...] = (32, 64, 128, 128, 256, 256)
     kernel_size: int = 4
     stride: int = 2
+    causal: bool = False
 
     @property
     def hop_length(self) -> int:
@@ -116,6 +126,20 @@ class DecoderConfig:
             mkotha/WaveRNN). Mu-law spends most levels near zero, so 0.01 blurs silence by
             tens of levels and speech at amplitude 0.1 by about two. No weights, decoding
             unchanged. 0: off.
+        pre_emphasis: coefficient ``a`` of a first-order pre-emphasis (LPCNet, Valin & Skoglund
+            2019: 0.85), 0 = off. The WaveNet then models the mu-law values of ``y_t = x_t - a
+            x_{t-1}`` (:func:`vqaudio.audio.pre_emphasis`, clipped to [-1, 1]) instead of
+            ``x_t``, and decoding de-emphasises what it generates
+            (:func:`vqaudio.audio.de_emphasis`), so that the mu-law quantization noise follows
+            the speech spectrum's tilt instead of lying flat across the band. The encoder still
+            sees ``x``. Its validation bits/sample are those of ``y``: not comparable with a
+            model without it.
+        speaker_adversary: weight ``W`` of a speaker adversary on the encoder output (Ganin &
+            Lempitsky 2015), 0 = off: a per-frame classifier (Linear D -> 128, ReLU, Linear ->
+            num_speakers) predicts the speaker from ``z_e`` through a gradient-reversal layer
+            that passes ``-W`` times its gradient back to the encoder, so the classifier learns
+            to find the speaker while the encoder learns to leave it out of the codes. Its
+            cross-entropy is added to the loss; decoding does not use it.
         temperature: the sampling temperature decoding uses when none is given (the default of
             :meth:`vqaudio.model.VQVAE.decode` and of every command's ``--temperature``): the
             mu-law sample is drawn from ``softmax(logits / temperature)``, 1 samples the model's
@@ -141,6 +165,8 @@ class DecoderConfig:
     mel_bands: int = 40
     time_jitter: float = 0.0
     input_noise: float = 0.0
+    pre_emphasis: float = 0.0
+    speaker_adversary: float = 0.0
     temperature: float = 1.0
 
     @property
@@ -198,6 +224,10 @@ class VQVAEConfig:
             raise ValueError(f"decoder: time_jitter must be a probability in [0, 1], got {d.time_jitter}")
         if not (d.input_noise >= 0 and math.isfinite(d.input_noise)):
             raise ValueError(f"decoder: input_noise must be a finite number >= 0, got {d.input_noise}")
+        if not 0 <= d.pre_emphasis < 1:
+            raise ValueError(f"decoder: pre_emphasis must be in [0, 1), got {d.pre_emphasis}")
+        if not (d.speaker_adversary >= 0 and math.isfinite(d.speaker_adversary)):
+            raise ValueError(f"decoder: speaker_adversary must be a finite number >= 0, got {d.speaker_adversary}")
         if not (d.temperature >= 0 and math.isfinite(d.temperature)):
             raise ValueError(f"decoder: temperature must be a finite number >= 0, got {d.temperature}")
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vqaudio.audio import mu_law_decode, mu_law_encode
+from vqaudio.audio import de_emphasis, mu_law_decode, mu_law_encode, pre_emphasis
 from vqaudio.checkpoint import (  # the errors are part of this module's API too
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -30,6 +30,7 @@ from vqaudio.checkpoint import (  # the errors are part of this module's API too
     write_model_files,
 )
 from vqaudio.config import DECODE_METHODS, VQVAEConfig
+from vqaudio.nn.adversary import SpeakerAdversary
 from vqaudio.nn.encoder import Encoder, PaddedEncoder
 from vqaudio.nn.quantizer import QuantizerOutput, VectorQuantizer
 from vqaudio.nn.wavenet import SILENCE, WaveNet
@@ -54,6 +55,11 @@ class VQVAEOutput:
             view of the time-major [B, T, Q] result.
         mel_loss: the auxiliary log-mel L1 loss (``decoder.mel_loss_weight``; 0 without it),
             before its weight; ``loss`` includes it weighted.
+        speaker_adversary_loss: the speaker adversary's cross-entropy (nats per frame;
+            ``decoder.speaker_adversary``; None without it); ``loss`` includes it unweighted
+            (the weight scales the reversed gradient the encoder receives).
+        speaker_adversary_acc: the share of frames whose speaker the adversary told right
+            (None without it).
     """
 
     loss: torch.Tensor
@@ -65,6 +71,8 @@ class VQVAEOutput:
     codes: torch.Tensor
     logits: torch.Tensor
     mel_loss: torch.Tensor | None = None
+    speaker_adversary_loss: torch.Tensor | None = None
+    speaker_adversary_acc: torch.Tensor | None = None
 
 
 class VQVAE(nn.Module):
@@ -96,6 +104,9 @@ class VQVAE(nn.Module):
         self.encoder = Encoder(config.encoder, config.quantizer.dim)
         self.quantizer = VectorQuantizer(config.quantizer)
         self.decoder = WaveNet(config.decoder, config.hop_length)
+        d = config.decoder
+        self.speaker_adversary = (SpeakerAdversary(config.quantizer.dim, d.num_speakers, d.speaker_adversary)
+                                  if d.speaker_adversary > 0 else None)
         self._checkpoint_id: str | None = None
 
     # ----- properties ---------------------------------------------------------------
@@ -147,7 +158,10 @@ class VQVAE(nn.Module):
             ``decoder.mel_loss_weight``, the weighted auxiliary log-mel loss). In training mode
             with ``decoder.time_jitter`` the decoder sees the codes through :func:`time_jitter`,
             and with ``decoder.input_noise`` its teacher-forced input is encoded from
-            ``wav + N(0, input_noise^2)`` clamped to [-1, 1] (the target stays clean).
+            ``wav + N(0, input_noise^2)`` clamped to [-1, 1] (the target stays clean). With
+            ``decoder.pre_emphasis`` the WaveNet's targets and inputs are the mu-law values of
+            the pre-emphasised ``wav`` (:func:`vqaudio.audio.pre_emphasis`), and with
+            ``decoder.speaker_adversary`` the adversary's cross-entropy on ``z_e`` is added.
         """
         self._checkpoint_id = None  # weights are about to change
         z_e = self.encoder(wav)
@@ -156,11 +170,12 @@ class VQVAE(nn.Module):
         if self.training and self.config.decoder.time_jitter > 0:
             z_q = time_jitter(z_q, self.config.decoder.time_jitter)
         local = self.decoder.local_features(z_q)
-        target = mu_law_encode(wav[:, 0], self.config.decoder.quantization_channels)
+        d = self.config.decoder
+        target = mu_law_encode(pre_emphasis(wav[:, 0], d.pre_emphasis), d.quantization_channels)
         past = target
-        if self.training and self.config.decoder.input_noise > 0:
-            noisy = (wav[:, 0] + self.config.decoder.input_noise * torch.randn_like(wav[:, 0])).clamp(-1, 1)
-            past = mu_law_encode(noisy, self.config.decoder.quantization_channels)
+        if self.training and d.input_noise > 0:
+            noisy = (wav[:, 0] + d.input_noise * torch.randn_like(wav[:, 0])).clamp(-1, 1)
+            past = mu_law_encode(pre_emphasis(noisy, d.pre_emphasis), d.quantization_channels)
         inputs = torch.nn.functional.pad(past[:, :-1], (1, 0), value=SILENCE)
         logits = self.decoder.forward_time_major(inputs, local, speaker)  # [B, T, Q]
         rec = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
@@ -170,6 +185,10 @@ class VQVAE(nn.Module):
             predicted = self.decoder.mel_head(self.decoder.conditioning(local, speaker)).float()  # [B, bands, T']
             mel_loss = (predicted - self.log_mel(wav, frames=predicted.shape[-1])).abs().mean()
             loss = loss + self.config.decoder.mel_loss_weight * mel_loss
+        adversary_loss = adversary_acc = None
+        if self.speaker_adversary is not None:
+            adversary_loss, adversary_acc = self.speaker_adversary(z_e, speaker)
+            loss = loss + adversary_loss
         return VQVAEOutput(
             loss=loss,
             reconstruction_loss=rec,
@@ -180,6 +199,8 @@ class VQVAE(nn.Module):
             codes=q.codes,
             logits=logits.transpose(1, 2),
             mel_loss=mel_loss,
+            speaker_adversary_loss=adversary_loss,
+            speaker_adversary_acc=adversary_acc,
         )
 
     def log_mel(self, wav: torch.Tensor, frames: int | None = None) -> torch.Tensor:
@@ -330,7 +351,8 @@ class VQVAE(nn.Module):
 
         Returns:
             B tensors [1, T'_b * hop_length] float32 in [-1, 1] at ``sample_rate`` Hz, on the model's
-            device.
+            device: the mu-law values decoded, and with ``decoder.pre_emphasis`` de-emphasised
+            (:func:`vqaudio.audio.de_emphasis`) and clipped to [-1, 1].
 
         Raises:
             UnknownSpeakerError, ValueError: as :meth:`decode`.
@@ -376,7 +398,8 @@ class VQVAE(nn.Module):
                 padded, speakers, temperature, noise=u, progress=progress, cuda_graph=method == "cuda"
             )
             q = [out[b, : lengths[b]] for b in range(B)]
-        return [mu_law_decode(x.to(self.device), Q)[None] for x in q]
+        a = self.config.decoder.pre_emphasis  # the WaveNet generated y_t = x_t - a x_{t-1}
+        return [de_emphasis(mu_law_decode(x.to(self.device), Q), a).clamp(-1, 1)[None] for x in q]
 
     def decode_temperature(self, temperature: float | None = None) -> float:
         """The sampling temperature decoding uses: ``temperature``, or the checkpoint's

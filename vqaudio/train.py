@@ -33,10 +33,13 @@ averaged over the steps),
 ``train/grad_norm`` (before clipping), ``train/lr``, ``train/segments_per_second``,
 ``train/samples_per_second`` (audio samples at the model rate), ``train/realtime_factor``
 (seconds of audio per second), ``epoch``, ``wall_seconds``, and with the auxiliary mel loss
-(``DecoderConfig.mel_loss_weight``) ``train/mel_loss``. Every ``valid_every`` steps a line
+(``DecoderConfig.mel_loss_weight``) ``train/mel_loss``, with a speaker adversary
+(``DecoderConfig.speaker_adversary``) ``train/speaker_adversary_loss`` and
+``train/speaker_adversary_acc``. Every ``valid_every`` steps a line
 with ``valid/loss``, ``valid/reconstruction_loss``, ``valid/bits_per_sample``,
 ``valid/commitment_loss``, ``valid/perplexity``, ``valid/codes_in_use`` (over the whole
-held-out set, centred segments), ``valid/segments`` (and ``valid/mel_loss``).
+held-out set, centred segments), ``valid/segments`` (and ``valid/mel_loss``,
+``valid/speaker_adversary_acc``).
 
 Everything in ``RUN`` is written by the main process, through temporary names and renames.
 A fresh run refuses a non-empty ``RUN`` unless ``resume`` (continue from the latest checkpoint)
@@ -230,6 +233,7 @@ RESUMABLE_FIELDS = frozenset({
 MODEL_SIZE_FIELDS: dict[str, tuple[str, str]] = {
     "sample_rate": ("", "sample_rate"),
     "encoder_channels": ("encoder", "channels"),
+    "causal_encoder": ("encoder", "causal"),
     "codebook_size": ("quantizer", "codebook_size"),
     "code_dim": ("quantizer", "dim"),
     "commitment_cost": ("quantizer", "commitment_cost"),
@@ -250,6 +254,8 @@ MODEL_SIZE_FIELDS: dict[str, tuple[str, str]] = {
     "mel_bands": ("decoder", "mel_bands"),
     "time_jitter": ("decoder", "time_jitter"),
     "input_noise": ("decoder", "input_noise"),
+    "pre_emphasis": ("decoder", "pre_emphasis"),
+    "speaker_adversary": ("decoder", "speaker_adversary"),
 }
 
 
@@ -260,12 +266,12 @@ def build_model_config(base: VQVAEConfig | None = None, **sizes: Any) -> VQVAECo
         base: the config to change (default: ``VQVAEConfig()``, the paper's sizes at 16 kHz with
             the CPU-sized WaveNet of :class:`DecoderConfig`).
         **sizes: any of :data:`MODEL_SIZE_FIELDS` (``sample_rate``, ``encoder_channels``
-            (sequence of ints, one per stride-2 layer), ``codebook_size`` (K), ``code_dim`` (D),
+            (sequence of ints, one per stride-2 layer), ``causal_encoder``, ``codebook_size`` (K), ``code_dim`` (D),
             ``commitment_cost`` (beta), ``ema``, ``ema_decay``, ``dead_code_threshold``,
             ``num_stacks``, ``layers_per_stack``, ``residual_channels``, ``gate_channels``,
             ``skip_channels``, ``kernel_size``, ``speaker_channels``, ``num_speakers``,
             ``condition_layers``, ``condition_channels``, ``mel_loss_weight``, ``mel_bands``,
-            ``time_jitter``, ``input_noise``);
+            ``time_jitter``, ``input_noise``, ``pre_emphasis``, ``speaker_adversary``);
             ``None`` values are ignored.
 
     Example: ``build_model_config(sample_rate=8000, residual_channels=32, gate_channels=64)``.
@@ -714,12 +720,13 @@ class _MetricWindow:
     """Running sums of the training metrics between two log lines (kept on the device)."""
 
     KEYS = ("loss", "reconstruction_loss", "commitment_loss", "codebook_loss", "perplexity", "codes_in_use",
-            "mel_loss")
+            "mel_loss", "speaker_adversary_loss", "speaker_adversary_acc")
 
     def __init__(self, codebook_size: int, device: torch.device):
         self.codebook_size = codebook_size
         self.device = device
         self.mel = False  # the model has the auxiliary mel loss
+        self.adversary = False  # the model has a speaker adversary
         self.reset()
 
     def reset(self) -> None:
@@ -740,6 +747,7 @@ class _MetricWindow:
                                            torch.ones((), dtype=torch.float64, device=self.device)])
         self.counts += torch.bincount(output.codes.reshape(-1), minlength=self.codebook_size).double()
         self.mel = self.mel or output.mel_loss is not None
+        self.adversary = self.adversary or output.speaker_adversary_loss is not None
         self.batches += 1
         self.segments += segments
         self.samples += segments * segment_length
@@ -777,6 +785,9 @@ class _MetricWindow:
         }
         if self.mel:
             record["train/mel_loss"] = means["mel_loss"]
+        if self.adversary:
+            record["train/speaker_adversary_loss"] = means["speaker_adversary_loss"]
+            record["train/speaker_adversary_acc"] = means["speaker_adversary_acc"]
         if float(packed[n + 1]) > 0:
             record["train/grad_norm"] = float(packed[n] / packed[n + 1])
         self.reset()
@@ -801,13 +812,15 @@ def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size:
         ``valid/loss``, ``valid/reconstruction_loss`` (nats per sample),
         ``valid/bits_per_sample``, ``valid/commitment_loss``, ``valid/perplexity`` (of the code
         distribution over the whole set), ``valid/codes_in_use`` (distinct codes over the
-        whole set), ``valid/segments``, and with the auxiliary mel loss ``valid/mel_loss``:
-        means weighted by batch size.
+        whole set), ``valid/segments``, with the auxiliary mel loss ``valid/mel_loss``, and
+        with a speaker adversary ``valid/speaker_adversary_acc`` (its share of frames told
+        right): means weighted by batch size.
     """
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          generator=torch.Generator())
-    totals = {"loss": 0.0, "reconstruction_loss": 0.0, "commitment_loss": 0.0, "mel_loss": 0.0}
+    totals = {"loss": 0.0, "reconstruction_loss": 0.0, "commitment_loss": 0.0, "mel_loss": 0.0,
+              "speaker_adversary_acc": 0.0}
     counts = torch.zeros(model.config.quantizer.codebook_size, dtype=torch.float64)
     n = 0
     for batch in loader:
@@ -828,6 +841,8 @@ def evaluate_segments(model: Any, dataset: torch.utils.data.Dataset, batch_size:
         "valid/codes_in_use": int((counts > 0).sum()),
         "valid/segments": n,
         **({"valid/mel_loss": round(totals["mel_loss"] / n, 6)} if model.decoder.mel_head is not None else {}),
+        **({"valid/speaker_adversary_acc": round(totals["speaker_adversary_acc"] / n, 6)}
+           if model.speaker_adversary is not None else {}),
     }
 
 
@@ -839,7 +854,8 @@ def initialize_from(model: Any, source: Any) -> list[str]:
     speakers ``source`` does not know keep ``model``'s rows; conditioning blocks and the mel
     head that only ``model`` has keep their initialisation (a new conditioning block starts as
     the identity, so the model decodes as ``source`` did), and those only ``source`` has are
-    left out.
+    left out. A speaker adversary (``decoder.speaker_adversary``) is never copied: its
+    classifier starts afresh, whatever the source had.
 
     Returns:
         the names of the speakers whose embedding was copied, in ``model``'s order.
@@ -858,6 +874,8 @@ def initialize_from(model: Any, source: Any) -> list[str]:
                         target[name][i] = value[source.speakers.index(speaker)]
                         copied.append(speaker)
                 continue
+            if name.startswith("speaker_adversary."):  # a training aid: it always starts afresh
+                continue
             if name not in target and name.startswith(("decoder.condition_stack.", "decoder.mel_head.")):
                 continue
             if name not in target or target[name].shape != value.shape:
@@ -869,10 +887,11 @@ def initialize_from(model: Any, source: Any) -> list[str]:
 
 #: Decoder fields a run started ``--init-from`` a checkpoint may set otherwise than the
 #: checkpoint (:func:`initialize_from`): conditioning blocks, the auxiliary mel loss, time
-#: jitter and input noise can be added to a trained model (or dropped), so an A/B can continue
-#: the same weights both ways.
+#: jitter, input noise and a speaker adversary can be added to a trained model (or dropped), so
+#: an A/B can continue the same weights both ways. (Pre-emphasis cannot: it changes what the
+#: WaveNet's output means.)
 ADDABLE_DECODER_FIELDS = ("condition_layers", "condition_channels", "mel_loss_weight", "mel_bands", "time_jitter",
-                          "input_noise")
+                          "input_noise", "speaker_adversary")
 
 
 def _check_init_config(init_from: Any, source: VQVAEConfig, given: VQVAEConfig) -> None:

@@ -45,6 +45,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig |
     g.add_argument("--encoder-channels", type=_int_list,
                    help=f"widths of the stride-2 encoder layers, comma separated; their number sets "
                         f"the hop 2**n (default {','.join(map(str, d.encoder.channels))})")
+    g.add_argument("--causal-encoder", action="store_const", const=True,
+                   help="pad the encoder's convolutions on the left only, so a code depends on no sample after "
+                        "its hop (a streaming encoder; default: centred padding)")
     g.add_argument("--codebook-size", type=int, help=f"K, codes in the codebook (default {d.quantizer.codebook_size})")
     g.add_argument("--code-dim", type=int, help=f"D, size of a code vector (default {d.quantizer.dim})")
     g.add_argument("--commitment-cost", type=float,
@@ -78,6 +81,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig |
     g.add_argument("--input-noise", type=float,
                    help=f"std of Gaussian noise added, in training, to the decoder's teacher-forced past samples "
                         f"(linear amplitude; targets stay clean), 0 = off (default {d.decoder.input_noise})")
+    g.add_argument("--pre-emphasis", type=float, metavar="A",
+                   help=f"the WaveNet models the mu-law of x_t - A x_(t-1) and decoding de-emphasises "
+                        f"(LPCNet: 0.85), 0 = off (default {d.decoder.pre_emphasis})")
+    g.add_argument("--speaker-adversary", type=float, metavar="W",
+                   help=f"a per-frame speaker classifier on the encoder output behind a gradient reversal "
+                        f"scaled by W, to keep the speaker out of the codes; 0 = off (default "
+                        f"{d.decoder.speaker_adversary})")
     parser.set_defaults(_model_defaults=d)
 
 

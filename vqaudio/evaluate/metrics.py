@@ -368,3 +368,96 @@ def mel_cepstral_distortion(reference: np.ndarray, degraded: np.ndarray, sample_
     _, path = librosa.sequence.dtw(X=a.T, Y=b.T, metric="euclidean")
     diff = a[path[:, 0]] - b[path[:, 1]]
     return float(np.mean(10.0 / np.log(10.0) * np.sqrt(2.0 * np.sum(diff**2, axis=1))))
+
+
+#: A clip counts as clipped when any sample reaches this share of full scale.
+CLIPPING_LEVEL = 0.99
+
+
+def rms_dbfs(wav: np.ndarray) -> float:
+    """RMS level of ``wav`` [T] in dB relative to full scale (a full-scale square wave: 0 dB;
+    silence: -inf)."""
+    rms = float(np.sqrt(np.mean(np.square(np.asarray(wav, np.float64))))) if len(wav) else 0.0
+    return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def output_level(wavs: Sequence[np.ndarray]) -> dict[str, float | None]:
+    """Level of a set of clips, to catch outputs that are too loud, too quiet or clipped.
+
+    Args:
+        wavs: [T_i] float arrays in [-1, 1] (empty ones are left out).
+
+    Returns:
+        ``peak`` (the largest ``|x|`` of all clips), ``peak_median`` (median of the clips'
+        peaks), ``rms_dbfs`` (median of the clips' RMS levels, :func:`rms_dbfs`) and
+        ``clipped_share`` (share of clips with a sample at or above :data:`CLIPPING_LEVEL`); None
+        each when there is no clip.
+    """
+    wavs = [np.asarray(w, np.float32) for w in wavs if len(w)]
+    if not wavs:
+        return {"peak": None, "peak_median": None, "rms_dbfs": None, "clipped_share": None}
+    peaks = np.array([float(np.abs(w).max()) for w in wavs])
+    return {
+        "peak": float(peaks.max()),
+        "peak_median": float(np.median(peaks)),
+        "rms_dbfs": float(np.median([rms_dbfs(w) for w in wavs])),
+        "clipped_share": float(np.mean(peaks >= CLIPPING_LEVEL)),
+    }
+
+
+def speaker_probe(
+    vectors: Sequence[np.ndarray], speakers: Sequence[str], seed: int = 0
+) -> dict[str, float | int | None]:
+    """How much of the speaker a sequence of code vectors carries: the held-out accuracy of a
+    linear probe (scikit-learn's multinomial logistic regression on standardised features),
+    which predicts the speaker of each frame and of each clip (from the mean of its frames).
+
+    Each speaker's clips are split alternately (in the order given) into a half the probe is
+    fitted on and a half it is scored on, so no clip is in both.
+
+    Args:
+        vectors: per clip, [T'_i, D] float code vectors (clips without frames are left out).
+        speakers: the speaker of each clip.
+        seed: for the solver.
+
+    Returns:
+        ``frame_accuracy`` (share of held-out frames whose speaker it names), ``clip_accuracy``
+        (share of held-out clips, from their mean vectors), ``chance`` (1 / number of
+        speakers), ``speakers``, ``fit_clips`` and ``test_clips``; the accuracies are None
+        with fewer than two speakers that have two clips each.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(vectors) != len(speakers):
+        raise ValueError(f"{len(vectors)} clips of vectors, {len(speakers)} speakers")
+    seen: dict[str, int] = {}
+    fit, test = [], []
+    for i, (v, s) in enumerate(zip(vectors, speakers)):
+        if len(v) == 0:
+            continue
+        (fit if seen.get(s, 0) % 2 == 0 else test).append(i)
+        seen[s] = seen.get(s, 0) + 1
+    names = sorted({speakers[i] for i in test} & {speakers[i] for i in fit})
+    res: dict[str, float | int | None] = {"frame_accuracy": None, "clip_accuracy": None,
+                                          "chance": 1 / len(seen) if seen else None, "speakers": len(seen),
+                                          "fit_clips": len(fit), "test_clips": len(test)}
+    if len(names) < 2:
+        return res
+
+    def stack(indices, mean: bool):
+        xs = [np.asarray(vectors[i], np.float64) for i in indices]
+        if mean:
+            return np.stack([x.mean(0) for x in xs]), np.array([speakers[i] for i in indices])
+        return np.concatenate(xs), np.concatenate([[speakers[i]] * len(x) for i, x in zip(indices, xs)])
+
+    for key, mean in (("frame_accuracy", False), ("clip_accuracy", True)):
+        x_fit, y_fit = stack(fit, mean)
+        x_test, y_test = stack(test, mean)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a probe that does not fully converge still measures
+            probe.fit(x_fit, y_fit)
+        res[key] = float(np.mean(probe.predict(x_test) == y_test))
+    return res

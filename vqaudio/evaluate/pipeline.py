@@ -363,7 +363,8 @@ def score_system(
     PESQ, STOI, ESTOI, ViSQOL. Judges: GE2E cosine similarity of each output to its reference
     utterance and to its speaker's centroid (leave-one-out), identification accuracy by the
     nearest centroid (over clips whose speaker has another reference clip), and
-    intelligibility (:func:`intelligibility`).
+    intelligibility (:func:`intelligibility`). Output level (:func:`metrics.output_level`):
+    ``peak``, ``peak_median``, ``rms_dbfs``, ``clipped_share``.
 
     Args:
         outputs: one [T'_i] float32 output per reference clip, at ``ref.sample_rate``.
@@ -378,7 +379,7 @@ def score_system(
     t0 = time.perf_counter()
     delay = 0 if is_original else M.estimate_delay(ref.wavs, outputs, sr)
     aligned = [M.align(o, delay, len(r)) for o, r in zip(outputs, ref.wavs)]
-    res: dict[str, Any] = {"delay_ms": 1000.0 * delay / sr}
+    res: dict[str, Any] = {"delay_ms": 1000.0 * delay / sr, **M.output_level(outputs)}
     wide = sr >= 16000
     do_pesq, do_stoi, do_mcd = "pesq" not in skip, "stoi" not in skip, "mcd" not in skip
 
@@ -449,11 +450,21 @@ def score_conversions(
     """Scores of voice conversions: ``outputs[k]`` is clip ``pairs[k][0]`` decoded as speaker ``pairs[k][1]``.
 
     Returns: cosine similarity to the target's centroid and to the source's centroid (the
-    source utterance left out), share identified as the target (nearest centroid), and
-    intelligibility against the source clip's text (or its recognised words).
+    source utterance left out), share identified as the target (nearest centroid),
+    intelligibility against the source clip's text (or its recognised words), the outputs'
+    level (:func:`metrics.output_level`), and their level against the target speaker's:
+    ``level_vs_target_db`` (median over the pairs of the output's RMS level minus the median
+    RMS level of the target speaker's original clips, in dB) and ``within_6db_of_target``
+    (share of pairs within 6 dB of it).
     """
     sr = ref.sample_rate
-    res: dict[str, Any] = {"pairs": len(pairs)}
+    res: dict[str, Any] = {"pairs": len(pairs), **M.output_level(outputs)}
+    speaker_levels = speaker_rms_dbfs(ref)
+    offsets = [M.rms_dbfs(o) - speaker_levels[t] for (_, t), o in zip(pairs, outputs)
+               if len(o) and t in speaker_levels]
+    if offsets:
+        res["level_vs_target_db"] = float(np.median(offsets))
+        res["within_6db_of_target"] = float(np.mean(np.abs(offsets) <= 6))
     if speaker_judge is not None and ref.centroids is not None:
         emb = speaker_judge.embed(outputs, sr)
         sim_t, sim_s, as_target, as_source = [], [], [], []
@@ -477,6 +488,15 @@ def score_conversions(
         hyps = recognizer.recognize(outputs, sr)
         res.update(intelligibility(ref, hyps, [i for i, _ in pairs]))
     return res
+
+
+def speaker_rms_dbfs(ref: _References) -> dict[str, float]:
+    """Each speaker's median RMS level (dBFS, :func:`metrics.rms_dbfs`) over its original clips."""
+    levels: dict[str, list[float]] = {}
+    for c, w in zip(ref.clips, ref.wavs):
+        if c.speaker is not None and len(w):
+            levels.setdefault(c.speaker, []).append(M.rms_dbfs(w))
+    return {s: float(np.median(v)) for s, v in sorted(levels.items())}
 
 
 def conversion_pairs(clips: Sequence[EvalClip], targets: Sequence[str], max_pairs: int | None = None) -> list[tuple[int, str]]:
@@ -575,6 +595,15 @@ def _encode_all(model, wavs: Sequence[np.ndarray], progress: bool) -> list[np.nd
             continue
         out.append(model.encode(torch.from_numpy(np.asarray(w, np.float32))[None, None])[0].cpu().numpy())
     return out
+
+
+def _code_vectors(model, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The code vectors of each clip's codes: [T'_i] int64 -> [T'_i, D] float32."""
+    import torch
+
+    with torch.no_grad():
+        return [model.quantizer.decode(torch.from_numpy(np.asarray(c, np.int64))[None].to(model.device))[0].T.cpu().numpy()
+                for c in codes]
 
 
 def codebook_statistics(codes: Sequence[np.ndarray], codebook_size: int) -> dict[str, Any]:
@@ -877,6 +906,7 @@ def evaluate(
                 "bitrate": cfg.bitrate,
                 "entropy_bitrate": cfg.codes_per_second * codebook["entropy_bits"],
             })
+            codebook["speaker_probe"] = M.speaker_probe(_code_vectors(model, codes), [c.speaker for c in clips], seed)
 
             if "conversion" not in skip:
                 t = time.perf_counter()
@@ -945,6 +975,7 @@ def evaluate(
             "judges": R.judge_versions(),
             "systems": systems,
             "codebook": codebook,
+            "speaker_levels_dbfs": speaker_rms_dbfs(ref),
             "conversion": conversion,
             **({"conversion_matrix": {"clips": [clips[i].utterance_id for i in matrix["clips"]],
                                       "speakers": matrix["speakers"]}} if matrix else {}),

@@ -35,6 +35,9 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("digit_accuracy", "digit acc", ".3f", "↑"),
     ("wer", "WER", ".3f", "↓"),
     ("wer_vs_original", "WER vs orig ASR", ".3f", "↓"),
+    ("rms_dbfs", "RMS dBFS", ".1f", ""),
+    ("peak", "peak", ".3f", ""),
+    ("clipped_share", "clipped", ".3f", "↓"),
 )
 
 #: Judges and metric packages whose versions go into the report.
@@ -137,14 +140,28 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"entropy of the code histogram {cb['entropy_bits']:.2f} bits/code ({cb['entropy_bitrate'] / 1000:.3g} kbit/s)",
                   f"- codes in use: {cb['codes_in_use']} of {cb['codebook_size']} ({100 * cb['codebook_usage']:.1f}%), "
                   f"perplexity {cb['perplexity']:.1f}"]
+        probe = cb.get("speaker_probe") or {}
+        if probe.get("frame_accuracy") is not None:
+            lines.append(f"- speaker in the codes: a linear probe on the code vectors names the speaker of "
+                         f"{probe['frame_accuracy']:.3f} of held-out frames and {probe['clip_accuracy']:.3f} of held-out "
+                         f"clips (chance {probe['chance']:.3f}; fitted on {probe['fit_clips']} clips, scored on "
+                         f"{probe['test_clips']})")
     conv = report.get("conversion")
     if conv:
-        lines += ["", "## Speaker conversion", "", "| pairs | sim to target ↑ | sim to source | ID as target ↑ | ID as source ↓ | intelligibility |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "## Speaker conversion", "",
+                  "| pairs | sim to target ↑ | sim to source | ID as target ↑ | ID as source ↓ | intelligibility "
+                  "| RMS dBFS | vs target dB | within 6 dB ↑ | clipped ↓ |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         intel = _intel(conv)
         lines.append(f"| {conv['pairs']} | {_fmt(conv.get('similarity_to_target'), '.3f')} | "
                      f"{_fmt(conv.get('similarity_to_source'), '.3f')} | {_fmt(conv.get('identified_as_target'), '.3f')} | "
-                     f"{_fmt(conv.get('identified_as_source'), '.3f')} | {intel} |")
+                     f"{_fmt(conv.get('identified_as_source'), '.3f')} | {intel} | {_fmt(conv.get('rms_dbfs'), '.1f')} | "
+                     f"{_fmt(conv.get('level_vs_target_db'), '+.1f')} | {_fmt(conv.get('within_6db_of_target'), '.3f')} | "
+                     f"{_fmt(conv.get('clipped_share'), '.3f')} |")
+        levels = report.get("speaker_levels_dbfs") or {}
+        if levels:
+            lines += ["", "Median RMS level of each speaker's original clips (dBFS): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in levels.items()) + "."]
     gen = report.get("generation")
     if gen:
         prior = gen.get("prior") or {}

@@ -18,7 +18,8 @@ class Encoder(nn.Module):
     """Waveform -> continuous latents ``z_e`` at ``1 / hop_length`` of the sample rate.
 
     ``len(cfg.channels)`` Conv1d layers (kernel ``cfg.kernel_size``, stride ``cfg.stride``,
-    padding ``(kernel_size - stride) // 2``), each followed by ReLU, then a 1x1 projection to
+    padding ``(kernel_size - stride) // 2`` on both sides, or with ``cfg.causal``
+    ``kernel_size - stride`` on the left only), each followed by ReLU, then a 1x1 projection to
     ``latent_dim``. With the defaults (6 layers, kernel 4, stride 2) the paper's audio encoder:
     64 samples per latent, widths 32 -> 256 so the layers at the sample rate stay cheap.
 
@@ -32,11 +33,15 @@ class Encoder(nn.Module):
         self.cfg = cfg
         if (cfg.kernel_size - cfg.stride) % 2:
             raise ValueError("kernel_size - stride must be even for exact downsampling")
+        if cfg.kernel_size < cfg.stride:
+            raise ValueError(f"kernel_size ({cfg.kernel_size}) must be at least the stride ({cfg.stride})")
         padding = (cfg.kernel_size - cfg.stride) // 2
         layers: list[nn.Module] = []
         in_ch = 1
         for ch in cfg.channels:
-            layers += [nn.Conv1d(in_ch, ch, cfg.kernel_size, cfg.stride, padding), nn.ReLU()]
+            conv = (LeftPaddedConv1d(in_ch, ch, cfg.kernel_size, cfg.stride) if cfg.causal
+                    else nn.Conv1d(in_ch, ch, cfg.kernel_size, cfg.stride, padding))
+            layers += [conv, nn.ReLU()]
             in_ch = ch
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv1d(in_ch, latent_dim, 1)
@@ -65,6 +70,19 @@ class Encoder(nn.Module):
                 f"length {wav.shape[-1]} is not a multiple of hop_length {self.hop_length}"
             )
         return self.proj(self.convs(wav))
+
+
+class LeftPaddedConv1d(nn.Conv1d):
+    """A strided Conv1d whose input is padded with ``kernel_size - stride`` zeros on the left
+    only: output ``j`` sees inputs ``j * stride - (kernel_size - stride) .. j * stride + stride
+    - 1``, none after its own stride. x: [B, C_in, T] -> [B, C_out, T // stride]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
+        super().__init__(in_channels, out_channels, kernel_size, stride)
+        self.left_padding = kernel_size - stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().forward(F.pad(x, (self.left_padding, 0)))
 
 
 def encoder_receptive_field(cfg: EncoderConfig) -> int:
@@ -121,7 +139,7 @@ class PaddedEncoder:
             self.codebook_sq = (self.codebook * self.codebook).sum(1)
             self.codebook_t = self.codebook.t().contiguous()
         convs = getattr(encoder, "convs", None)
-        self.layers: list[tuple[torch.Tensor, torch.Tensor | None, int, int, bool]] | None = None
+        self.layers: list[tuple[torch.Tensor, torch.Tensor | None, int, tuple[int, int], bool]] | None = None
         if isinstance(convs, nn.Sequential) and all(isinstance(m, (nn.Conv1d, nn.ReLU)) for m in convs) \
                 and isinstance(getattr(encoder, "proj", None), nn.Conv1d):
             mods = list(convs) + [encoder.proj]
@@ -134,7 +152,8 @@ class PaddedEncoder:
                     relu = k + 1 < len(mods) and isinstance(mods[k + 1], nn.ReLU)
                     w = m.weight.detach()[:, :, None, :].to(self.dtype).contiguous(memory_format=torch.channels_last)
                     bias = m.bias.detach().to(self.dtype) if m.bias is not None else None
-                    self.layers.append((w, bias, m.stride[0], m.padding[0], relu))
+                    left = getattr(m, "left_padding", 0)  # LeftPaddedConv1d: causal padding
+                    self.layers.append((w, bias, m.stride[0], (m.padding[0] + left, m.padding[0]), relu))
 
     def __call__(self, wav: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
         """Encode a padded batch: row ``b`` holds one clip of ``lengths[b]`` samples.
@@ -208,8 +227,10 @@ class PaddedEncoder:
                 h[b, :, :, g0 // scale : g1 // scale] = 0
             if w.shape[1] == 1:
                 h = _conv_one_channel(h, w, bias, stride, padding)
+            elif padding[0] == padding[1]:
+                h = F.conv2d(h, w, bias, stride=(1, stride), padding=(0, padding[0]))
             else:
-                h = F.conv2d(h, w, bias, stride=(1, stride), padding=(0, padding))
+                h = F.conv2d(F.pad(h, padding), w, bias, stride=(1, stride))
             if relu:
                 h = torch.relu_(h)
             scale *= stride
@@ -223,7 +244,8 @@ class PaddedEncoder:
         return dist2.argmin(dim=1).view(z.shape[0], z.shape[2])
 
 
-def _conv_one_channel(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int) -> torch.Tensor:
+def _conv_one_channel(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                      padding: tuple[int, int]) -> torch.Tensor:
     """Strided conv of a one-channel signal as one GEMM over its frames (im2col).
 
     oneDNN's direct convolution is slow with a single input channel (the first encoder layer
@@ -231,13 +253,13 @@ def _conv_one_channel(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     copy and one matrix product gives the output already in channels-last layout.
 
     Args:
-        x: [B, 1, 1, T]; w: [C, 1, 1, k]; bias: [C] or None.
+        x: [B, 1, 1, T]; w: [C, 1, 1, k]; bias: [C] or None; padding: zeros (left, right).
 
     Returns:
-        [B, C, 1, T_out] (channels-last memory), ``T_out = (T + 2 * padding - k) // stride + 1``.
+        [B, C, 1, T_out] (channels-last memory), ``T_out = (T + left + right - k) // stride + 1``.
     """
     k, batch = w.shape[-1], x.shape[0]
-    xp = F.pad(x.reshape(batch, -1), (padding, padding))
+    xp = F.pad(x.reshape(batch, -1), padding)
     t_out = (xp.shape[-1] - k) // stride + 1
     frames = xp.as_strided((batch, t_out, k), (xp.stride(0), stride, 1))
     y = torch.matmul(frames, w.reshape(w.shape[0], k).t())  # [B, T_out, C]
