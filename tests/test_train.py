@@ -476,12 +476,14 @@ def test_conditioning_stack_and_mel_loss_from_the_command_line(tmp_path):
 
 
 def test_pre_emphasis_and_speaker_adversary_from_the_command_line(tmp_path):
-    """``--pre-emphasis``, ``--speaker-adversary`` and ``--causal-encoder`` reach the
-    checkpoint's config, and the adversary's accuracy is logged in training and validation."""
+    """``--pre-emphasis``, ``--speaker-adversary``, ``--causal-encoder`` and ``--lpc-order``
+    reach the checkpoint's config (whose examples are decoded with them), and the adversary's
+    accuracy is logged in training and validation."""
     data, _ = short_fsdd(tmp_path / "fsdd", speakers=("nicolas", "theo"))
     run_recipe(data, tmp_path / "out", "--batch-size", "2", "--segment-seconds", "0.128", "--lr", "1e-3",
                "--valid-every", "2", "--example-seconds", "0.02", "--log-every", "1", "--max-steps", "2",
-               "--pre-emphasis", "0.85", "--speaker-adversary", "0.5", "--causal-encoder", "--split", "per-speaker",
+               "--pre-emphasis", "0.85", "--speaker-adversary", "0.5", "--causal-encoder", "--lpc-order", "6",
+               "--mel-loss-weight", "0.1", "--mel-bands", "12", "--split", "per-speaker",
                "--num-valid-per-speaker", "1")
     run = tmp_path / "out" / "vqvae"
     records = read_metrics(run)
@@ -490,7 +492,9 @@ def test_pre_emphasis_and_speaker_adversary_from_the_command_line(tmp_path):
     assert [s for s, _ in iter_metric(records, "train/speaker_adversary_loss")] == [1, 2]
     assert [s for s, _ in iter_metric(records, "valid/speaker_adversary_acc")] == [2]
     config = VQVAE.from_pretrained(run).config
-    assert (config.decoder.pre_emphasis, config.decoder.speaker_adversary, config.encoder.causal) == (0.85, 0.5, True)
+    d = config.decoder
+    assert (d.pre_emphasis, d.speaker_adversary, d.lpc_order, config.encoder.causal) == (0.85, 0.5, 6, True)
+    assert list((run / "examples").rglob("*.wav"))
 
 
 def test_init_from_adds_conditioning_blocks_without_changing_the_decoding():

@@ -134,6 +134,16 @@ class DecoderConfig:
             the speech spectrum's tilt instead of lying flat across the band. The encoder still
             sees ``x``. Its validation bits/sample are those of ``y``: not comparable with a
             model without it.
+        lpc_order: P, the order of a linear predictor inside the decoder (LPCNet, Valin &
+            Skoglund 2019, Sec. 3; 0 = off; needs ``mel_loss_weight`` > 0). The mel head's
+            prediction of each frame's log-mel spectrum (from the codes and the speaker) gives
+            the frame's prediction coefficients (:func:`vqaudio.nn.lpc.lpc_from_log_mel`: power
+            spectrum, autocorrelation, Levinson-Durbin; not trained through). The prediction
+            ``p_t = sum_k a_k s_{t-k}`` from the past samples (the true ones in training, the
+            generated ones in decoding; ``s`` is the pre-emphasised signal with
+            ``pre_emphasis``) is a second input of the WaveNet (its mu-law value, embedded), and
+            the softmax models the excitation ``e_t = s_t - p_t`` in mu-law; decoding outputs
+            ``s_t = p_t + e_t``. Costs P multiply-adds per sample in decoding.
         speaker_adversary: weight ``W`` of a speaker adversary on the encoder output (Ganin &
             Lempitsky 2015), 0 = off: a per-frame classifier (Linear D -> 128, ReLU, Linear ->
             num_speakers) predicts the speaker from ``z_e`` through a gradient-reversal layer
@@ -166,6 +176,7 @@ class DecoderConfig:
     time_jitter: float = 0.0
     input_noise: float = 0.0
     pre_emphasis: float = 0.0
+    lpc_order: int = 0
     speaker_adversary: float = 0.0
     temperature: float = 1.0
 
@@ -226,6 +237,10 @@ class VQVAEConfig:
             raise ValueError(f"decoder: input_noise must be a finite number >= 0, got {d.input_noise}")
         if not 0 <= d.pre_emphasis < 1:
             raise ValueError(f"decoder: pre_emphasis must be in [0, 1), got {d.pre_emphasis}")
+        if d.lpc_order < 0 or (d.lpc_order > 0 and not d.mel_loss_weight > 0):
+            raise ValueError(f"decoder: lpc_order must be >= 0, and > 0 only with mel_loss_weight > 0 (the mel head "
+                             f"predicts the envelope the coefficients come from), got {d.lpc_order} with "
+                             f"mel_loss_weight {d.mel_loss_weight}")
         if not (d.speaker_adversary >= 0 and math.isfinite(d.speaker_adversary)):
             raise ValueError(f"decoder: speaker_adversary must be a finite number >= 0, got {d.speaker_adversary}")
         if not (d.temperature >= 0 and math.isfinite(d.temperature)):

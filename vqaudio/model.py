@@ -32,6 +32,7 @@ from vqaudio.checkpoint import (  # the errors are part of this module's API too
 from vqaudio.config import DECODE_METHODS, VQVAEConfig
 from vqaudio.nn.adversary import SpeakerAdversary
 from vqaudio.nn.encoder import Encoder, PaddedEncoder
+from vqaudio.nn.lpc import lpc_from_log_mel, mel_to_power_matrix, predict
 from vqaudio.nn.quantizer import QuantizerOutput, VectorQuantizer
 from vqaudio.nn.wavenet import SILENCE, WaveNet
 
@@ -160,7 +161,10 @@ class VQVAE(nn.Module):
             and with ``decoder.input_noise`` its teacher-forced input is encoded from
             ``wav + N(0, input_noise^2)`` clamped to [-1, 1] (the target stays clean). With
             ``decoder.pre_emphasis`` the WaveNet's targets and inputs are the mu-law values of
-            the pre-emphasised ``wav`` (:func:`vqaudio.audio.pre_emphasis`), and with
+            the pre-emphasised ``wav`` (:func:`vqaudio.audio.pre_emphasis`); with
+            ``decoder.lpc_order`` the targets are the excitation ``s_t - p_t`` and the
+            prediction ``p_t`` (:func:`vqaudio.nn.lpc.predict` from the true past, with the
+            coefficients of :meth:`lpc_coefficients`) is a second input; and with
             ``decoder.speaker_adversary`` the adversary's cross-entropy on ``z_e`` is added.
         """
         self._checkpoint_id = None  # weights are about to change
@@ -171,18 +175,27 @@ class VQVAE(nn.Module):
             z_q = time_jitter(z_q, self.config.decoder.time_jitter)
         local = self.decoder.local_features(z_q)
         d = self.config.decoder
-        target = mu_law_encode(pre_emphasis(wav[:, 0], d.pre_emphasis), d.quantization_channels)
-        past = target
+        Q = d.quantization_channels
+        predicted = None  # the mel head's log-mel spectrum [B, bands, T']
+        if self.decoder.mel_head is not None:
+            predicted = self.decoder.mel_head(self.decoder.conditioning(local, speaker)).float()
+        signal = pre_emphasis(wav[:, 0], d.pre_emphasis).clamp(-1, 1)  # what the WaveNet models
+        target = mu_law_encode(signal, Q)
+        prediction = None
+        if d.lpc_order > 0:
+            p = predict(signal.float(), self._lpc_from_log_mel(predicted.detach()), self.hop_length).clamp(-1, 1)
+            prediction = mu_law_encode(p, Q)
+            target = mu_law_encode(signal - p, Q)  # the excitation
+        past = mu_law_encode(signal, Q)
         if self.training and d.input_noise > 0:
             noisy = (wav[:, 0] + d.input_noise * torch.randn_like(wav[:, 0])).clamp(-1, 1)
-            past = mu_law_encode(pre_emphasis(noisy, d.pre_emphasis), d.quantization_channels)
+            past = mu_law_encode(pre_emphasis(noisy, d.pre_emphasis), Q)
         inputs = torch.nn.functional.pad(past[:, :-1], (1, 0), value=SILENCE)
-        logits = self.decoder.forward_time_major(inputs, local, speaker)  # [B, T, Q]
+        logits = self.decoder.forward_time_major(inputs, local, speaker, prediction)  # [B, T, Q]
         rec = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
         loss = rec + q.loss
         mel_loss = None
-        if self.decoder.mel_head is not None:
-            predicted = self.decoder.mel_head(self.decoder.conditioning(local, speaker)).float()  # [B, bands, T']
+        if predicted is not None:
             mel_loss = (predicted - self.log_mel(wav, frames=predicted.shape[-1])).abs().mean()
             loss = loss + self.config.decoder.mel_loss_weight * mel_loss
         adversary_loss = adversary_acc = None
@@ -230,6 +243,38 @@ class VQVAE(nn.Module):
         spec = torch.stft(x, n_fft, hop_length=hop, window=self._mel_window, center=True, return_complex=True)
         mel = self._mel_basis @ spec.abs().pow(2)  # [B, bands, T // hop + 1]
         return torch.log(mel[..., : (x.shape[-1] // hop if frames is None else frames)] + 1e-5)
+
+    def lpc_coefficients(self, local: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        """Each frame's linear-prediction coefficients (``decoder.lpc_order`` P > 0): from the mel
+        head's log-mel spectrum of the frame's conditioning (code features and speaker), by
+        :func:`vqaudio.nn.lpc.lpc_from_log_mel`.
+
+        Args:
+            local: [B, D, T'] float32, the decoder's local features
+                (``decoder.local_features(z_q)``); speaker: [B] int64.
+
+        Returns:
+            [B, T', P] float32.
+
+        Raises:
+            ValueError: the decoder has no linear prediction.
+        """
+        if self.config.decoder.lpc_order == 0:
+            raise ValueError("this decoder has no linear prediction (lpc_order 0)")
+        predicted = self.decoder.mel_head(self.decoder.conditioning(local, speaker)).float()
+        return self._lpc_from_log_mel(predicted)
+
+    def _lpc_from_log_mel(self, log_mel: torch.Tensor) -> torch.Tensor:
+        n_fft = 4 * self.hop_length  # as log_mel's
+        key = (str(log_mel.device), n_fft, self.config.decoder.mel_bands)
+        if getattr(self, "_mel_power_key", None) != key:
+            import librosa
+
+            basis = librosa.filters.mel(sr=self.sample_rate, n_fft=n_fft, n_mels=self.config.decoder.mel_bands)
+            self._mel_power = torch.from_numpy(mel_to_power_matrix(basis)).to(log_mel.device)
+            self._mel_power_key = key
+        d = self.config.decoder
+        return lpc_from_log_mel(log_mel, self._mel_power, d.lpc_order, n_fft, d.pre_emphasis)
 
     # ----- inference ----------------------------------------------------------------
 
@@ -379,12 +424,16 @@ class VQVAE(nn.Module):
         local = [self.decoder.local_features(self.quantizer.decode(c[None].to(self.device)))[0]
                  for c in codes]  # [D, T'_b]
         Q = self.config.decoder.quantization_channels
+        lpc = None  # with linear prediction: [T'_b, P] coefficients per utterance
+        if self.config.decoder.lpc_order > 0:
+            lpc = [self.lpc_coefficients(x[None], speakers[b : b + 1])[0] for b, x in enumerate(local)]
         if method == "numba":
             from vqaudio.nn.fast_wavenet import FastWaveNet
 
             fast = FastWaveNet(self.decoder)
             samples, _ = fast.generate(
-                local, speakers.cpu(), noise, temperature=temperature, num_threads=num_threads, progress=progress
+                local, speakers.cpu(), noise, temperature=temperature, num_threads=num_threads, progress=progress,
+                lpc=lpc,
             )
             q = [torch.from_numpy(x) for x in samples]
         else:
@@ -394,12 +443,20 @@ class VQVAE(nn.Module):
             for b in range(B):
                 padded[b, :, : local[b].shape[1]] = local[b]
                 u[b, : lengths[b]] = noise[b].to(self.device)
+            padded_lpc = None
+            if lpc is not None:
+                padded_lpc = torch.zeros(B, frames, self.config.decoder.lpc_order, device=self.device)
+                for b in range(B):
+                    padded_lpc[b, : lpc[b].shape[0]] = lpc[b]
             out = self.decoder.generate_static(
-                padded, speakers, temperature, noise=u, progress=progress, cuda_graph=method == "cuda"
+                padded, speakers, temperature, noise=u, progress=progress, cuda_graph=method == "cuda",
+                lpc=padded_lpc,
             )
             q = [out[b, : lengths[b]] for b in range(B)]
+        # with linear prediction the loops return the signal itself, else mu-law values
+        signals = [x.to(self.device) if lpc is not None else mu_law_decode(x.to(self.device), Q) for x in q]
         a = self.config.decoder.pre_emphasis  # the WaveNet generated y_t = x_t - a x_{t-1}
-        return [de_emphasis(mu_law_decode(x.to(self.device), Q), a).clamp(-1, 1)[None] for x in q]
+        return [de_emphasis(x, a).clamp(-1, 1)[None] for x in signals]
 
     def decode_temperature(self, temperature: float | None = None) -> float:
         """The sampling temperature decoding uses: ``temperature``, or the checkpoint's

@@ -255,6 +255,7 @@ MODEL_SIZE_FIELDS: dict[str, tuple[str, str]] = {
     "time_jitter": ("decoder", "time_jitter"),
     "input_noise": ("decoder", "input_noise"),
     "pre_emphasis": ("decoder", "pre_emphasis"),
+    "lpc_order": ("decoder", "lpc_order"),
     "speaker_adversary": ("decoder", "speaker_adversary"),
 }
 
@@ -271,7 +272,7 @@ def build_model_config(base: VQVAEConfig | None = None, **sizes: Any) -> VQVAECo
             ``num_stacks``, ``layers_per_stack``, ``residual_channels``, ``gate_channels``,
             ``skip_channels``, ``kernel_size``, ``speaker_channels``, ``num_speakers``,
             ``condition_layers``, ``condition_channels``, ``mel_loss_weight``, ``mel_bands``,
-            ``time_jitter``, ``input_noise``, ``pre_emphasis``, ``speaker_adversary``);
+            ``time_jitter``, ``input_noise``, ``pre_emphasis``, ``lpc_order``, ``speaker_adversary``);
             ``None`` values are ignored.
 
     Example: ``build_model_config(sample_rate=8000, residual_channels=32, gate_channels=64)``.

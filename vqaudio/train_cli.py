@@ -84,6 +84,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig |
     g.add_argument("--pre-emphasis", type=float, metavar="A",
                    help=f"the WaveNet models the mu-law of x_t - A x_(t-1) and decoding de-emphasises "
                         f"(LPCNet: 0.85), 0 = off (default {d.decoder.pre_emphasis})")
+    g.add_argument("--lpc-order", type=int, metavar="P",
+                   help=f"linear prediction of order P inside the decoder (LPCNet): the WaveNet models the "
+                        f"excitation; needs --mel-loss-weight > 0 (the envelope comes from the mel head); "
+                        f"e.g. 16 at 16 kHz, 10-12 at 8 kHz; 0 = off (default {d.decoder.lpc_order})")
     g.add_argument("--speaker-adversary", type=float, metavar="W",
                    help=f"a per-frame speaker classifier on the encoder output behind a gradient reversal "
                         f"scaled by W, to keep the speaker out of the codes; 0 = off (default "

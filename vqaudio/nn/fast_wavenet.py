@@ -163,6 +163,8 @@ class FastWaveNetWeights:
 
     Attributes:
         embed: [Q, R] input embedding.
+        embed_prediction: [Q, R] embedding of the linear prediction's mu-law value (with
+            ``lpc_order`` > 0; else [0, R]).
         conv_now: [L, R, G~] dilated conv, the tap on the layer's current input.
         conv_past: [L, k-1, R, G~] its other taps: ``conv_past[l, j-1]`` multiplies the
             layer's input ``j * dilation`` samples back.
@@ -184,10 +186,11 @@ class FastWaveNetWeights:
         queue_offset: [L] int64, first row of each layer's ring buffer in the queue array
             (``queue_rows`` rows in all).
         kernel_size, hop_length, queue_rows, residual_channels, skip_channels,
-        quantization_channels: ints.
+        quantization_channels, lpc_order: ints.
     """
 
     embed: np.ndarray
+    embed_prediction: np.ndarray
     conv_now: np.ndarray
     conv_past: np.ndarray
     conv_bias: np.ndarray
@@ -210,6 +213,7 @@ class FastWaveNetWeights:
     residual_channels: int
     skip_channels: int
     quantization_channels: int
+    lpc_order: int = 0
 
 
 def export_weights(wavenet: WaveNet) -> FastWaveNetWeights:
@@ -266,6 +270,8 @@ def export_weights(wavenet: WaveNet) -> FastWaveNetWeights:
     h1, h2 = head[1], head[3]
     return FastWaveNetWeights(
         embed=_aligned(wavenet.embed.weight),
+        embed_prediction=(_aligned(wavenet.embed_prediction.weight) if wavenet.embed_prediction is not None
+                          else np.zeros((0, R), np.float32)),
         conv_now=panels(torch.stack(conv_now)),
         conv_past=panels(torch.stack(conv_past)),
         conv_bias=vec(torch.stack(conv_bias)),
@@ -288,6 +294,7 @@ def export_weights(wavenet: WaveNet) -> FastWaveNetWeights:
         residual_channels=R,
         skip_channels=S,
         quantization_channels=cfg.quantization_channels,
+        lpc_order=cfg.lpc_order,
     )
 
 
@@ -349,6 +356,7 @@ class FastWaveNet:
         record_logits: int = 0,
         progress: bool = False,
         chunk_frames: int = 125,
+        lpc: Sequence[np.ndarray | torch.Tensor] | None = None,
     ) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Generate several utterances at once, each with its own length and speaker.
 
@@ -363,14 +371,18 @@ class FastWaveNet:
                 every stream (for testing).
             progress: show a tqdm progress bar (in samples of the longest stream).
             chunk_frames: frames per compiled call between progress updates.
+            lpc: with linear prediction (``lpc_order`` P > 0), B arrays [T'_b, P] of prediction
+                coefficients per frame; else None.
 
         Returns:
             ``(samples, logits)``: B int64 arrays [T'_b * hop_length] of mu-law values in
-            [0, Q), and [B, record_logits, Q] float32 (``None`` when ``record_logits`` is 0;
-            rows past a stream's length are zero).
+            [0, Q) (with linear prediction: float32 samples ``s_t = p_t + e_t`` in [-1, 1]),
+            and [B, record_logits, Q] float32 (``None`` when ``record_logits`` is 0; rows past
+            a stream's length are zero; with linear prediction the excitation's logits).
 
         Raises:
-            ValueError: mismatched counts, shapes or speaker ids, or a temperature < 0.
+            ValueError: mismatched counts, shapes or speaker ids, a temperature < 0, or
+                ``lpc`` missing with linear prediction, given without it, or of the wrong shape.
         """
         W = self.weights
         hop = W.hop_length
@@ -388,6 +400,14 @@ class FastWaveNet:
                 raise ValueError(f"stream {b}: local conditioning must be [{D}, frames], got {list(x.shape)}")
             if noises[b].shape[0] != x.shape[1] * hop:
                 raise ValueError(f"stream {b}: {noises[b].shape[0]} noise values for {x.shape[1] * hop} samples")
+        P = W.lpc_order
+        if (lpc is None) != (P == 0):
+            raise ValueError(f"prediction coefficients are needed exactly when the decoder has linear prediction "
+                             f"(lpc_order {P})")
+        lpcs = [] if lpc is None else [np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, np.float64) for x in lpc]
+        if lpc is not None and (len(lpcs) != B or any(c.shape != (x.shape[1], P) for c, x in zip(lpcs, locals_))):
+            raise ValueError(f"prediction coefficients must be {B} arrays [frames, {P}], got "
+                             f"{[list(c.shape) for c in lpcs]}")
         num_speakers = W.speaker_embedding.shape[0]
         if speaker.size and (speaker.min() < 0 or speaker.max() >= num_speakers):
             raise ValueError(f"speaker ids must lie in [0, {num_speakers}), got {speaker.tolist()}")
@@ -399,13 +419,20 @@ class FastWaveNet:
         max_frames = int(frames.max()) if B else 0
         T = max_frames * hop
         if T == 0:
-            return [np.zeros(int(n), np.int64) for n in lengths], (logits_out if rec else None)
+            dtype = np.float32 if P else np.int64
+            return [np.zeros(int(n), dtype) for n in lengths], (logits_out if rec else None)
 
         local_arr = np.zeros((B, max_frames, D), np.float32)  # one frame's vector contiguous
         noise_arr = np.zeros((B, T), np.float32)
         for b in range(B):
             local_arr[b, : frames[b]] = locals_[b].T
             noise_arr[b, : lengths[b]] = noises[b]
+        lpc_arr = np.zeros((B, max_frames, P), np.float64)  # linear prediction (P = 0: none)
+        for b, c in enumerate(lpcs):
+            lpc_arr[b, : frames[b]] = c
+        history = np.zeros((B, P), np.float64)  # the last P samples, the most recent first
+        prediction = np.zeros(B, np.float64)
+        signal = np.zeros((B, T if P else 0), np.float32)
         # speaker projection plus conv bias: per stream and layer, constant over time
         spk_bias = W.conv_bias[None] + np.einsum("lpg,bp->blg", W.cond_speaker, W.speaker_embedding[speaker])
         spk_bias = _aligned(spk_bias)
@@ -438,6 +465,7 @@ class FastWaveNet:
                         W.dilations, W.past_tap_block, W.queue_length, W.queue_offset, W.kernel_size, hop,
                         W.skip_channels, Q, local_arr, spk_bias, lengths, noise_arr, temperature32,
                         members, queues[g], prev, out, logits_out, t0, t1,
+                        W.embed_prediction, lpc_arr, history, prediction, signal,
                     )
                     done[g] += int(np.clip(lengths[members], t0, t1).sum() - t0 * len(members))
             except BaseException:
@@ -471,7 +499,7 @@ class FastWaveNet:
         finally:
             if bar is not None:
                 bar.close()
-        samples = [out[b, : lengths[b]].copy() for b in range(B)]
+        samples = [(signal if P else out)[b, : lengths[b]].copy() for b in range(B)]
         return samples, (logits_out if rec else None)
 
 
@@ -782,6 +810,24 @@ if numba is not None:
         return Q - 1
 
     @_njit
+    def _mu_encode64(x, Q):
+        """:func:`vqaudio.nn.lpc.mu_law_encode64` of one float64 value."""
+        mu = Q - 1
+        v = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
+        y = math.log1p(mu * abs(v)) / math.log1p(mu)
+        if v < 0:
+            y = -y
+        return int(math.floor((y + 1.0) / 2.0 * mu + 0.5))
+
+    @_njit
+    def _mu_decode64(q, Q):
+        """:func:`vqaudio.nn.lpc.mu_law_decode64` of one mu-law value."""
+        mu = Q - 1
+        y = 2.0 * q / mu - 1.0
+        m = ((1.0 + mu) ** abs(y) - 1.0) / mu
+        return -m if y < 0 else m
+
+    @_njit
     def _zeros(shape):
         """float32 zeros of ``shape`` (a tuple), C-contiguous, starting on a 64-byte boundary."""
         n = 1
@@ -852,6 +898,7 @@ if numba is not None:
         dilations, blocks, queue_length, queue_offset, k, hop, S, Q,
         local, spk_bias, lengths, noise, temperature,
         members, queue, prev, out, logits_out, t0, t1,
+        embed_p, lpc, history, prediction, signal,
     ):
         """Advance the streams ``members`` (sorted by decreasing length) from sample ``t0`` to
         ``t1`` (``t0`` a multiple of ``hop``); every weight matrix is read once per step for all
@@ -874,6 +921,13 @@ if numba is not None:
         row ``queue_offset[l] + t % queue_length[l]``, member ``b`` at ``[row, b]``) and
         ``prev`` [B] (the last sample). Writes ``out`` [B, T] int64 and the first rows of
         ``logits_out`` [B, record, Q].
+
+        Linear prediction (``P = lpc.shape[2]`` > 0): ``lpc`` [B, T', P] float64 coefficients,
+        ``history`` [B, P] float64 (the last P samples, the most recent first; carried
+        between calls); ``p_t`` (kept in ``prediction`` [B]) is added to the input as
+        ``embed_p[mu(p_t)]``, the drawn value is the excitation, and ``s_t = p_t + e_t``
+        (clipped) goes to ``signal`` [B, T] float32 and, mu-law encoded, to ``prev``; all in
+        float64 as :func:`vqaudio.nn.lpc.mu_law_encode64` computes it.
         """
         L = conv_now.shape[0]
         R = conv_now.shape[2]
@@ -926,10 +980,21 @@ if numba is not None:
                     # row s nb + b: step t + s, stream b (bias row b: its conditioning)
                     _gemm(conv_past[l, j - 1], x, a_blk[l], cond[l] if j == 1 else a_blk[l], n * nb)
             row = queue[queue_offset[0] + pos[0]]
+            P = lpc.shape[2]
             for b in range(nact):
                 _copy(row[b], 0, embed[prev[members[b]]], 0, R)
                 for i in range(S):
                     skip[b, i] = 0.0
+                if P > 0:  # p_t = sum_k a_k s_{t-k}; its mu-law value is a second input
+                    s = members[b]
+                    pv = 0.0
+                    fr = t // hop
+                    for j in range(P):
+                        pv += lpc[s, fr, j] * history[s, j]
+                    prediction[s] = pv
+                    pi = _mu_encode64(pv, Q)
+                    for i in range(R):
+                        row[b, i] += embed_p[pi, i]
             for l in range(min(2, L)):
                 _prefetch_layer(queue, queue_offset[l], queue_length[l], pos[l], dilations[l], 0 if blocks[l] > 1 else k - 1)
             for l in range(L):
@@ -962,6 +1027,15 @@ if numba is not None:
                 s = members[b]
                 v = _sample(logits[b], Q, noise[s, t], temperature, e, ebits)
                 out[s, t] = v
-                prev[s] = v
+                if P > 0:  # s_t = p_t + e_t
+                    sv = prediction[s] + _mu_decode64(v, Q)
+                    sv = 1.0 if sv > 1.0 else (-1.0 if sv < -1.0 else sv)
+                    signal[s, t] = sv
+                    for j in range(P - 1, 0, -1):
+                        history[s, j] = history[s, j - 1]
+                    history[s, 0] = sv
+                    prev[s] = _mu_encode64(sv, Q)
+                else:
+                    prev[s] = v
                 if t < record:
                     logits_out[s, t, :] = logits[b, :Q]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqaudio.config import DecoderConfig
+from vqaudio.nn.lpc import mu_law_decode64, mu_law_encode64
 
 #: mu-law value of silence; the input before the first sample.
 SILENCE = 128
@@ -88,12 +89,21 @@ class WaveNetState:
         cond: per layer, [B, G, T'] float32, the conditioning projected once per code frame.
         step: the number of samples generated so far.
         prev: [B] int64, the last generated mu-law sample (the next step's input).
+        lpc: with linear prediction (``lpc_order`` P > 0), [B, T', P] float64 coefficients of
+            each frame; else None.
+        history: with linear prediction, [B, P] float64, the last P samples of the signal,
+            the most recent first; else None.
+        prediction: with linear prediction, [B] float64, the prediction of the sample being
+            generated (set by :meth:`WaveNet.step`); else None.
     """
 
     queues: list[torch.Tensor]
     cond: list[torch.Tensor]
     step: int
     prev: torch.Tensor
+    lpc: torch.Tensor | None = None
+    history: torch.Tensor | None = None
+    prediction: torch.Tensor | None = None
 
 
 class WaveNet(nn.Module):
@@ -114,6 +124,9 @@ class WaveNet(nn.Module):
         self.cfg = cfg
         self.hop_length = hop_length
         self.embed = nn.Embedding(cfg.quantization_channels, cfg.residual_channels)
+        # linear prediction: the prediction's mu-law value is a second input, embedded and added
+        self.embed_prediction = (nn.Embedding(cfg.quantization_channels, cfg.residual_channels)
+                                 if cfg.lpc_order > 0 else None)
         cond_channels = cfg.local_channels + cfg.speaker_channels
         if cfg.speaker_channels > 0:
             self.speaker_embedding = nn.Embedding(cfg.num_speakers, cfg.speaker_channels)
@@ -174,7 +187,8 @@ class WaveNet(nn.Module):
         g = self.speaker_embedding(speaker)[:, :, None].expand(-1, -1, local.shape[-1])
         return torch.cat([local, g.to(local.dtype)], dim=1)
 
-    def forward(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor,
+                prediction: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits of every sample.
 
         Args:
@@ -182,17 +196,40 @@ class WaveNet(nn.Module):
                 sample ``t - 1``; :data:`SILENCE` before the first).
             local: [B, D, T'] float32, T' = T // hop_length.
             speaker: [B] int64 speaker ids.
+            prediction: with linear prediction (``cfg.lpc_order`` > 0), [B, T] int64 mu-law
+                values of each sample's prediction ``p_t``; else None.
 
         Returns:
             logits: [B, Q, T] float32 (a transposed view of :meth:`forward_time_major`'s);
-            ``logits[:, :, t]`` predicts sample ``t``.
+            ``logits[:, :, t]`` predicts sample ``t`` (with linear prediction: its excitation
+            ``s_t - p_t``).
 
         Raises:
-            ValueError: T != T' * hop_length.
+            ValueError: T != T' * hop_length, or ``prediction`` given without linear
+                prediction or missing with it.
         """
-        return self.forward_time_major(inputs, local, speaker).transpose(1, 2)
+        return self.forward_time_major(inputs, local, speaker, prediction).transpose(1, 2)
 
-    def forward_time_major(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+    def embed_inputs(self, inputs: torch.Tensor, prediction: torch.Tensor | None) -> torch.Tensor:
+        """The WaveNet's input vectors: ``embed(inputs)`` [+ ``embed_prediction(prediction)``].
+
+        Args:
+            inputs: [...] int64 mu-law values; prediction: the same shape, or None.
+
+        Returns:
+            [..., R] float32.
+
+        Raises:
+            ValueError: ``prediction`` given without linear prediction, or missing with it.
+        """
+        if (prediction is None) != (self.embed_prediction is None):
+            raise ValueError("the prediction input is needed exactly when the decoder has linear prediction "
+                             f"(lpc_order {self.cfg.lpc_order})")
+        h = self.embed(inputs)
+        return h if prediction is None else h + self.embed_prediction(prediction)
+
+    def forward_time_major(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor,
+                           prediction: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`forward` computed and returned time-major: logits [B, T, Q].
 
         The same function as the layers' Conv1d modules compute (their weights are used as
@@ -204,7 +241,7 @@ class WaveNet(nn.Module):
         ran 10-25% faster than with the Conv1d modules (``tools/bench_train.py``).
 
         Raises:
-            ValueError: T != T' * hop_length.
+            ValueError: T != T' * hop_length, or a ``prediction`` that does not fit the config.
         """
         B, T = inputs.shape
         frames = local.shape[-1]
@@ -213,7 +250,7 @@ class WaveNet(nn.Module):
             raise ValueError(f"{T} samples do not match {frames} frames x hop {hop}")
         k = self.cfg.kernel_size
         cond = self.conditioning(local, speaker).transpose(1, 2)  # [B, T', C]
-        h = self.embed(inputs)  # [B, T, R]
+        h = self.embed_inputs(inputs, prediction)  # [B, T, R]
         skip = None
         for layer in self.layers:
             w = layer.conv.weight  # [G, R, k]; tap k-1 multiplies the current input
@@ -235,20 +272,21 @@ class WaveNet(nn.Module):
         y = F.relu(F.linear(F.relu(skip), h1.weight[:, :, 0], h1.bias))
         return F.linear(y, h2.weight[:, :, 0], h2.bias)
 
-    def forward_channels_first(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+    def forward_channels_first(self, inputs: torch.Tensor, local: torch.Tensor, speaker: torch.Tensor,
+                               prediction: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`forward` through the layers' Conv1d modules on [B, C, T] activations: the
         reference that :meth:`forward_time_major` is tested against, and the layout
         ``tools/bench_train.py`` compares with. Same arguments; returns logits [B, Q, T].
 
         Raises:
-            ValueError: T != T' * hop_length.
+            ValueError: as :meth:`forward`.
         """
         B, T = inputs.shape
         frames = local.shape[-1]
         if T != frames * self.hop_length:
             raise ValueError(f"{T} samples do not match {frames} frames x hop {self.hop_length}")
         cond = self.conditioning(local, speaker)
-        h = self.embed(inputs).transpose(1, 2)  # [B, R, T]
+        h = self.embed_inputs(inputs, prediction).transpose(1, 2)  # [B, R, T]
         skip = None
         for layer in self.layers:
             a = layer.conv(h)
@@ -262,12 +300,19 @@ class WaveNet(nn.Module):
 
     # ----- incremental generation -------------------------------------------------------
 
-    def init_state(self, local: torch.Tensor, speaker: torch.Tensor) -> WaveNetState:
+    def init_state(self, local: torch.Tensor, speaker: torch.Tensor, lpc: torch.Tensor | None = None) -> WaveNetState:
         """Empty incremental state for generating ``local.shape[-1] * hop_length`` samples.
 
         Args:
             local: [B, D, T'] float32; speaker: [B] int64.
+            lpc: with linear prediction, [B, T', P] float prediction coefficients per frame
+                (:meth:`vqaudio.model.VQVAE.lpc_coefficients`); else None.
+
+        Raises:
+            ValueError: ``lpc`` missing with linear prediction, given without it, or of the
+                wrong shape.
         """
+        lpc = self._check_lpc(local, lpc)
         B = local.shape[0]
         cond = self.conditioning(local, speaker)
         R, k = self.cfg.residual_channels, self.cfg.kernel_size
@@ -277,12 +322,27 @@ class WaveNet(nn.Module):
         queues = [torch.zeros(B, R, (k - 1) * layer.dilation, device=dev, dtype=dt) for layer in self.layers]
         conds = [layer.cond(cond) for layer in self.layers]
         prev = torch.full((B,), SILENCE, dtype=torch.long, device=dev)
-        return WaveNetState(queues=queues, cond=conds, step=0, prev=prev)
+        history = None if lpc is None else torch.zeros(B, lpc.shape[-1], dtype=torch.float64, device=dev)
+        return WaveNetState(queues=queues, cond=conds, step=0, prev=prev, lpc=lpc, history=history)
+
+    def _check_lpc(self, local: torch.Tensor, lpc: torch.Tensor | None) -> torch.Tensor | None:
+        """``lpc`` as float64 on ``local``'s device after checking it against the config."""
+        P = self.cfg.lpc_order
+        if (lpc is None) != (P == 0):
+            raise ValueError(f"prediction coefficients are needed exactly when the decoder has linear prediction "
+                             f"(lpc_order {P})")
+        if lpc is None:
+            return None
+        B, _, frames = local.shape
+        if tuple(lpc.shape) != (B, frames, P):
+            raise ValueError(f"prediction coefficients must be [{B}, {frames}, {P}], got {tuple(lpc.shape)}")
+        return lpc.to(local.device, torch.float64)
 
     def step(self, state: WaveNetState) -> torch.Tensor:
         """Logits of the next sample from the cached state; advances ``state.step``.
 
-        The caller stores the chosen sample in ``state.prev`` before the next call.
+        The caller stores the chosen sample in ``state.prev`` before the next call (with linear
+        prediction: :meth:`advance_signal` does it).
 
         Returns:
             logits: [B, Q] float32, equal (to float tolerance) to ``forward``'s logits at
@@ -291,7 +351,11 @@ class WaveNet(nn.Module):
         t = state.step
         frame = t // self.hop_length
         k = self.cfg.kernel_size
-        h = self.embed(state.prev)  # [B, R]
+        prediction = None
+        if state.lpc is not None:  # p_t from the last P samples, in float64 as every path computes it
+            state.prediction = (state.history * state.lpc[:, frame]).sum(-1)
+            prediction = mu_law_encode64(state.prediction, self.cfg.quantization_channels)
+        h = self.embed_inputs(state.prev, prediction)  # [B, R]
         skip = None
         for layer, queue, cond in zip(self.layers, state.queues, state.cond):
             w = layer.conv.weight  # [G, R, k]; tap k-1 sees the current input
@@ -308,6 +372,23 @@ class WaveNet(nn.Module):
         state.step = t + 1
         return self.head(skip[:, :, None])[:, :, 0]
 
+    def advance_signal(self, state: WaveNetState, excitation: torch.Tensor) -> torch.Tensor:
+        """With linear prediction: the generated sample ``s_t = p_t + e_t`` (clipped to
+        [-1, 1]) from the drawn mu-law excitation; stores it as the next input and in the
+        history.
+
+        Args:
+            state: after :meth:`step`; excitation: [B] int64 mu-law values.
+
+        Returns:
+            [B] float64 samples.
+        """
+        Q = self.cfg.quantization_channels
+        signal = (state.prediction + mu_law_decode64(excitation, Q)).clamp(-1.0, 1.0)
+        state.history = torch.cat([signal[:, None], state.history[:, :-1]], dim=1)
+        state.prev = mu_law_encode64(signal, Q)
+        return signal
+
     @torch.no_grad()
     def generate(
         self,
@@ -317,6 +398,7 @@ class WaveNet(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         progress: bool = False,
+        lpc: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample mu-law values one at a time with cached per-layer state (torch path).
 
@@ -327,16 +409,23 @@ class WaveNet(nn.Module):
             noise: optional [B, T] float32 uniform(0, 1) noise to sample with (inverse CDF),
                 so that other implementations can be checked against this one.
             progress: show a tqdm progress bar.
+            lpc: with linear prediction (``cfg.lpc_order`` P > 0), [B, T', P] prediction
+                coefficients per frame; else None.
 
         Returns:
-            [B, T' * hop_length] int64 mu-law values in [0, Q).
+            [B, T' * hop_length] int64 mu-law values in [0, Q); with linear prediction
+            float32 samples in [-1, 1] (``s_t = p_t + e_t``).
+
+        Raises:
+            ValueError: ``lpc`` missing with linear prediction, given without it, or of the
+                wrong shape.
         """
         B, _, frames = local.shape
         T = frames * self.hop_length
         if noise is None:
             noise = torch.rand(B, T, generator=generator, device=local.device)
-        state = self.init_state(local, speaker)
-        out = torch.empty(B, T, dtype=torch.long, device=local.device)
+        state = self.init_state(local, speaker, lpc)
+        out = torch.empty(B, T, dtype=torch.long if lpc is None else torch.float32, device=local.device)
         steps = range(T)
         if progress:
             from tqdm.auto import tqdm
@@ -344,8 +433,12 @@ class WaveNet(nn.Module):
             steps = tqdm(steps, desc="decode", unit="sample", unit_scale=True, leave=False)
         for t in steps:
             logits = self.step(state)
-            state.prev = sample_from_logits(logits, noise[:, t], temperature)
-            out[:, t] = state.prev
+            drawn = sample_from_logits(logits, noise[:, t], temperature)
+            if state.lpc is None:
+                state.prev = drawn
+                out[:, t] = drawn
+            else:
+                out[:, t] = self.advance_signal(state, drawn).float()
         return out
 
     @torch.no_grad()
@@ -358,6 +451,7 @@ class WaveNet(nn.Module):
         noise: torch.Tensor | None = None,
         progress: bool = False,
         cuda_graph: bool | None = None,
+        lpc: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Batched incremental generation with static buffers, for GPUs (and a leaner CPU loop).
 
@@ -374,12 +468,15 @@ class WaveNet(nn.Module):
             temperature, generator, noise, progress: as in :meth:`generate`.
             cuda_graph: capture CUDA graphs; default: when ``local`` is on a CUDA device. If
                 capture fails the steps run eagerly, with a warning.
+            lpc: as in :meth:`generate`.
 
         Returns:
-            [B, T' * hop_length] int64 mu-law values in [0, Q).
+            as :meth:`generate`: [B, T' * hop_length] int64 mu-law values in [0, Q), or with
+            linear prediction float32 samples in [-1, 1].
 
         Raises:
-            ValueError: ``cuda_graph=True`` for tensors that are not on a CUDA device.
+            ValueError: ``cuda_graph=True`` for tensors that are not on a CUDA device; ``lpc``
+                as in :meth:`generate`.
         """
         B, _, frames = local.shape
         T = frames * self.hop_length
@@ -390,7 +487,8 @@ class WaveNet(nn.Module):
             raise ValueError(f"CUDA graphs need tensors on a CUDA device, got {dev}")
         if noise is None:
             noise = torch.rand(B, T, generator=generator, device=dev if generator is None else generator.device)
-        stepper = _DeviceSteps(self, local, speaker, noise.to(dev, torch.float32), temperature)
+        stepper = _DeviceSteps(self, local, speaker, noise.to(dev, torch.float32), temperature,
+                               self._check_lpc(local, lpc))
         block = self.hop_length
         bar = None
         if progress:
@@ -410,7 +508,7 @@ class WaveNet(nn.Module):
         finally:
             if bar is not None:
                 bar.close()
-        return stepper.out.t().contiguous()
+        return (stepper.out if stepper.lpc is None else stepper.signal).t().contiguous()
 
 
 class _DeviceSteps:
@@ -429,10 +527,13 @@ class _DeviceSteps:
     - per layer only ``a = a_past[l] + h W_0``, the gate, and the fused residual/skip 1x1
       conv (``sqrt(1/2)`` folded into the residual weights) remain;
     - layer inputs go to ``hs`` [L + 1, B, R] and outputs to ``outs`` [L, B, R + S], so the
-      queue update is one scatter and the skip sum one reduction.
+      queue update is one scatter and the skip sum one reduction;
+    - with linear prediction, ``lpc`` [T', B, P] and the signal's last P samples ``history``
+      [B, P] (float64) give the prediction; the generated signal goes to ``signal`` [T, B].
     """
 
-    def __init__(self, net: WaveNet, local: torch.Tensor, speaker: torch.Tensor, noise: torch.Tensor, temperature: float):
+    def __init__(self, net: WaveNet, local: torch.Tensor, speaker: torch.Tensor, noise: torch.Tensor, temperature: float,
+                 lpc: torch.Tensor | None = None):
         cfg = net.cfg
         B, _, frames = local.shape
         dev, dt, k = local.device, local.dtype, cfg.kernel_size
@@ -478,6 +579,10 @@ class _DeviceSteps:
         self.out = torch.zeros(frames * self.hop, B, dtype=torch.long, device=dev)
         head = list(net.head)
         self.head = [(m.weight[:, :, 0].t().contiguous(), m.bias) for m in (head[1], head[3])]
+        self.lpc = None if lpc is None else lpc.permute(1, 0, 2).contiguous()  # [T', B, P] float64
+        if self.lpc is not None:
+            self.history = torch.zeros(B, lpc.shape[-1], dtype=torch.float64, device=dev)
+            self.signal = torch.zeros(frames * self.hop, B, dtype=torch.float32, device=dev)
 
     def reset(self) -> None:
         """Back to the state before the first sample."""
@@ -485,6 +590,9 @@ class _DeviceSteps:
         self.prev.fill_(SILENCE)
         self.out.zero_()
         self.queue.zero_()
+        if self.lpc is not None:
+            self.history.zero_()
+            self.signal.zero_()
 
     def step(self) -> torch.Tensor:
         """Generate sample ``t`` of every stream and advance ``t``; returns the logits [B, Q]."""
@@ -499,6 +607,11 @@ class _DeviceSteps:
         cond = torch.baddbmm(self.fixed, z.expand(L, -1, -1), self.w_local)  # [L, B, G]
         a_past = torch.baddbmm(cond, past.reshape(L, B, (k - 1) * R), self.w_past)
         torch.index_select(self.net.embed.weight, 0, self.prev, out=self.hs[0])
+        prediction = None
+        if self.lpc is not None:  # p_t from the last P samples (float64, as every path computes it)
+            prediction = (self.history * self.lpc.index_select(0, frame)[0]).sum(-1)
+            Q = self.net.cfg.quantization_channels
+            self.hs[0].add_(self.net.embed_prediction.weight.index_select(0, mu_law_encode64(prediction, Q)))
         H = self.w_now.shape[2] // 2
         for l in range(L):
             a = torch.addmm(a_past[l], self.hs[l], self.w_now[l])
@@ -511,7 +624,14 @@ class _DeviceSteps:
         logits = torch.addmm(b2, torch.relu(torch.addmm(b1, torch.relu(skip), w1)), w2)
         v = sample_from_logits(logits, self.noise.index_select(0, t.view(1))[0], self.temperature)
         self.out.index_copy_(0, t.view(1), v[None])
-        self.prev.copy_(v)
+        if prediction is None:
+            self.prev.copy_(v)
+        else:  # s_t = p_t + e_t; the next input is its mu-law value
+            Q = self.net.cfg.quantization_channels
+            signal = (prediction + mu_law_decode64(v, Q)).clamp(-1.0, 1.0)
+            self.signal.index_copy_(0, t.view(1), signal.float()[None])
+            self.history.copy_(torch.cat([signal[:, None], self.history[:, :-1]], dim=1))
+            self.prev.copy_(mu_law_encode64(signal, Q))
         self.t.add_(1)
         return logits
 
