@@ -197,6 +197,14 @@ def test_train_prior_on_real_tokens_then_resume(saved_vqvae, tmp_path):
     assert [(s["start_step"], s["end_step"], s["stopped"]) for s in sessions] == [
         (0, 20, "max_steps"), (20, 30, "max_steps"), (30, 31, "max_minutes")]
 
+    # a damaged newest checkpoint (its manifest tells) is skipped, saying why
+    weights = out / "checkpoints" / "step_00000031" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    skipped = _train_prior_cmd(tokens, out, "--max-steps", "32", "--resume")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipping checkpoint step_00000031: model.safetensors has 64 bytes" in skipped.stdout
+    assert "step_00000030" in skipped.stdout
+
     # --overwrite: the run is deleted and trained again from step 0
     again = _train_prior_cmd(tokens, out, "--max-steps", "2", "--overwrite")
     assert again.returncode == 0, again.stderr

@@ -298,6 +298,38 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert untimed(read_metrics(crashed)) == untimed(read_metrics(straight))
 
 
+def test_resume_skips_damaged_checkpoints_and_says_why(tmp_path):
+    """Each checkpoint carries a manifest (sizes and SHA-256, written last); ``--resume`` skips a
+    damaged newest checkpoint with a line naming it and the problem, resumes from the newest
+    intact one, and fails with one line when none is intact. A checkpoint without a manifest
+    (written before manifests existed) that cannot be loaded is skipped the same way."""
+    data, _ = short_fsdd(tmp_path / "fsdd", speakers=("nicolas", "theo"))
+    common = ["--batch-size", "2", "--segment-seconds", "0.128", "--log-every", "1", "--valid-every", "0",
+              "--checkpoint-every", "2", "--keep-last", "5", "--example-seconds", "0.02"]
+    run_recipe(data, tmp_path / "out", *common, "--max-steps", "4")
+    run = tmp_path / "out" / "vqvae"
+    step2, step4 = checkpoint_dirs(run)
+    manifest = json.loads((step4 / "manifest.json").read_text())["files"]
+    assert "model.safetensors" in manifest and "optimizer.bin" in manifest
+    weights = step4 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    proc = run_recipe(data, tmp_path / "out", "--resume", *common, "--max-steps", "6")
+    assert f"skipping checkpoint step_0000004: model.safetensors has 100 bytes, {manifest['model.safetensors']['size']}" in proc.stdout
+    assert "from step_0000002 (step 2" in proc.stdout
+    assert [d.name for d in checkpoint_dirs(run)][-1] == "step_0000006"
+
+    for folder in checkpoint_dirs(run):  # every checkpoint damaged; one without its manifest
+        (folder / "random_states_0.pkl").write_bytes(b"half")  # Accelerate alone loads past this
+    (checkpoint_dirs(run)[0] / "manifest.json").unlink()
+    optimizer = checkpoint_dirs(run)[0] / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:50])
+    proc = run_recipe(data, tmp_path / "out", "--resume", *common, "--max-steps", "8", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    error = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(error) == 1 and "no intact checkpoint to resume from" in error[0]
+    assert "random_states_0.pkl has 4 bytes" in error[0] and "step_0000002: cannot be loaded" in error[0]
+
+
 def test_two_processes_keep_the_codebook_identical(tmp_path):
     # torch.distributed on CPU (gloo): DDP with broadcast_buffers=False; the quantizer's
     # all-reduced EMA keeps the buffers equal, which check_buffers_in_sync verifies at the
@@ -441,6 +473,37 @@ def test_sigterm_stops_at_the_end_of_a_step_with_a_checkpoint(tmp_path):
     assert f"stopped by a signal at step {step}" in out
     assert [d.name for d in checkpoint_dirs(run)] == [f"step_{step:07d}"]
     assert json.loads((run / "sessions.jsonl").read_text())["stopped"] == "signal"
+
+
+def test_a_killed_session_is_recorded_up_to_its_last_checkpoint(tmp_path):
+    """The session line is written at the start and at every checkpoint, so a session killed
+    with SIGKILL still counts up to its last checkpoint; the next session marks it killed."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vqaudio.cli", "train", str(REPO / "samples" / "fsdd"), "--out", str(run),
+           "--cpu", "--quiet", *TINY_MODEL, "--batch-size", "4", "--segment-seconds", "0.128", "--log-every", "1",
+           "--valid-every", "0", "--checkpoint-every", "1", "--example-seconds", "0.02"]
+    proc = subprocess.Popen([*cmd, "--max-steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.monotonic() + 120
+    while len(checkpoint_dirs(run)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    (killed,) = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines()]
+    assert killed["stopped"] == "running" and killed["end_step"] >= 1 and killed["session_seconds"] > 0
+    assert killed["samples_seen"] == killed["end_step"] * 4 * 1024 and killed["wall_seconds_total"] > 0
+    last = int(checkpoint_dirs(run)[-1].name[5:])
+    done = subprocess.run([*cmd, "--resume", "--max-steps", str(last + 1)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, second = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines()]
+    assert first["stopped"] == "killed" and first["session_id"] == killed["session_id"]
+    assert (second["start_step"], second["end_step"], second["stopped"]) == (last, last + 1, "max_steps")
 
 
 def test_recipe_without_data_dir_says_how_to_get_vctk():

@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vqaudio._files import atomic_write_json
 from vqaudio._system import MIXED_PRECISION, resolve_mixed_precision
+from vqaudio.checkpoint import CheckpointError
 from vqaudio.config import config_from_dict, config_to_dict
 from vqaudio.nn.diffusion_prior import DiffusionPrior, DiffusionPriorConfig
 from vqaudio.nn.prior import IGNORE_INDEX, PriorConfig, PriorTransformer
@@ -67,15 +68,16 @@ from vqaudio.runs import (
     CHECKPOINTS_DIR,
     LR_SCHEDULES,
     JSONLinesTracker,
-    append_session,
     catch_stop_signals,
     flat_config,
-    latest_checkpoint,
+    intact_checkpoint,
     learning_rate_factor,
+    open_session,
     restore_signals,
     session_record,
     stop_reason,
     truncate_metrics,
+    write_session,
 )
 from vqaudio.runs import METRICS_NAME as CURVE_NAME
 from vqaudio.runs import save_checkpoint as save_training_state
@@ -525,7 +527,7 @@ def train_prior(
     saved_path = out_dir / TRAIN_CONFIG_NAME
     checkpoint: Path | None = None
     if resume:
-        checkpoint = latest_checkpoint(out_dir) if saved_path.is_file() else None
+        checkpoint = intact_checkpoint(out_dir) if saved_path.is_file() else None
         if checkpoint is None:
             print(f"{out_dir}: no checkpoint to resume from yet; starting from step 0")
     if checkpoint is not None:
@@ -608,7 +610,11 @@ def train_prior(
         if old.is_file() and not (checkpoint / "custom_checkpoint_0.pkl").exists() and accelerator.is_main_process:
             shutil.copyfile(old, checkpoint / "custom_checkpoint_0.pkl")
         accelerator.wait_for_everyone()
-        accelerator.load_state(str(checkpoint))
+        try:
+            accelerator.load_state(str(checkpoint))
+        except Exception as exc:  # a checkpoint without a manifest (older runs) that cannot be read
+            raise CheckpointError(f"{checkpoint}: cannot be loaded ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         # Starting a DataLoader iterator (at its first batch) draws a seed from torch's
         # generator, which the uninterrupted run did before its first step: the restored state
         # is put back after it, so dropout and the diffusion noise go on exactly as they would
@@ -692,6 +698,13 @@ def train_prior(
         state = {"step": step, "running_loss": running_loss, "history": history}
         save_training_state(accelerator, out_dir, step, train_config.keep_last,
                             extra_files={TRAINER_STATE_NAME: state}, digits=8)
+        if accelerator.is_main_process:
+            write_session(out_dir, session, started, stopped="running", **session_progress())
+
+    def session_progress() -> dict[str, Any]:
+        """This session's progress for its ``sessions.jsonl`` line."""
+        return {"end_step": step, "windows_seen": (step - start_step) * train_config.batch_size
+                * accelerator.num_processes}
 
     def _train_steps() -> str:
         """The loop: one optimizer step a batch until ``max_steps``, the time limit or a signal;
@@ -747,6 +760,8 @@ def train_prior(
     stop_request: list[int] = []  # filled by SIGTERM / SIGINT: stop at the end of the step
     handlers = catch_stop_signals(stop_request)
     start_step = step
+    if accelerator.is_main_process:
+        session = open_session(out_dir, session, started, **session_progress())
     try:
         stopped = _train_steps()
     finally:
@@ -760,8 +775,7 @@ def train_prior(
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir)
         atomic_write_json(out_dir / METRICS_NAME, final)
-        append_session(out_dir, session, started, end_step=step, stopped=stopped,
-                       windows_seen=(step - start_step) * train_config.batch_size * accelerator.num_processes)
+        write_session(out_dir, session, started, stopped=stopped, **session_progress())
     accelerator.end_training()
     accelerator.print(
         f"validation {figure} {final['val_bits_per_code']:.3f} bits/code vs unigram entropy "

@@ -4,7 +4,8 @@ priors) share about a training run directory, so that a run of either reads and 
 ``RUN/checkpoints/step_N/`` (:func:`save_checkpoint`, written whole or not at all),
 ``RUN/metrics.jsonl`` (:class:`JSONLinesTracker`: one JSON object per log event, ``step`` plus
 ``train/...`` or ``valid/...`` keys; :func:`read_metrics`), ``RUN/sessions.jsonl`` (one line per
-finished call of a trainer: :func:`session_record`, :func:`append_session`, :func:`read_sessions`), the learning-rate
+call of a trainer, written at its start and at each checkpoint: :func:`session_record`,
+:func:`open_session`, :func:`write_session`, :func:`read_sessions`), the learning-rate
 schedule (:func:`learning_rate_factor`) and the stop rule: ``max_minutes`` or SIGTERM/SIGINT
 stop at the end of a step, with a checkpoint, on every process at once (:func:`stop_reason`).
 """
@@ -160,6 +161,106 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+#: The file of a checkpoint folder that lists its other files with their sizes and SHA-256.
+MANIFEST_NAME = "manifest.json"
+
+
+def write_manifest(folder: Path) -> Path:
+    """Write ``folder/manifest.json``: every other file of the folder (relative path -> size in
+    bytes and SHA-256), through a temporary name and a rename, after all of them are written."""
+    import hashlib
+
+    files = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        files[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
+    tmp = folder / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    os.replace(tmp, folder / MANIFEST_NAME)
+    return folder / MANIFEST_NAME
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder by its manifest (:func:`write_manifest`), or None
+    when every listed file is there with its size and SHA-256. A folder written before
+    checkpoints had manifests has none and is not checked here (None)."""
+    import hashlib
+
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {MANIFEST_NAME} ({exc})"
+    for name, meta in files.items():
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != meta["size"]:
+            return f"{name} has {size} bytes, {meta['size']} were written (truncated or replaced)"
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != meta["sha256"]:
+            return f"{name} does not match its SHA-256 (damaged)"
+    return None
+
+
+def intact_checkpoint(run_dir: Path, say: Any = print) -> Path | None:
+    """The newest checkpoint of a run that matches its manifest (:func:`checkpoint_problem`);
+    damaged ones are skipped with a line through ``say`` naming each and its problem.
+
+    Returns:
+        the checkpoint, or None when the run has none.
+
+    Raises:
+        CheckpointError: the run has checkpoints and none of them is intact.
+    """
+    return resume_from_checkpoint(run_dir, lambda folder: None, say)
+
+
+def resume_from_checkpoint(run_dir: Path, load: Any, say: Any = print) -> Path | None:
+    """Load the newest intact checkpoint of a run, skipping damaged ones.
+
+    Each checkpoint, newest first, is checked against its manifest (:func:`checkpoint_problem`)
+    and then loaded with ``load(folder)``; a damaged one, or one whose loading fails, is
+    skipped with a line through ``say`` naming it and the problem.
+
+    Args:
+        run_dir: the run; load: ``folder -> None``, raising on a checkpoint it cannot load
+            (``accelerator.load_state``); say: where the skip lines go.
+
+    Returns:
+        the checkpoint loaded, or None when the run has none.
+
+    Raises:
+        CheckpointError: the run has checkpoints and none of them is intact (one line, each
+            checkpoint with its problem).
+    """
+    from vqaudio.checkpoint import CheckpointError
+
+    problems = []
+    for folder in reversed(checkpoint_dirs(run_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            try:
+                load(folder)
+                return folder
+            except Exception as exc:  # a file that torch, safetensors or pickle cannot read
+                problem = f"cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        problems.append(f"{folder.name}: {problem}")
+        say(f"{run_dir}: skipping checkpoint {folder.name}: {problem}")
+    if problems:
+        raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from ({'; '.join(problems)})")
+    return None
+
+
 def save_checkpoint(
     accelerator: Any,
     run_dir: Path,
@@ -172,9 +273,11 @@ def save_checkpoint(
     call it).
 
     The state is written to ``.step_N.tmp``, with ``extra_files`` (name -> JSON-ready object,
-    written by the main process), and renamed when every process has finished, so a crash
-    never leaves a partial ``step_*`` folder; then all but the newest ``keep_last``
-    checkpoints are deleted. Returns the checkpoint folder.
+    written by the main process) and, last, a manifest of every file's size and SHA-256
+    (:func:`write_manifest`, checked when resuming: :func:`resume_from_checkpoint`), and
+    renamed when every process has finished, so a crash never leaves a partial ``step_*``
+    folder; then all but the newest ``keep_last`` checkpoints are deleted. Returns the
+    checkpoint folder.
     """
     root = run_dir / CHECKPOINTS_DIR
     final = root / f"step_{step:0{digits}d}"
@@ -188,6 +291,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         for name, obj in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(obj))
+        write_manifest(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -265,18 +369,53 @@ def session_record(accelerator: Any, mixed_precision: str, start_step: int) -> d
     }
 
 
-def append_session(run_dir: Path, session: dict[str, Any], started: float, **end: Any) -> None:
-    """Append ``session`` (:func:`session_record`) with its end (``end_step``, ``stopped``,
-    counts...) and ``session_seconds`` (since ``started``, a ``time.perf_counter()`` value) as one
-    line of ``RUN/sessions.jsonl`` (main process only)."""
+def write_session(run_dir: Path, session: dict[str, Any], started: float, **end: Any) -> None:
+    """Write this session's line of ``RUN/sessions.jsonl`` (main process only): ``session``
+    (:func:`session_record`) with its progress or end (``end_step``, ``stopped``, counts...) and
+    ``session_seconds`` (since ``started``, a ``time.perf_counter()`` value).
+
+    The trainers write the line when a session starts (``stopped: "running"``), rewrite it at
+    each checkpoint and at the end, so a session killed without a chance to say so still
+    counts up to its last checkpoint; the next session of the run marks such a line
+    ``"killed"`` (:func:`open_session`). The file is replaced through a temporary name.
+    """
+    path = Path(run_dir) / SESSIONS_NAME
     record = {**session, **end, "session_seconds": round(time.perf_counter() - started, 1)}
-    with open(Path(run_dir) / SESSIONS_NAME, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    ours = [i for i, line in enumerate(lines)
+            if line.strip() and json.loads(line).get("session_id") == session.get("session_id")]
+    if ours and session.get("session_id") is not None:
+        lines[ours[-1]] = json.dumps(record)
+    else:
+        lines.append(json.dumps(record))
+    tmp = path.with_name(f".{SESSIONS_NAME}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines if line.strip()), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def open_session(run_dir: Path, session: dict[str, Any], started: float, **progress: Any) -> dict[str, Any]:
+    """Start this session's line of ``sessions.jsonl`` (:func:`write_session`, ``stopped:
+    "running"``), after marking the lines of earlier sessions that never ended (``"running"``:
+    the process was killed) ``"killed"``. Returns ``session`` with its ``session_id``."""
+    import uuid
+
+    path = Path(run_dir) / SESSIONS_NAME
+    if path.is_file():
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if any(r.get("stopped") == "running" for r in lines):
+            tmp = path.with_name(f".{SESSIONS_NAME}.tmp")
+            tmp.write_text("".join(json.dumps({**r, "stopped": "killed"} if r.get("stopped") == "running" else r)
+                                   + "\n" for r in lines), encoding="utf-8")
+            os.replace(tmp, path)
+    session = {**session, "session_id": uuid.uuid4().hex}
+    write_session(run_dir, session, started, stopped="running", **progress)
+    return session
 
 
 def read_sessions(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``RUN/sessions.jsonl`` (:func:`append_session`), oldest first; empty when
-    the run has no finished session yet (or predates session records)."""
+    """The records of ``RUN/sessions.jsonl`` (:func:`write_session`), oldest first: finished
+    sessions, killed ones (up to their last checkpoint) and one still running; empty when the
+    run predates session records."""
     path = Path(run_dir) / SESSIONS_NAME
     if not path.is_file():
         return []

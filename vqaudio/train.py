@@ -93,17 +93,19 @@ from vqaudio.runs import (
     LR_SCHEDULES,
     METRICS_NAME,
     JSONLinesTracker,
-    append_session,
     catch_stop_signals,
     flat_config,
     latest_checkpoint,
     learning_rate_factor,
+    open_session,
     read_metrics,
     restore_signals,
+    resume_from_checkpoint,
     save_checkpoint,
     session_record,
     stop_reason,
     truncate_metrics,
+    write_session,
 )
 
 if TYPE_CHECKING:
@@ -581,9 +583,8 @@ def train(
     accelerator.register_for_checkpointing(state)
 
     resumed_from = None
-    latest = latest_checkpoint(run) if resuming else None
+    latest = resume_from_checkpoint(run, lambda f: accelerator.load_state(str(f)), accelerator.print) if resuming else None
     if latest is not None:
-        accelerator.load_state(str(latest))
         resumed_from = state.step
         if main:
             truncate_metrics(run / METRICS_NAME, state.step)
@@ -613,6 +614,14 @@ def train(
         now = time.perf_counter()
         state.wall_seconds += now - clock
         clock = now
+
+    def session_progress() -> dict[str, Any]:
+        """This session's progress for its ``sessions.jsonl`` line."""
+        return {"end_step": state.step, "samples_seen": state.segments_seen * segment_length,
+                "wall_seconds_total": round(state.wall_seconds, 1)}
+
+    if main:
+        session = open_session(run, session, started, **session_progress())
 
     def lr_at(step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based)."""
@@ -679,6 +688,7 @@ def train(
                     save_checkpoint(accelerator, run, state.step, cfg.keep_last)
                     check_buffers_in_sync(accelerator, model)
                     if main:
+                        write_session(run, session, started, stopped="running", **session_progress())
                         export_model(unwrapped, run / MODEL_DIR)
                         plot_training_curves(run / "metrics.png", read_metrics(run), title=str(run))
                         write_examples(
@@ -706,9 +716,7 @@ def train(
     elif stopped == "signal":
         accelerator.print(f"stopped by a signal at step {state.step}, with a checkpoint; continue with --resume")
     if main:
-        append_session(run, session, started, end_step=state.step, stopped=stopped,
-                       samples_seen=state.segments_seen * segment_length,
-                       wall_seconds_total=round(state.wall_seconds, 1))
+        write_session(run, session, started, stopped=stopped, **session_progress())
     accelerator.end_training()
     return TrainResult(
         run_dir=run, model_dir=run / MODEL_DIR, step=state.step, resumed_from=resumed_from,
