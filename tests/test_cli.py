@@ -106,6 +106,43 @@ def test_an_unknown_flag_prints_the_subcommands_usage(checkpoint, capsys):
     assert err.startswith("usage: vqaudio reconstruct") and "unrecognized arguments: --bogus" in err
 
 
+def test_impossible_numbers_and_device_flags_are_one_line_errors(checkpoint, fsdd_sample_dir, tmp_path, capsys):
+    """A float option that is inf or nan is refused at parsing, naming the option, in every
+    command; ``--device auto`` (the trainers' default) works in every command, ``--device cuda``
+    without a GPU is named as such, and ``--quiet`` is ``--no-progress`` everywhere."""
+    import torch
+
+    clip = next((fsdd_sample_dir / "recordings").glob("*_george_*.wav"))
+    for command in (["generate", "--speaker", "george", "--checkpoint", str(checkpoint), "--prior", "p",
+                     "--out", str(tmp_path / "g"), "--seconds"],
+                    ["infill", str(clip), "--checkpoint", str(checkpoint), "--prior", "p", "--out",
+                     str(tmp_path / "i.wav"), "--start", "0.1", "--end"],
+                    ["convert", str(clip), "--speaker", "jackson", "--checkpoint", str(checkpoint), "--out",
+                     str(tmp_path / "c.wav"), "--temperature"]):
+        for value in ("inf", "nan"):
+            with pytest.raises(SystemExit) as exit_info:
+                main([*command, value])
+            assert exit_info.value.code == 2
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert f"{command[-1]}: expected a finite number, got {value}" in err, err
+    out = tmp_path / "auto.wav"
+    assert main(["reconstruct", str(clip), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "auto",
+                 "--quiet", "--method", "torch"]) == 0 and out.is_file()
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert main(["reconstruct", str(clip), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "cuda.wav"),
+                     "--device", "cuda"]) == 2
+        assert capsys.readouterr().err.strip() == "vqaudio reconstruct: error: --device cuda: no GPU is available"
+    from vqaudio.cli import build_parser
+
+    parser = build_parser()
+    for command in ("train", "train-prior", "tokenize", "detokenize", "reconstruct", "convert", "generate", "infill",
+                    "evaluate"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        assert "--quiet" in capsys.readouterr().out, command
+
+
 def test_every_command_that_runs_a_model_takes_the_shared_flags(capsys):
     from vqaudio.cli import build_parser
 

@@ -376,7 +376,7 @@ def test_train_diffusion_prior_on_real_tokens_resume_and_generate(saved_vqvae, t
     assert codes.shape == (round(0.2 * 125),) and codes.min() >= 0 and codes.max() < 16
 
 
-def test_infill_keeps_the_codes_outside_the_span(saved_vqvae, tmp_path):
+def test_infill_keeps_the_codes_outside_the_span(saved_vqvae, tmp_path, capsys):
     from vqaudio.cli import main
     from vqaudio.generate import encode_prompt
     from vqaudio.infill import span_codes
@@ -404,6 +404,13 @@ def test_infill_keeps_the_codes_outside_the_span(saved_vqvae, tmp_path):
     assert main(argv) == 2  # the output exists: refused without --overwrite
     assert main(argv + ["--overwrite", "--sampler", "confidence"]) == 0
     np.testing.assert_array_equal(np.load(out.with_suffix(".npy"))[keep], original[keep])
+    # what is clamped is said: an end past the recording, more steps than the prior has
+    capsys.readouterr()
+    assert main(["infill", str(clip), "--start", "0.40", "--end", "5", "--checkpoint", str(ckpt), "--prior",
+                 str(tmp_path / "dp"), "--out", str(out), "--steps", "100", "--overwrite", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --end 5 s is past the end of the recording (0.50 s): infilled to its end" in err
+    assert "note: --steps 100: the prior has 8 reverse steps; running all 8" in err
     ar = tmp_path / "ar"
     tiny_prior_for(vqvae).save_pretrained(ar)
     with pytest.raises(ValueError, match="needs a diffusion prior"):

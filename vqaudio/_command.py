@@ -55,7 +55,8 @@ def add_decoding_options(parser: argparse.ArgumentParser, overwrite_help: str,
     parser.add_argument("--device", help="torch device of the model: cpu, cuda, cuda:1, ... (default: cuda if "
                                          "available, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                        help="no progress bars (--quiet is the same)")
 
 
 def add_prior_sampling_arguments(parser: argparse.ArgumentParser) -> None:

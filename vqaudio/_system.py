@@ -87,8 +87,18 @@ def resolve_mixed_precision(value: str, device_type: str) -> str:
 
 
 def default_device(device: str | None = None) -> str:
-    """``device``, or ``"cuda"`` where a GPU is available and ``"cpu"`` elsewhere: what
-    ``--device`` means when left out, in every command that runs a model."""
+    """What ``--device`` means in every command that runs a model: ``device`` as given, or
+    for ``None`` and ``"auto"`` (the trainers' default) ``"cuda"`` where a GPU is available and
+    ``"cpu"`` elsewhere.
+
+    Raises:
+        ValueError: a CUDA device asked for on a machine without one ("--device cuda: no GPU
+            is available").
+    """
     import torch
 
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no GPU is available")
+    return device

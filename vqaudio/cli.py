@@ -115,14 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vqaudio`` console script; returns the exit status.
 
-    Expected errors (bad files, unknown speakers, missing checkpoints, existing outputs) are
-    printed as one line naming the problem, with exit status 2; ``VQAUDIO_DEBUG=1`` shows
-    the traceback instead.
+    Expected errors (bad files, unknown speakers, missing checkpoints, existing outputs, a float
+    option that is not finite) are printed as one line naming the problem, with exit status 2;
+    ``VQAUDIO_DEBUG=1`` shows the traceback instead.
     """
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # the subcommand's usage, not the top-level one
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check_finite_options(args._parser, args)
     return run_command(args.command, args._run, args)
+
+
+def check_finite_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse ``inf`` and ``nan`` for every float option of a command, naming the option
+    (``parser.error``: its usage and one line, exit status 2); ranges are each command's."""
+    import math
+
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.type is float and isinstance(value, float) and not math.isfinite(value):
+            parser.error(f"{'/'.join(action.option_strings) or action.dest}: expected a finite number, got {value}")
 
 
 if __name__ == "__main__":

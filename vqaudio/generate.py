@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,6 +373,14 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                          temperature_aliases=("--decoder-temperature",), temperature_dest="decoder_temperature")
 
 
+def note_steps_cap(prior, steps: int | None) -> None:
+    """Say on stderr when ``--steps`` asks a diffusion prior for more reverse steps than its T
+    (it runs all T of them)."""
+    T = getattr(getattr(prior, "schedule", None), "T", None)
+    if steps is not None and T is not None and steps > T:
+        print(f"note: --steps {steps}: the prior has {T} reverse steps; running all {T}", file=sys.stderr)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     """Run ``vqaudio generate`` from parsed arguments; returns the exit status (0)."""
     from vqaudio.model import VQVAE
@@ -381,6 +390,7 @@ def run_generate(args: argparse.Namespace) -> int:
     prior = load_prior(args.prior, map_location=device)
     if args.steps is not None and not isinstance(prior, DiffusionPrior):
         raise ValueError(f"--steps is for a diffusion prior; {args.prior} is autoregressive")
+    note_steps_cap(prior, args.steps)
     if args.sampler != "posterior" and not isinstance(prior, DiffusionPrior):
         raise ValueError(f"--sampler is for a diffusion prior; {args.prior} is autoregressive")
     check_compatible(vqvae, prior, args.allow_mismatch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +198,7 @@ def run_infill(args: argparse.Namespace) -> int:
     """Run ``vqaudio infill`` from parsed arguments; returns the exit status (0)."""
     from vqaudio._system import default_device
     from vqaudio.audio import open_audio
-    from vqaudio.generate import load_prior
+    from vqaudio.generate import load_prior, note_steps_cap
     from vqaudio.inference import infer_speaker
     from vqaudio.model import VQVAE
 
@@ -205,6 +206,7 @@ def run_infill(args: argparse.Namespace) -> int:
     device = default_device(args.device)
     vqvae = VQVAE.from_pretrained(args.checkpoint, map_location=device)
     prior = load_prior(args.prior, map_location=device)
+    note_steps_cap(prior, args.steps)
     speaker = args.speaker or infer_speaker(args.input, vqvae.speakers)
     if speaker is None:
         raise ValueError(f"{args.input}: cannot tell the speaker from the file name; pass --speaker "
@@ -215,6 +217,9 @@ def run_infill(args: argparse.Namespace) -> int:
                          overwrite=args.overwrite, allow_mismatch=args.allow_mismatch,
                          progress=not args.no_progress, sampler=args.sampler)
     first, stop = result.span
+    if args.end > result.seconds:
+        print(f"note: --end {args.end:g} s is past the end of the recording ({result.seconds:.2f} s): "
+              f"infilled to its end", file=sys.stderr)
     print(f"wrote {result.path} ({result.seconds:.2f} s, speaker {result.speaker}): codes {first}..{stop - 1} of "
           f"{result.num_codes} resampled, the rest kept; codes in {result.codes_path.name}")
     return 0

@@ -89,7 +89,8 @@ def add_train_prior_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--val-fraction", type=float,
                      help=f"utterances held out per speaker (default {t.val_fraction})")
     add_shared_run_options(run)
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                     help="hide the progress bar (--quiet is the same)")
 
 
 def prior_configs_from_args(args: argparse.Namespace) -> tuple[PriorConfig | DiffusionPriorConfig, PriorTrainConfig]:

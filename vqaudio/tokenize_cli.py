@@ -58,7 +58,8 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-files", type=int, default=256, help="files per shard (default: 256)")
     parser.add_argument("--shard-seconds", type=float, default=120.0,
                         help="commit a shard at least this often, in seconds (default: 120)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--no-progress", "--quiet", dest="progress", action="store_false",
+                        help="no progress bar (--quiet is the same)")
     # Set by --num-processes for its worker processes.
     parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--world-size", type=int, help=argparse.SUPPRESS)

@@ -175,7 +175,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "fsdd-8k; its model config is used, the optimizer starts afresh: see --warmup-steps)")
     add_shared_run_options(g)
     g.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
-                   help="no progress bars (as in the other commands; --quiet is the same)")
+                   help="no progress bars (--quiet is the same, as in every command)")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

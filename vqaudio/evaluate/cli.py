@@ -53,7 +53,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an --out folder that holds other files or another evaluation")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                        help="no progress bars (--quiet is the same)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
