@@ -529,3 +529,20 @@ def test_prior_train_config_of_an_older_run_loads_under_the_shared_names():
         assert prior_train_config_from_dict(saved["train_config"]).max_steps in (3000, 6000)
     with pytest.raises(ValueError, match="given twice"):
         prior_train_config_from_dict({"steps": 1, "max_steps": 2})
+
+
+def test_a_prior_of_another_model_with_no_shared_speaker_is_named(saved_vqvae, tmp_path):
+    """With ``--allow-mismatch``, a prior whose speakers the VQ-VAE does not know is refused
+    with one line that says so, for ``--speaker`` and for ``--all-speakers`` alike."""
+    vqvae, ckpt = saved_vqvae
+    torch.manual_seed(1)
+    cfg = PriorConfig(codebook_size=16, num_speakers=2, d_model=32, n_layers=2, n_heads=2, max_len=32, dropout=0.0)
+    PriorTransformer(cfg, ["SF1", "TM1"], metadata={"checkpoint_id": "0" * 16}).save_pretrained(tmp_path / "other")
+    parser = argparse.ArgumentParser()
+    add_generate_arguments(parser)
+    for who in (["--speaker", "SF1"], ["--all-speakers"]):
+        args = parser.parse_args([*who, "--seconds", "0.1", "--checkpoint", str(ckpt), "--prior", str(tmp_path / "other"),
+                                  "--allow-mismatch", "--out", str(tmp_path / "gen"), "--no-progress"])
+        with pytest.raises(ValueError, match="share no speaker .prior: SF1, TM1; VQ-VAE: jackson, theo.*another model"):
+            run_generate(args)
+    assert not (tmp_path / "gen").exists() or not list((tmp_path / "gen").iterdir())

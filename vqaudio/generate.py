@@ -109,11 +109,16 @@ def speaker_ids(vqvae, prior: Prior, name: str) -> tuple[int, int]:
     Raises:
         vqaudio.model.UnknownSpeakerError: ``name`` is in neither table or only in one (the
             message lists the speakers both know).
+        ValueError: the two tables share no speaker (a prior of another model, used with
+            ``--allow-mismatch``).
     """
     from vqaudio.model import UnknownSpeakerError
 
+    known = [s for s in vqvae.speakers if s in prior.speakers]
+    if not known:
+        raise ValueError(f"the prior and the VQ-VAE share no speaker (prior: {', '.join(prior.speakers)}; VQ-VAE: "
+                         f"{', '.join(vqvae.speakers)}): the prior was fitted to another model's codes and speakers")
     if name not in vqvae.speakers or name not in prior.speakers:
-        known = [s for s in vqvae.speakers if s in prior.speakers]
         raise UnknownSpeakerError(name, known)
     return vqvae.speaker_id(name), prior.speaker_id(name)
 
@@ -395,6 +400,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--sampler is for a diffusion prior; {args.prior} is autoregressive")
     check_compatible(vqvae, prior, args.allow_mismatch)
     names: Sequence[str] = [s for s in vqvae.speakers if s in prior.speakers] if args.all_speakers else args.speaker
+    if args.all_speakers and not names:
+        speaker_ids(vqvae, prior, "")  # raises: the tables share no speaker
     for sample in generate(
         vqvae, prior, names, args.seconds, args.out, num=args.num, prompt=args.prompt,
         temperature=args.prior_temperature, top_k=args.top_k, top_p=args.top_p,
