@@ -143,6 +143,28 @@ def test_impossible_numbers_and_device_flags_are_one_line_errors(checkpoint, fsd
         assert "--quiet" in capsys.readouterr().out, command
 
 
+def test_a_file_too_long_to_decode_is_refused_from_its_header(checkpoint, tmp_path, capsys):
+    """A WAV whose header claims 2^30 samples (a sparse 2 GiB file) is refused before it is
+    read, with one line giving what it would need and what to do instead."""
+    import struct
+
+    huge = tmp_path / "0_george_9.wav"
+    data = 2**30 * 2  # 16-bit mono at 8 kHz: 37 hours
+    with open(huge, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+                + b"data" + struct.pack("<I", data))
+        f.truncate(44 + data)  # sparse: takes no disk space
+    assert sf.info(str(huge)).frames == 2**30
+    assert main(["reconstruct", str(huge), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "r.wav")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"vqaudio reconstruct: error: {huge}: 1073741824 samples at 8000 Hz")
+    assert "GiB to encode and decode in one piece" in err and "vqaudio tokenize" in err
+    from vqaudio.inference import check_decode_memory
+    from vqaudio.model import VQVAE
+
+    check_decode_memory(VQVAE.from_pretrained(checkpoint), huge, available=2**50)  # fits where there is room
+
+
 def test_every_command_that_runs_a_model_takes_the_shared_flags(capsys):
     from vqaudio.cli import build_parser
 

@@ -8,6 +8,7 @@ intra-op thread (faster than two for models this small, and fair to a shared mac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -328,6 +329,27 @@ def test_resume_skips_damaged_checkpoints_and_says_why(tmp_path):
     error = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(error) == 1 and "no intact checkpoint to resume from" in error[0]
     assert "random_states_0.pkl has 4 bytes" in error[0] and "step_0000002: cannot be loaded" in error[0]
+
+
+def test_a_batch_too_big_for_memory_is_refused_before_the_first_step(tmp_path):
+    """The activation estimate matches what a step of fsdd-8k's recipe holds (about 0.96 GB for
+    batch 8 x 0.5 s at residual 32, measured 0.93 GB), and 30 s segments of the default model
+    are refused in one line, before the run folder or the data are touched."""
+    from vqaudio.train import activation_bytes, check_activation_memory
+
+    half = build_model_config(sample_rate=8000, residual_channels=32, gate_channels=64, skip_channels=32)
+    assert 0.9e9 < activation_bytes(half, 8, 4032, "no") < 1.05e9
+    assert activation_bytes(half, 8, 4032, "bf16") < 0.6 * activation_bytes(half, 8, 4032, "no")
+    recipe = TrainConfig(batch_size=8, segment_seconds=0.5)
+    check_activation_memory(half, recipe, "no", "cpu", available=21 * 2**30)
+    huge = TrainConfig(batch_size=8, segment_seconds=30.0)
+    with pytest.raises(ValueError, match=r"about 2\d\d.\d GiB of activations \(batch 8 x 30 s segments x 20 WaveNet "
+                                         r"layers.*21.0 GiB is available on the cpu; lower --segment-seconds"):
+        check_activation_memory(VQVAEConfig(), huge, "no", "cpu", available=21 * 2**30)
+    with pytest.raises(ValueError, match="GiB of activations"):
+        train(tmp_path / "no-data", tmp_path / "run", VQVAEConfig(), dataclasses.replace(huge, segment_seconds=3000.0),
+              cpu=True, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_two_processes_keep_the_codebook_identical(tmp_path):

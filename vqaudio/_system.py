@@ -102,3 +102,24 @@ def default_device(device: str | None = None) -> str:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no GPU is available")
     return device
+
+
+def available_memory_bytes(device_type: str) -> int | None:
+    """Bytes free for a job on ``device_type``: the GPU's free memory (``"cuda"``), or the
+    system's available memory (``MemAvailable`` of ``/proc/meminfo``); None where it cannot be
+    read."""
+    if device_type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -49,6 +49,39 @@ def infer_speaker(path: str | os.PathLike, speakers: list[str]) -> str | None:
     return next((c for c in candidates if c in speakers), None)
 
 
+#: Bytes per sample (at the model rate) that encoding and decoding a whole file hold at their
+#: peak: the encoder's activations (about 150 measured with fsdd-8k's encoder) and the
+#: decoder's sampling noise and outputs.
+DECODE_BYTES_PER_SAMPLE = 176
+
+
+def check_decode_memory(model: VQVAE, path: str | os.PathLike, available: int | None = None) -> None:
+    """Refuse, from its header and before reading it, a file too long to encode and decode in
+    one piece in the memory available.
+
+    Args:
+        model: the VQ-VAE (its rate); path: the audio file; available: bytes (default: the
+            system's available memory, :func:`vqaudio._system.available_memory_bytes`).
+
+    Raises:
+        vqaudio.audio.AudioError: the file cannot be opened, or it is too long (one line with
+            its length, the memory it would need and what is available, and what to do).
+    """
+    from vqaudio._system import available_memory_bytes
+    from vqaudio.audio import AudioError, open_audio
+
+    with open_audio(path) as f:
+        frames, rate, channels = f.frames, f.samplerate, f.channels
+    samples = frames * model.sample_rate / max(rate, 1)
+    need = samples * DECODE_BYTES_PER_SAMPLE + frames * channels * 4 * 2  # + the file read and downmixed
+    available = available_memory_bytes("cpu") if available is None else available
+    if available is not None and need > 0.8 * available:
+        raise AudioError(path, f"{frames} samples at {rate} Hz ({frames / max(rate, 1) / 3600:.1f} h) would need about "
+                               f"{need / 2**30:.1f} GiB to encode and decode in one piece, and {available / 2**30:.1f} "
+                               f"GiB is available; cut it into shorter files, or use vqaudio tokenize (which streams "
+                               f"long files) and vqaudio detokenize")
+
+
 def decode_file(
     model: VQVAE,
     in_path: str | os.PathLike,
@@ -68,7 +101,8 @@ def decode_file(
     samples long (the trailing partial hop is dropped).
 
     Raises:
-        vqaudio.audio.AudioError: the input cannot be used (the message names the file).
+        vqaudio.audio.AudioError: the input cannot be used (the message names the file), or
+            is too long to decode in the memory available (:func:`check_decode_memory`).
         vqaudio.model.UnknownSpeakerError: ``speaker`` is not in the model's table.
         FileExistsError: ``out_path`` exists and ``overwrite`` is False.
         ValueError: the input is shorter than one hop.
@@ -77,6 +111,7 @@ def decode_file(
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path}: already exists (pass --overwrite to replace it)")
     speaker_id = model.speaker_id(speaker)
+    check_decode_memory(model, in_path)
     wav = load_audio(in_path, model.sample_rate)
     if len(wav) < model.hop_length:
         raise ValueError(f"{in_path}: {len(wav)} samples is shorter than one code ({model.hop_length} samples)")

@@ -138,7 +138,8 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
         allow_mismatch: see :func:`vqaudio.generate.check_compatible`.
 
     Raises:
-        vqaudio.audio.AudioError: the input cannot be read (named).
+        vqaudio.audio.AudioError: the input cannot be read (named), or is too long to decode in
+            the memory available (:func:`vqaudio.inference.check_decode_memory`).
         vqaudio.checkpoint.UnknownSpeakerError: the speaker is not in both tables.
         FileExistsError: an output exists and ``overwrite`` is False.
         ValueError: a bad stretch, an autoregressive prior, or incompatible models.
@@ -156,6 +157,9 @@ def infill_file(vqvae, prior, in_path: str | os.PathLike, out_path: str | os.Pat
             raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
     check_compatible(vqvae, prior, allow_mismatch)
     vqvae_id, prior_id = speaker_ids(vqvae, prior, speaker)
+    from vqaudio.inference import check_decode_memory
+
+    check_decode_memory(vqvae, in_path)
     wav = load_audio(in_path, vqvae.sample_rate)
     if len(wav) < vqvae.hop_length:
         raise ValueError(f"{in_path}: {len(wav)} samples is shorter than one code ({vqvae.hop_length} samples)")
