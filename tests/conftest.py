@@ -19,11 +19,11 @@ _DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 
 def tiny_vqvae_config(*, num_speakers: int = 2, sample_rate: int = 8000, codebook_size: int = 16, dim: int = 8,
                       ema: bool = True, encoder_channels: tuple[int, ...] = (4, 4, 8, 8, 8, 8),
-                      causal_encoder: bool = False, **decoder):
+                      causal_encoder: bool = False, gain_jitter_db: float = 0.0, **decoder):
     """A VQ-VAE config small enough for a test to train, encode and decode in milliseconds: hop
     64 (six stride-2 layers), K = ``codebook_size`` codes of ``dim``, and a 1 x 3 WaveNet
     (residual 8, gate 16, skip 8, local 8, speaker 4, kernel 2) unless ``decoder`` says otherwise;
-    ``causal_encoder`` pads the encoder on the left only."""
+    ``causal_encoder`` pads the encoder on the left only, ``gain_jitter_db`` jitters its input's gain."""
     from vqaudio.config import DecoderConfig, EncoderConfig, QuantizerConfig, VQVAEConfig
 
     sizes = dict(num_stacks=1, layers_per_stack=3, residual_channels=8, gate_channels=16, skip_channels=8,
@@ -31,7 +31,7 @@ def tiny_vqvae_config(*, num_speakers: int = 2, sample_rate: int = 8000, codeboo
     sizes.update(decoder)
     return VQVAEConfig(
         sample_rate=sample_rate,
-        encoder=EncoderConfig(channels=tuple(encoder_channels), causal=causal_encoder),
+        encoder=EncoderConfig(channels=tuple(encoder_channels), causal=causal_encoder, gain_jitter_db=gain_jitter_db),
         quantizer=QuantizerConfig(codebook_size=codebook_size, dim=dim, ema=ema),
         decoder=DecoderConfig(num_speakers=num_speakers, **sizes),
     )

@@ -515,3 +515,34 @@ def test_speaker_adversary_reverses_its_gradient_into_the_encoder():
                           + out.speaker_adversary_loss, atol=1e-5)
     assert torch.equal(out.codes, plain(wav, torch.tensor([0, 1])).codes)
     assert plain(wav, torch.tensor([0, 1])).speaker_adversary_loss is None
+
+
+def test_gain_jitter_scales_what_the_encoder_sees_in_training_only():
+    """``encoder.gain_jitter_db``: in training each item reaches the encoder at its own random
+    gain within the range (never past full scale) while the decoder's targets keep the level;
+    eval mode and encoding are unchanged."""
+    from conftest import tiny_vqvae
+
+    from vqaudio.model import gain_jitter
+
+    wav = torch.sin(torch.linspace(0, 300, 4 * 640)).reshape(4, 1, 640) * torch.tensor([0.05, 0.1, 0.5, 0.9])[:, None, None]
+    out = gain_jitter(wav, 12.0, torch.Generator().manual_seed(0))
+    ratio = out.abs().amax(dim=(1, 2)) / wav.abs().amax(dim=(1, 2))
+    assert ((ratio >= 10 ** (-12 / 20) - 1e-6) & (ratio <= 10 ** (12 / 20) + 1e-6)).all()
+    assert out.abs().max() <= 1.0 + 1e-6 and len(set(ratio.tolist())) == 4
+    with pytest.raises(ValueError, match="gain_jitter_db"):
+        VQVAEConfig(encoder=EncoderConfig(gain_jitter_db=-1.0))
+
+    model = tiny_vqvae(["a", "b"], seed=0, gain_jitter_db=12.0)
+    plain = tiny_vqvae(["a", "b"], seed=0)
+    speakers = torch.tensor([0, 1])
+    x = wav[:2] * 0.5
+    assert torch.equal(model.eval()(x, speakers).logits, plain.eval()(x, speakers).logits)
+    seen = []
+    encoder_forward = model.encoder.forward
+    model.encoder.forward = lambda w: seen.append(w) or encoder_forward(w)
+    out = model.train()(x, speakers)
+    assert not torch.allclose(seen[0], x) and torch.allclose(seen[0] / seen[0].abs().amax(dim=(1, 2), keepdim=True),
+                                                             x / x.abs().amax(dim=(1, 2), keepdim=True), atol=1e-6)
+    rec = torch.nn.functional.cross_entropy(out.logits.float(), mu_law_encode(x[:, 0]))
+    assert torch.allclose(out.reconstruction_loss, rec, atol=1e-5)  # the targets keep the level

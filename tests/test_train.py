@@ -561,13 +561,14 @@ def test_conditioning_stack_and_mel_loss_from_the_command_line(tmp_path):
 
 
 def test_pre_emphasis_and_speaker_adversary_from_the_command_line(tmp_path):
-    """``--pre-emphasis``, ``--speaker-adversary``, ``--causal-encoder`` and ``--lpc-order``
-    reach the checkpoint's config (whose examples are decoded with them), and the adversary's
+    """``--pre-emphasis``, ``--speaker-adversary``, ``--causal-encoder``, ``--lpc-order`` and
+    ``--gain-jitter`` reach the checkpoint's config (whose examples are decoded with them), and the adversary's
     accuracy is logged in training and validation."""
     data, _ = short_fsdd(tmp_path / "fsdd", speakers=("nicolas", "theo"))
     run_recipe(data, tmp_path / "out", "--batch-size", "2", "--segment-seconds", "0.128", "--lr", "1e-3",
                "--valid-every", "2", "--example-seconds", "0.02", "--log-every", "1", "--max-steps", "2",
                "--pre-emphasis", "0.85", "--speaker-adversary", "0.5", "--causal-encoder", "--lpc-order", "6",
+               "--gain-jitter", "12",
                "--mel-loss-weight", "0.1", "--mel-bands", "12", "--split", "per-speaker",
                "--num-valid-per-speaker", "1")
     run = tmp_path / "out" / "vqvae"
@@ -579,6 +580,7 @@ def test_pre_emphasis_and_speaker_adversary_from_the_command_line(tmp_path):
     config = VQVAE.from_pretrained(run).config
     d = config.decoder
     assert (d.pre_emphasis, d.speaker_adversary, d.lpc_order, config.encoder.causal) == (0.85, 0.5, 6, True)
+    assert config.encoder.gain_jitter_db == 12.0
     assert list((run / "examples").rglob("*.wav"))
 
 

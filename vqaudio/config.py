@@ -38,12 +38,20 @@ class EncoderConfig:
             the frame's own hop (``n * hop_length + hop_length - 1``): a streaming encoder that
             can emit each code as soon as its hop of audio has arrived. Default False (the
             paper's centred padding).
+        gain_jitter_db: in training only, each segment the encoder sees is scaled by a gain
+            drawn uniformly in +-``gain_jitter_db`` dB (capped so that its peak stays within
+            full scale), while the decoder's targets keep the recording's level. The level of
+            the encoder's input then says nothing about the level the decoder must produce, so
+            the codes need not carry it and the decoder takes the level from the speaker (and
+            its own past samples): a conversion comes out at the target speaker's level rather
+            than the source's. No weights, encoding unchanged. 0: off.
     """
 
     channels: tuple[int, ...] = (32, 64, 128, 128, 256, 256)
     kernel_size: int = 4
     stride: int = 2
     causal: bool = False
+    gain_jitter_db: float = 0.0
 
     @property
     def hop_length(self) -> int:
@@ -231,6 +239,8 @@ class VQVAEConfig:
             raise ValueError(f"decoder: condition_layers must be >= 0, condition_channels and mel_bands >= 1 and "
                              f"mel_loss_weight >= 0, got {d.condition_layers}, {d.condition_channels}, "
                              f"{d.mel_bands}, {d.mel_loss_weight}")
+        if not (self.encoder.gain_jitter_db >= 0 and math.isfinite(self.encoder.gain_jitter_db)):
+            raise ValueError(f"encoder: gain_jitter_db must be a finite number >= 0, got {self.encoder.gain_jitter_db}")
         if not 0 <= d.time_jitter <= 1:
             raise ValueError(f"decoder: time_jitter must be a probability in [0, 1], got {d.time_jitter}")
         if not (d.input_noise >= 0 and math.isfinite(d.input_noise)):

@@ -157,6 +157,7 @@ class VQVAE(nn.Module):
             :class:`VQVAEOutput`; ``loss`` is Eq. 3 of the paper with the decoder's
             cross-entropy over mu-law values as the reconstruction term (plus, with
             ``decoder.mel_loss_weight``, the weighted auxiliary log-mel loss). In training mode
+            with ``encoder.gain_jitter_db`` the encoder sees ``wav`` through :func:`gain_jitter`,
             with ``decoder.time_jitter`` the decoder sees the codes through :func:`time_jitter`,
             and with ``decoder.input_noise`` its teacher-forced input is encoded from
             ``wav + N(0, input_noise^2)`` clamped to [-1, 1] (the target stays clean). With
@@ -168,7 +169,8 @@ class VQVAE(nn.Module):
             ``decoder.speaker_adversary`` the adversary's cross-entropy on ``z_e`` is added.
         """
         self._checkpoint_id = None  # weights are about to change
-        z_e = self.encoder(wav)
+        jitter = self.config.encoder.gain_jitter_db
+        z_e = self.encoder(gain_jitter(wav, jitter) if self.training and jitter > 0 else wav)
         q: QuantizerOutput = self.quantizer(z_e)
         z_q = q.quantized
         if self.training and self.config.decoder.time_jitter > 0:
@@ -579,6 +581,22 @@ def time_jitter(z_q: torch.Tensor, p: float, generator: torch.Generator | None =
     index = t + shift
     index = torch.where((index < 0) | (index >= T), t - shift, index)  # the one neighbour at the ends
     return z_q.gather(2, index[:, None, :].expand(B, D, T))
+
+
+def gain_jitter(wav: torch.Tensor, db: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Scale each item by its own gain drawn uniformly in ``[-db, +db]`` dB, capped so that
+    its peak stays within full scale (``encoder.gain_jitter_db``).
+
+    Args:
+        wav: [B, 1, T] float in [-1, 1]; db: >= 0; generator: on ``wav``'s device.
+
+    Returns:
+        [B, 1, T], same dtype, in [-1, 1].
+    """
+    gain_db = (torch.rand(wav.shape[0], 1, 1, generator=generator, device=wav.device) * 2 - 1) * db
+    peak = wav.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-6)
+    gain = torch.minimum(10 ** (gain_db / 20), 1 / peak)
+    return wav * gain.to(wav.dtype)
 
 
 def _draw_noise(rows: int, samples: int, generator: torch.Generator | None) -> torch.Tensor:

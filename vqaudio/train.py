@@ -236,6 +236,7 @@ MODEL_SIZE_FIELDS: dict[str, tuple[str, str]] = {
     "sample_rate": ("", "sample_rate"),
     "encoder_channels": ("encoder", "channels"),
     "causal_encoder": ("encoder", "causal"),
+    "gain_jitter": ("encoder", "gain_jitter_db"),
     "codebook_size": ("quantizer", "codebook_size"),
     "code_dim": ("quantizer", "dim"),
     "commitment_cost": ("quantizer", "commitment_cost"),
@@ -269,7 +270,7 @@ def build_model_config(base: VQVAEConfig | None = None, **sizes: Any) -> VQVAECo
         base: the config to change (default: ``VQVAEConfig()``, the paper's sizes at 16 kHz with
             the CPU-sized WaveNet of :class:`DecoderConfig`).
         **sizes: any of :data:`MODEL_SIZE_FIELDS` (``sample_rate``, ``encoder_channels``
-            (sequence of ints, one per stride-2 layer), ``causal_encoder``, ``codebook_size`` (K), ``code_dim`` (D),
+            (sequence of ints, one per stride-2 layer), ``causal_encoder``, ``gain_jitter``, ``codebook_size`` (K), ``code_dim`` (D),
             ``commitment_cost`` (beta), ``ema``, ``ema_decay``, ``dead_code_threshold``,
             ``num_stacks``, ``layers_per_stack``, ``residual_channels``, ``gate_channels``,
             ``skip_channels``, ``kernel_size``, ``speaker_channels``, ``num_speakers``,
@@ -954,11 +955,13 @@ ADDABLE_DECODER_FIELDS = ("condition_layers", "condition_channels", "mel_loss_we
 def _check_init_config(init_from: Any, source: VQVAEConfig, given: VQVAEConfig) -> None:
     """Raise ValueError when ``given`` differs from the checkpoint's config (``source``) in
     anything but the number of speakers (the speaker table comes from the corpus), the
-    :data:`ADDABLE_DECODER_FIELDS` and the decoding temperature (not used in training)."""
+    :data:`ADDABLE_DECODER_FIELDS`, the encoder's gain jitter (a training setting) and the
+    decoding temperature (not used in training)."""
     def flat(c: VQVAEConfig) -> dict[str, Any]:
         decoder = dataclasses.replace(c.decoder, num_speakers=0, temperature=1.0,
                                       **{f: 1 for f in ADDABLE_DECODER_FIELDS})
-        return flat_config(dataclasses.replace(c, decoder=decoder))
+        encoder = dataclasses.replace(c.encoder, gain_jitter_db=0.0)  # a training setting, no weights
+        return flat_config(dataclasses.replace(c, encoder=encoder, decoder=decoder))
 
     a, b = flat(source), flat(given)
     differ = [f"{k}: checkpoint {a[k]!r}, given {b.get(k)!r}" for k in a if a[k] != b.get(k)]

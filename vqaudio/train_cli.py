@@ -48,6 +48,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: VQVAEConfig |
     g.add_argument("--causal-encoder", action="store_const", const=True,
                    help="pad the encoder's convolutions on the left only, so a code depends on no sample after "
                         "its hop (a streaming encoder; default: centred padding)")
+    g.add_argument("--gain-jitter", type=float, metavar="DB",
+                   help=f"in training, scale what the encoder sees by a random gain within +-DB dB (the "
+                        f"decoder's targets keep their level), so the codes need not carry the level and a "
+                        f"conversion takes the target speaker's; 0 = off (default {d.encoder.gain_jitter_db})")
     g.add_argument("--codebook-size", type=int, help=f"K, codes in the codebook (default {d.quantizer.codebook_size})")
     g.add_argument("--code-dim", type=int, help=f"D, size of a code vector (default {d.quantizer.dim})")
     g.add_argument("--commitment-cost", type=float,
