@@ -207,3 +207,51 @@ def test_every_command_that_runs_a_model_takes_the_shared_flags(capsys):
     for argv in (["train", "d", "--out", "o", "--cpu"], ["train-prior", "t", "--out", "o", "--cpu"]):
         assert parser.parse_args(argv).device == "cpu"
         assert parser.parse_args(argv[:-1]).device == "auto"
+
+
+def test_a_full_disk_is_one_line_naming_the_file_system_and_the_file(checkpoint, fsdd_sample_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    """ENOSPC, EDQUOT and EROFS from any writer, and libsndfile's bare "System error" on a file
+    system with no space left, end as one line naming the file system and the file; no
+    temporary file is left and an existing output is kept."""
+    import errno
+    import os
+
+    import vqaudio._files as files
+    from vqaudio.audio import save_audio
+
+    out = tmp_path / "kept.json"
+    out.write_text("old")
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_bytes", full)
+        with pytest.raises(files.DiskFullError, match=f"no space left on .* while writing {out}"):
+            files.atomic_write_json(out, {"a": 1})
+    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["kept.json"]
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", read_only)
+        with pytest.raises(files.DiskFullError, match="is a read-only file system: cannot write"):
+            files.atomic_write_json(tmp_path / "new.json", {})
+
+    def system_error(*args, **kwargs):
+        raise RuntimeError("Error opening '...': System error.")
+
+    monkeypatch.setattr("soundfile.write", system_error)
+    with pytest.raises(RuntimeError, match="System error"):  # space left: the writer's own error
+        save_audio(tmp_path / "x.wav", np.zeros(64, np.float32), 8000)
+    monkeypatch.setattr(files, "out_of_space", lambda path, margin=1 << 16: True)
+    clip = next((fsdd_sample_dir / "recordings").glob("*_george_*.wav"))
+    wav = tmp_path / "r.wav"
+    assert main(["reconstruct", str(clip), "--checkpoint", str(checkpoint), "--out", str(wav), "--method", "torch",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("vqaudio reconstruct: error: no space left on /")
+    assert err.endswith(f"while writing {wav}") and not wav.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

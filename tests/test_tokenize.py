@@ -221,6 +221,59 @@ def test_causal_encoder_needs_no_future_samples_and_streams_code_for_code(tmp_pa
     np.testing.assert_array_equal(entry.codes, model.encode(x)[0].numpy())
 
 
+def test_a_full_disk_fails_in_one_line_and_a_rerun_completes_exactly(tmp_path, ckpt, corpus, monkeypatch, capsys):
+    """ENOSPC while a shard's index or the final metadata is written: one line naming the file
+    system and the file; after space is freed the same command completes to the bytes of an
+    uninterrupted run, and the codes whose index was never written are removed."""
+    import errno
+
+    from vqaudio._files import DiskFullError
+    from vqaudio.cli import main
+
+    opts = dict(format="bin", shard_files=2, progress=False, num_workers=1)
+    tk.tokenize(corpus, ckpt, tmp_path / "clean", **opts)
+    out = tmp_path / "full"
+    real = shards.atomic_write_bytes
+    calls = []
+
+    def index_fails(path, data):
+        calls.append(path)
+        if len(calls) == 4:  # the second shard's index: the disk fills while it is written
+            from vqaudio._files import atomic_path
+
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data[:10])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(shards, "atomic_write_bytes", index_fails)
+    argv = ["tokenize", str(corpus), "--checkpoint", str(ckpt), "--out", str(out), "--format", "bin",
+            "--shard-files", "2", "--no-progress", "--num-workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no space left on /" in err and err.endswith(".json")
+    orphan = calls[2]  # the second shard's codes, without its index
+    assert orphan.exists() and not orphan.with_suffix(".json").exists()
+    monkeypatch.setattr(shards, "atomic_write_bytes", real)
+
+    import vqaudio.tokens as tokens
+
+    real_json = tokens.atomic_write_json
+
+    def metadata_fails(path, obj, *a, **k):
+        if Path(path).name == "metadata.json":
+            raise DiskFullError(errno.ENOSPC, f"no space left on / while writing {path}", str(path))
+        return real_json(path, obj, *a, **k)
+
+    monkeypatch.setattr(tokens, "atomic_write_json", metadata_fails)
+    assert main(argv) == 2 and "while writing" in capsys.readouterr().err
+    assert not (out / "metadata.json").exists()
+    monkeypatch.setattr(tokens, "atomic_write_json", real_json)
+    assert main(argv) == 0
+    assert _final_bytes(out) == _final_bytes(tmp_path / "clean")
+    assert not orphan.exists()
+
+
 class _Killed(Exception):
     pass
 

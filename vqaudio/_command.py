@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 def run_command(command: str, run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run one subcommand as :func:`vqaudio.cli.main` does (also for ``python -m
-    vqaudio.tokenize``): its exit status; expected errors as one line (status 2), Ctrl-C as status 130, and the
+    vqaudio.tokenize``): its exit status; expected errors (a full disk, quota or read-only file
+    system among them) as one line (status 2), Ctrl-C as status 130, and the
     torch.distributed process group shut down at the end under a launcher."""
     import os
 
@@ -26,6 +27,15 @@ def run_command(command: str, run: Callable[[argparse.Namespace], int | None], a
     except (AudioError, CheckpointError, UnknownSpeakerError, FileExistsError, FileNotFoundError, ValueError) as exc:
         if os.environ.get("VQAUDIO_DEBUG"):
             raise
+        print(f"vqaudio {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a quota, a read-only file system: one line naming them
+        from vqaudio._files import DISK_ERRNOS, DiskFullError, disk_error
+
+        if os.environ.get("VQAUDIO_DEBUG") or exc.errno not in DISK_ERRNOS:
+            raise
+        if not isinstance(exc, DiskFullError):
+            exc = disk_error(exc.errno, exc.filename or os.getcwd())
         print(f"vqaudio {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,11 +3,13 @@
 Every writer in vqaudio goes through :func:`atomic_path`: the file is written under a hidden
 temporary name in its destination folder and renamed onto the final name only once complete
 (``os.replace``, atomic on POSIX and Windows); on an error the temporary file is removed and
-whatever was at the final name stays as it was.
+whatever was at the final name stays as it was. A full disk, an exceeded quota or a read-only
+file system is reported as a :class:`DiskFullError` naming the file system and the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -15,6 +17,47 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+#: errno values that mean "the file system cannot take this write".
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class DiskFullError(OSError):
+    """A write that failed because its file system is full, over quota, or read-only; the
+    message names the file system (its mount point) and the file."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point of the file system that holds ``path`` (or would hold it)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def disk_error(code: int, path: str | os.PathLike) -> DiskFullError:
+    """The :class:`DiskFullError` of errno ``code`` (one of :data:`DISK_ERRNOS`) for ``path``."""
+    where = mount_point(path)
+    text = {errno.ENOSPC: f"no space left on {where} while writing {path}",
+            errno.EDQUOT: f"disk quota exceeded on {where} while writing {path}",
+            errno.EROFS: f"{where} is a read-only file system: cannot write {path}"}[code]
+    return DiskFullError(code, text, str(path))
+
+
+def out_of_space(path: str | os.PathLike, margin: int = 1 << 16) -> bool:
+    """Whether the file system of ``path`` has less than ``margin`` bytes left for this user
+    (how a writer that reports only "System error", such as libsndfile, is told to be full)."""
+    try:
+        st = os.statvfs(mount_point(path))
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 @contextmanager
@@ -27,14 +70,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     permissions (umask), unlike ``tempfile.mkstemp``'s owner-only ones.
 
     Raises:
+        DiskFullError: the file system is full, over quota or read-only (an ``OSError`` with
+            one of :data:`DISK_ERRNOS`, or any error of the writer while the file system has
+            no space left); the temporary file is removed.
         OSError: the folder cannot be created or the rename fails.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS:
+            raise disk_error(exc.errno, path) from None
+        raise
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS:
+            raise disk_error(exc.errno, path) from None
+        raise
+    except Exception:
+        if out_of_space(path):
+            raise disk_error(errno.ENOSPC, path) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

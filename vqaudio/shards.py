@@ -198,7 +198,8 @@ def merge_shards(
 
     Entries are sorted by key, so the output depends only on the inputs and the checkpoint,
     not on the number of processes or on interruptions. Files of an earlier export in another
-    format are removed.
+    format are removed, and so are the leftovers of runs that died (temporary files, and shard
+    codes whose index was never written: a full disk between the two).
 
     Returns:
         ``(metadata, failures)``.
@@ -242,7 +243,8 @@ def merge_shards(
     meta = write_token_dir(out, stream(), metadata, format=format, offset=offset, dedup=dedup, failures=failures)
     for name in set(old_files) - set(meta["files"]):
         (out / name).unlink(missing_ok=True)
-    for p in (out / SHARDS_DIR).iterdir():  # leftovers of killed runs
-        if p.name.startswith(".") and ".tmp" in p.name:
+    for p in (out / SHARDS_DIR).iterdir():  # leftovers of killed runs, and codes whose index was never written
+        orphan = p.suffix == ".codes" and _SHARD_NAME.match(p.with_suffix(".json").name) and not p.with_suffix(".json").exists()
+        if (p.name.startswith(".") and ".tmp" in p.name) or orphan:
             p.unlink(missing_ok=True)
     return meta, failures
