@@ -274,6 +274,31 @@ def test_a_full_disk_fails_in_one_line_and_a_rerun_completes_exactly(tmp_path, c
     assert not orphan.exists()
 
 
+def test_verify_catches_an_edit_that_keeps_size_and_mtime(tmp_path, ckpt, corpus):
+    """The default resume check (size + modification time) misses an edit that keeps both;
+    ``verify`` compares the SHA-256 recorded with each file's codes and tokenizes it again,
+    giving the tokens of a fresh run on the edited corpus."""
+    import os
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    opts = dict(format="bin", shard_files=3, progress=False, num_workers=0)
+    out = tmp_path / "tok"
+    tk.tokenize(data, ckpt, out, **opts)
+    edited = data / "2_theo_1.wav"
+    st = os.stat(edited)
+    wav, sr = sf.read(str(edited), dtype="int16")
+    sf.write(str(edited), wav[::-1].copy(), sr, subtype="PCM_16")  # the same length, other audio
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(edited).st_size == st.st_size
+    assert tk.tokenize(data, ckpt, out, **opts).num_tokenized == 0  # missed by size + mtime
+    again = tk.tokenize(data, ckpt, out, verify=True, **opts)
+    assert (again.num_tokenized, again.num_skipped) == (1, 7)
+    tk.tokenize(data, ckpt, tmp_path / "fresh", **opts)
+    assert _final_bytes(out) == _final_bytes(tmp_path / "fresh")
+    assert tk.tokenize(data, ckpt, out, verify=True, **opts).num_tokenized == 0
+
+
 class _Killed(Exception):
     pass
 

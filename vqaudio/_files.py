@@ -10,6 +10,7 @@ file system is reported as a :class:`DiskFullError` naming the file system and t
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -119,3 +120,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
         TypeError: ``obj`` is not JSON-serializable (nothing is written).
     """
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

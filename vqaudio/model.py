@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vqaudio._files import file_sha256  # noqa: F401  (part of this module's API)
 from vqaudio.audio import de_emphasis, mu_law_decode, mu_law_encode, pre_emphasis
 from vqaudio.checkpoint import (  # the errors are part of this module's API too
     CONFIG_NAME,
@@ -633,12 +634,3 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if p.exists():
         raise CheckpointError(f"{p}: not a checkpoint directory (no {CONFIG_NAME}){hint}")
     raise CheckpointError(f"{p}: no such checkpoint directory{hint}")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -168,15 +168,11 @@ MANIFEST_NAME = "manifest.json"
 def write_manifest(folder: Path) -> Path:
     """Write ``folder/manifest.json``: every other file of the folder (relative path -> size in
     bytes and SHA-256), through a temporary name and a rename, after all of them are written."""
-    import hashlib
+    from vqaudio._files import file_sha256
 
     files = {}
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        files[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
+        files[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": file_sha256(f)}
     tmp = folder / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(json.dumps({"files": files}, indent=1))
     os.replace(tmp, folder / MANIFEST_NAME)
@@ -187,7 +183,7 @@ def checkpoint_problem(folder: Path) -> str | None:
     """What is wrong with a checkpoint folder by its manifest (:func:`write_manifest`), or None
     when every listed file is there with its size and SHA-256. A folder written before
     checkpoints had manifests has none and is not checked here (None)."""
-    import hashlib
+    from vqaudio._files import file_sha256
 
     manifest = folder / MANIFEST_NAME
     if not manifest.is_file():
@@ -203,11 +199,7 @@ def checkpoint_problem(folder: Path) -> str | None:
         size = f.stat().st_size
         if size != meta["size"]:
             return f"{name} has {size} bytes, {meta['size']} were written (truncated or replaced)"
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != meta["sha256"]:
+        if file_sha256(f) != meta["sha256"]:
             return f"{name} does not match its SHA-256 (damaged)"
     return None
 

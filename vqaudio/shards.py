@@ -5,7 +5,8 @@ Steps 4-5 of the pipeline of :mod:`vqaudio.tokenize`. Finished files are committ
 written under a temporary name and renamed; the index is the commit), beside ``run.json``
 (what the codes depend on: checkpoint, rates, precision). A re-run reads the committed shards
 (:func:`read_shards`) and skips the files in them whose size and modification time
-(:func:`file_stamp`) are unchanged. :func:`merge_shards` writes the final token directory
+(:func:`file_stamp`) are unchanged, and with ``verify`` also their content (the SHA-256 each
+entry records). :func:`merge_shards` writes the final token directory
 (:mod:`vqaudio.tokens`).
 """
 
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vqaudio._files import atomic_write_bytes, atomic_write_json
+from vqaudio._files import atomic_write_bytes, atomic_write_json, file_sha256
 from vqaudio.tokens import METADATA_NAME, TokenEntry, read_metadata, write_token_dir
 
 if TYPE_CHECKING:
@@ -103,24 +104,40 @@ def file_stamp(path: str | os.PathLike) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def read_shards(shards: Path, files: Sequence[SourceFile] | None = None
+def read_shards(shards: Path, files: Sequence[SourceFile] | None = None, verify: bool = False
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Committed shards -> (key -> entry with its codes file, key -> failure reason).
 
     With ``files``, an entry whose recorded :func:`file_stamp` differs from its file's stamp
-    now (the input changed since it was tokenized) is left out, so the file counts as not done.
+    now (the input changed since it was tokenized) is left out, so the file counts as not done;
+    with ``verify`` too, an entry whose recorded SHA-256 differs from its file's now (or that
+    records none: shards written before hashes were) is left out, which catches an edit that
+    kept the size and the modification time. Each file is hashed at most once.
     """
     done: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     if not shards.is_dir():
         return done, failed
     now = {f.key: file_stamp(f.path) for f in files} if files is not None else {}
+    paths = {f.key: f.path for f in files} if files is not None else {}
+    hashes: dict[str, str | None] = {}
+
+    def content(key: str) -> str | None:
+        if key not in hashes:
+            try:
+                hashes[key] = file_sha256(paths[key])
+            except OSError:
+                hashes[key] = None
+        return hashes[key]
+
     for index_file in sorted(p for p in shards.iterdir() if _SHARD_NAME.match(p.name)):
         index = json.loads(index_file.read_text())
         codes_file = index_file.with_suffix(".codes")
         for e in index["entries"]:
             if "stamp" in e and e["key"] in now and e["stamp"] != now[e["key"]]:
                 continue  # made from an older version of the file
+            if verify and e["key"] in paths and e.get("sha256") != content(e["key"]):
+                continue  # its content changed (or was not recorded)
             done.setdefault(e["key"], {**e, "codes_file": codes_file, "dtype": index["dtype"]})
         for key, reason in index["failures"]:
             failed[key] = reason
@@ -147,7 +164,8 @@ class ShardWriter:
         self.opened = time.monotonic()
 
     def add(self, f: SourceFile, codes: np.ndarray, num_samples: int, sample_rate: int) -> None:
-        self.entries.append({"key": f.key, "stamp": file_stamp(f.path), "speaker": f.speaker,
+        self.entries.append({"key": f.key, "stamp": file_stamp(f.path), "sha256": file_sha256(f.path),
+                             "speaker": f.speaker,
                              "num_samples": int(num_samples),
                              "duration": num_samples / sample_rate, "offset": self.position,
                              "length": int(codes.size)})
@@ -193,6 +211,7 @@ def merge_shards(
     format: str,
     offset: int,
     dedup: bool,
+    verify: bool = False,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Merge the shards of all processes into the token directory's final files.
 
@@ -201,13 +220,15 @@ def merge_shards(
     format are removed, and so are the leftovers of runs that died (temporary files, and shard
     codes whose index was never written: a full disk between the two).
 
+    ``verify``: entries are checked by content too (:func:`read_shards`).
+
     Returns:
         ``(metadata, failures)``.
 
     Raises:
         RuntimeError: some files are in no shard (a process did not finish): run again.
     """
-    done, failed = read_shards(out / SHARDS_DIR, files)
+    done, failed = read_shards(out / SHARDS_DIR, files, verify)
     missing = [f.key for f in files if f.key not in done and f.key not in failed]
     if missing:
         raise RuntimeError(

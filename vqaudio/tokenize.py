@@ -22,7 +22,8 @@
    shards (codes + a JSON index), each written under a temporary name and renamed; the index
    is the commit. A re-run skips the files already in shards, so a killed run loses at most
    the shard in progress; a file whose size or modification time changed since
-   (:func:`vqaudio.shards.file_stamp`) is tokenized again. Unreadable, empty, non-audio or NaN
+   (:func:`vqaudio.shards.file_stamp`) is tokenized again, and with ``--verify`` one whose
+   content changed (SHA-256) even where both stayed the same. Unreadable, empty, non-audio or NaN
    files are recorded as failures, never stop the run, and are tried again by the next run.
 5. **Merge**: the shards of all processes are merged, sorted by path, into the requested
    format (:mod:`vqaudio.tokens`: ``bin``, ``jsonl``, ``parquet``) with ``metadata.json``,
@@ -134,6 +135,7 @@ def tokenize(
     world_size: int | None = None,
     merge: bool = True,
     overwrite: bool = False,
+    verify: bool = False,
 ) -> TokenizeSummary:
     """Tokenize every audio file of ``inputs`` into the token directory ``out_dir``.
 
@@ -171,6 +173,10 @@ def tokenize(
         overwrite: delete the token directory ``out_dir`` first (only a vqaudio token
             directory is ever deleted) and tokenize every file again. Not with
             ``accelerate launch`` (delete it before launching).
+        verify: when resuming, skip a file already tokenized only if its content is unchanged
+            too (the SHA-256 recorded with its codes), not just its size and modification time
+            (the default check, which misses an edit that keeps both). Reads every input once
+            more.
 
     The encoding process keeps memory it frees for reuse from then on
     (:func:`vqaudio._system.retain_freed_memory`: 103x -> 133x real time for one CPU process).
@@ -201,7 +207,8 @@ def tokenize(
         return _spawn(inputs, checkpoint, out, files, t0, format=format, offset=offset, dedup=dedup,
                       batch_size=batch_size, num_workers=num_workers, num_processes=num_processes,
                       chunk_seconds=chunk_seconds, shard_files=shard_files, shard_seconds=shard_seconds,
-                      precision=precision, device=device, num_threads=num_threads, progress=progress)
+                      precision=precision, device=device, num_threads=num_threads, progress=progress,
+                      verify=verify)
 
     state = None
     if rank is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -216,7 +223,7 @@ def tokenize(
     model = _load_model(checkpoint, device)
     run_info = shard_run_info(model, precision)
     init_shards(out, run_info)
-    done, _ = read_shards(out / SHARDS_DIR, files)  # a changed input is done again
+    done, _ = read_shards(out / SHARDS_DIR, files, verify)  # a changed input is done again
     mine = [f for f in files[rank::world_size] if f.key not in done]
     summary = TokenizeSummary(out, num_files=len(files), num_skipped=sum(f.key in done for f in files))
     if num_threads is None and model.device.type == "cpu":
@@ -241,7 +248,8 @@ def tokenize(
         summary.audio_seconds = sum(c[1] for c in counts)
         state.wait_for_everyone()
     if merge and rank == 0:
-        meta, failures = merge_shards(out, files, run_info, model.speakers, format=format, offset=offset, dedup=dedup)
+        meta, failures = merge_shards(out, files, run_info, model.speakers, format=format, offset=offset, dedup=dedup,
+                                      verify=verify)
         summary.metadata, summary.failures, summary.num_failed = meta, failures, len(failures)
     else:
         summary.failures = result["failures"]
@@ -470,6 +478,8 @@ def _spawn(inputs, checkpoint, out: Path, files: list[SourceFile], t0: float, *,
                 cmd += ["--device", opts["device"]]
             if not progress:
                 cmd.append("--no-progress")
+            if opts["verify"]:
+                cmd.append("--verify")
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WORLD_SIZE": "1"}
             procs.append((subprocess.Popen(cmd, env=env), summary_path))
         codes = [p.wait() for p, _ in procs]
@@ -485,7 +495,7 @@ def _spawn(inputs, checkpoint, out: Path, files: list[SourceFile], t0: float, *,
     summary.audio_seconds = sum(s["audio_seconds"] for s in summaries)
     summary.num_skipped = min((s["num_skipped"] for s in summaries), default=0)
     meta, failures = merge_shards(out, files, run_info, model.speakers, format=opts["format"],
-                                  offset=opts["offset"], dedup=opts["dedup"])
+                                  offset=opts["offset"], dedup=opts["dedup"], verify=opts["verify"])
     summary.metadata, summary.failures, summary.num_failed = meta, failures, len(failures)
     summary.wall_seconds = time.perf_counter() - t0
     return summary

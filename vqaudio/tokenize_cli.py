@@ -30,6 +30,11 @@ def add_tokenize_arguments(parser: argparse.ArgumentParser) -> None:
                              "files it holds are skipped)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the token directory --out first and tokenize every file again")
+    parser.add_argument("--verify", action="store_true",
+                        help="when resuming, check each file already tokenized by its content (SHA-256, recorded "
+                             "per file) and tokenize it again if it changed; by default a file counts as unchanged "
+                             "when its size and modification time are, which misses an edit that keeps both "
+                             "(a copy that preserves times, a tool that restores them)")
     parser.add_argument("--format", choices=FORMATS, default="bin",
                         help="bin: one flat tokens.bin (uint16; int32 once --offset + K > 65536) "
                         "+ index (nanoGPT/Megatron); jsonl, parquet: data/train.* with an input_ids "
@@ -96,7 +101,7 @@ def _run_tokenize(args: argparse.Namespace) -> TokenizeSummary:
         num_workers=args.num_workers, num_processes=args.num_processes, chunk_seconds=args.chunk_seconds,
         shard_files=args.shard_files, shard_seconds=args.shard_seconds, precision=args.precision,
         device=args.device, num_threads=args.threads, progress=args.progress, rank=args.rank,
-        world_size=args.world_size, merge=args.merge, overwrite=args.overwrite,
+        world_size=args.world_size, merge=args.merge, overwrite=args.overwrite, verify=args.verify,
     )
 
 
