@@ -274,6 +274,13 @@ def test_a_full_disk_fails_in_one_line_and_a_rerun_completes_exactly(tmp_path, c
     assert not orphan.exists()
 
 
+def test_bad_shard_settings_are_refused(tmp_path, ckpt, corpus):
+    for files, seconds in ((0, 120.0), (2, -2.0), (2, 0.0)):
+        with pytest.raises(ValueError, match="--shard-files must be >= 1 and --shard-seconds positive"):
+            tk.tokenize(corpus, ckpt, tmp_path / "tok", shard_files=files, shard_seconds=seconds, progress=False)
+    assert not (tmp_path / "tok").exists()
+
+
 def test_verify_catches_an_edit_that_keeps_size_and_mtime(tmp_path, ckpt, corpus):
     """The default resume check (size + modification time) misses an edit that keeps both;
     ``verify`` compares the SHA-256 recorded with each file's codes and tokenizes it again,

@@ -82,7 +82,7 @@ def add_prior_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "with few --steps); not used by the autoregressive prior")
     parser.add_argument("--prior-temperature", type=float, default=1.0,
                         help="prior sampling temperature (default 1; 0 is greedy)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes (0: all)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set of codes with probability >= p")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="use a prior trained on tokens of another VQ-VAE checkpoint")

@@ -193,6 +193,8 @@ def tokenize(
     """
     t0 = time.perf_counter()
     _check_options(format, offset, batch_size, num_workers, num_processes or 1, chunk_seconds, precision)
+    if shard_files < 1 or not shard_seconds > 0:
+        raise ValueError(f"--shard-files must be >= 1 and --shard-seconds positive, got {shard_files} and {shard_seconds}")
     out = Path(out_dir)
     files = discover_files(inputs)
     check_out_dir(out)
