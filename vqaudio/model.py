@@ -399,7 +399,8 @@ class VQVAE(nn.Module):
 
         Returns:
             B tensors [1, T'_b * hop_length] float32 in [-1, 1] at ``sample_rate`` Hz, on the model's
-            device: the mu-law values decoded, and with ``decoder.pre_emphasis`` de-emphasised
+            device: the mu-law values decoded (with ``decoder.lpc_order``: the generated
+            signal ``s_t = p_t + e_t``), and with ``decoder.pre_emphasis`` de-emphasised
             (:func:`vqaudio.audio.de_emphasis`) and clipped to [-1, 1].
 
         Raises:

@@ -425,6 +425,9 @@ def speaker_probe(
         (share of held-out clips, from their mean vectors), ``chance`` (1 / number of
         speakers), ``speakers``, ``fit_clips`` and ``test_clips``; the accuracies are None
         with fewer than two speakers that have two clips each.
+
+    Raises:
+        ValueError: ``vectors`` and ``speakers`` differ in length.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
