@@ -528,6 +528,19 @@ def test_a_killed_session_is_recorded_up_to_its_last_checkpoint(tmp_path):
     assert (second["start_step"], second["end_step"], second["stopped"]) == (last, last + 1, "max_steps")
 
 
+def test_sessions_record_the_command_as_a_user_types_it(tmp_path, monkeypatch):
+    """No interpreter or installation folder in the records: the console script and ``python -m
+    vqaudio.cli`` are ``vqaudio``, a script is ``python`` and its path from the working folder."""
+    from vqaudio.runs import command_line
+
+    assert command_line(["/root/.pyenv/versions/3.11.7/bin/vqaudio", "train", "d", "--out", "my run"]) == \
+        "vqaudio train d --out 'my run'"
+    assert command_line(["/opt/venv/lib/python3.11/site-packages/vqaudio/cli.py", "train", "d"]) == "vqaudio train d"
+    monkeypatch.chdir(REPO)
+    assert command_line([str(RECIPE), "--data-dir", "x"]) == "python recipes/train_vctk.py --data-dir x"
+    assert command_line(["/elsewhere/tool.py", "-v"]) == "python tool.py -v"
+
+
 def test_recipe_without_data_dir_says_how_to_get_vctk():
     proc = subprocess.run([sys.executable, str(RECIPE)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -134,6 +134,15 @@ def _trained_on(session: dict[str, Any]) -> str:
     return end.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working folder where it lies inside it, else as given: the
+    records name no folder of the machine that shipped."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None,
                 temperature: float | None = None) -> dict[str, Any]:
     """One training-log row for the run (its own totals; lineage totals are added by :func:`ship`)."""
@@ -149,7 +158,7 @@ def stretch_row(run: Path, checkpoint_id: str, evaluation: Path | None,
     layout = _read_json(run / "data.json", default={"layout": None}).get("layout")
     return {
         "date": _trained_on(sessions[-1]),
-        "run": str(run.resolve()),
+        "run": _shown_path(run),
         "init_from": init.get("checkpoint_id"),
         "checkpoint_id": checkpoint_id,
         "steps": sessions[-1]["end_step"],

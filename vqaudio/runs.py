@@ -348,16 +348,41 @@ def stop_reason(accelerator: Any, started: float, max_minutes: float | None, sto
     return "signal" if code >= 2 else "max_minutes" if code else None
 
 
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that started this process, as a user would type it again: the ``vqaudio``
+    command for its console script or ``python -m vqaudio.cli``, ``python SCRIPT`` (relative to
+    the working folder where it lies inside it) for a script, then the arguments as given; so a
+    run's records name no interpreter or installation folder.
+
+    Args:
+        argv: the arguments (default ``sys.argv``).
+
+    Returns:
+        a shell-quoted command line.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    program = Path(argv[0]) if argv else Path("vqaudio")
+    if program.name == "vqaudio" or program.as_posix().endswith("vqaudio/cli.py"):
+        head = ["vqaudio"]
+    else:
+        try:
+            shown = program.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            shown = program.name
+        head = ["python", shown]
+    return " ".join(shlex.quote(a) for a in head + argv[1:])
+
+
 def session_record(accelerator: Any, mixed_precision: str, start_step: int) -> dict[str, Any]:
     """The start of one ``sessions.jsonl`` line: when, from which step, on what (device, GPU
-    name, processes, threads, cores, CPU model, torch) and the command line."""
+    name, processes, threads, cores, CPU model, torch) and the command line (:func:`command_line`)."""
     return {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": start_step,
         "mixed_precision": mixed_precision, "device": str(accelerator.device),
         "num_processes": accelerator.num_processes, "num_threads": torch.get_num_threads(),
         "cores": available_cores(), "cpu_model": cpu_model(), "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None,
-        "argv": " ".join(shlex.quote(a) for a in sys.argv),
+        "argv": command_line(),
     }
 
 
