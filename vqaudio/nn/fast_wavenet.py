@@ -954,6 +954,7 @@ if numba is not None:
         ebits = np.zeros(Qp, np.int32)
         pos = t0 % queue_length  # ring-buffer row of the current step, per layer
         nact = nb
+        P = lpc.shape[2]  # linear prediction's order (0: none)
         for t in range(t0, t1):
             while nact > 0 and lengths[members[nact - 1]] <= t:
                 nact -= 1
@@ -980,7 +981,6 @@ if numba is not None:
                     # row s nb + b: step t + s, stream b (bias row b: its conditioning)
                     _gemm(conv_past[l, j - 1], x, a_blk[l], cond[l] if j == 1 else a_blk[l], n * nb)
             row = queue[queue_offset[0] + pos[0]]
-            P = lpc.shape[2]
             for b in range(nact):
                 _copy(row[b], 0, embed[prev[members[b]]], 0, R)
                 for i in range(S):
